@@ -1,0 +1,132 @@
+"""Small frozen dataclasses for what travels between the pipeline's stages.
+
+Units follow REP 103 everywhere inside the package: metres and radians. Millimetres
+appear only at the BOP-format boundary (``hrpose_ros.bop``). Nothing here imports ROS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["CameraModel", "Detection", "ObjectModel", "ObjectPose"]
+
+
+def _as_array(value, name: str, shape: tuple, dtype=np.float64) -> np.ndarray:
+    """Return ``value`` as a read-only finite array of ``shape`` (-1 = any length)."""
+    try:
+        array = np.array(value, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: expected a numeric array of shape {shape}, got {value!r}") from exc
+    if array.ndim != len(shape) or any(s not in (-1, a) for s, a in zip(shape, array.shape)):
+        raise ValueError(f"{name}: expected shape {shape}, got {array.shape}")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    """Pinhole camera: 3x3 intrinsics ``K`` in pixels, image size, OpenCV distortion.
+
+    ``dist`` holds OpenCV's coefficients (k1, k2, p1, p2[, k3, ...]); empty or all
+    zeros means a rectified image (then ``K`` is the projection matrix P's left 3x3).
+    """
+
+    K: np.ndarray
+    width: int
+    height: int
+    dist: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self):
+        K = _as_array(self.K, "K", (3, 3))
+        if K[0, 0] <= 0 or K[1, 1] <= 0:
+            raise ValueError(f"K: focal lengths must be positive, got fx={K[0, 0]}, fy={K[1, 1]}")
+        if not np.allclose(K[2], [0.0, 0.0, 1.0]) or K[1, 0] != 0 or abs(K[0, 1]) > 1e-6 * K[0, 0]:
+            raise ValueError(f"K: expected [[fx, 0, cx], [0, fy, cy], [0, 0, 1]], got {K.tolist()}")
+        if int(self.width) <= 0 or int(self.height) <= 0:
+            raise ValueError(f"width/height: must be positive, got {self.width}x{self.height}")
+        object.__setattr__(self, "K", K)
+        object.__setattr__(self, "width", int(self.width))
+        object.__setattr__(self, "height", int(self.height))
+        object.__setattr__(self, "dist", _as_array(self.dist, "dist", (-1,)))
+
+    @property
+    def is_rectified(self) -> bool:
+        """True when there is no lens distortion to undo."""
+        return not np.any(self.dist)
+
+    def scaled(self, width: int, height: int) -> CameraModel:
+        """Return the camera for the same view resized to ``width`` x ``height`` pixels."""
+        sx, sy = width / self.width, height / self.height
+        K = self.K.copy()
+        K[0, 0] *= sx
+        K[0, 2] = (K[0, 2] + 0.5) * sx - 0.5  # pixel centres, not corners, keep their place
+        K[1, 1] *= sy
+        K[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
+        return CameraModel(K=K, width=width, height=height, dist=self.dist)
+
+
+@dataclass(frozen=True)
+class ObjectModel:
+    """A known object: BOP ``obj_id``, name, surface points and symmetries, in metres.
+
+    ``points`` (N, 3) are model vertices (or a surface sample) used by PnP keypoints
+    and the ADD metrics; ``symmetries`` (S, 4, 4) are the BOP symmetry transformations
+    (identity included, translation in metres); ``diameter`` is the largest distance
+    between two model points.
+    """
+
+    obj_id: int
+    name: str
+    points: np.ndarray
+    diameter: float
+    symmetries: np.ndarray = field(default_factory=lambda: np.eye(4)[None])
+    mesh_path: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "points", _as_array(self.points, f"{self.name}.points", (-1, 3)))
+        object.__setattr__(self, "symmetries", _as_array(self.symmetries, f"{self.name}.symmetries", (-1, 4, 4)))
+        if len(self.points) < 4:
+            raise ValueError(f"{self.name}.points: need at least 4 points, got {len(self.points)}")
+        if not (self.diameter > 0 and np.isfinite(self.diameter)):
+            raise ValueError(f"{self.name}.diameter: must be a positive number of metres, got {self.diameter}")
+
+    @property
+    def is_symmetric(self) -> bool:
+        """True when the object has a symmetry besides the identity (use ADD-S)."""
+        return len(self.symmetries) > 1
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A 2D detection: object id and name, score in [0, 1], box (x, y, w, h) in pixels."""
+
+    obj_id: int
+    class_name: str
+    score: float
+    box_xywh: np.ndarray
+
+
+@dataclass(frozen=True)
+class ObjectPose:
+    """One estimated object instance: the model frame in the camera frame.
+
+    ``R`` (3, 3) and ``t`` (3,) metres map model points into the camera optical frame
+    (x_cam = R @ x_model + t). ``keypoints_2d`` (M, 2) are the found keypoints in
+    pixels of the input image and ``keypoint_ids`` (M,) says which of the model's
+    keypoints each one is (0-7 box corners, 8 centroid). ``reprojection_error`` is the
+    RMS PnP reprojection error in pixels.
+    """
+
+    class_name: str
+    obj_id: int
+    instance_id: int
+    score: float
+    R: np.ndarray
+    t: np.ndarray
+    keypoints_2d: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    keypoint_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    reprojection_error: float = 0.0

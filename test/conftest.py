@@ -1,0 +1,13 @@
+"""Test session set-up shared by all tests.
+
+ROS tests talk over real DDS. Each pytest session gets its own ROS_DOMAIN_ID and stays
+on localhost, so parallel runs on one machine (a developer's and CI's) never hear each
+other. Set before anything imports rclpy; subprocesses inherit it.
+"""
+
+import os
+import random
+
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 101)))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
