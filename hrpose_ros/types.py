@@ -87,12 +87,14 @@ class ObjectModel:
     mesh_path: str = ""
 
     def __post_init__(self):
-        object.__setattr__(self, "points", _as_array(self.points, f"{self.name}.points", (-1, 3)))
-        object.__setattr__(self, "symmetries", _as_array(self.symmetries, f"{self.name}.symmetries", (-1, 4, 4)))
+        points = _as_array(self.points, f"{self.name}.points", (-1, 3))
+        symmetries = _as_array(self.symmetries, f"{self.name}.symmetries", (-1, 4, 4))
+        object.__setattr__(self, "points", points)
+        object.__setattr__(self, "symmetries", symmetries)
         if len(self.points) < 4:
             raise ValueError(f"{self.name}.points: need at least 4 points, got {len(self.points)}")
         if not (self.diameter > 0 and np.isfinite(self.diameter)):
-            raise ValueError(f"{self.name}.diameter: must be a positive number of metres, got {self.diameter}")
+            raise ValueError(f"{self.name}.diameter: must be positive, in metres; got {self.diameter}")
 
     @property
     def is_symmetric(self) -> bool:
