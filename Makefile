@@ -8,8 +8,11 @@ ENV := . ./env.sh
 bootstrap:
 	bash scripts/bootstrap.sh
 
+# pytest exits 5 when it collected no test: that is a broken suite, not a pass.
 test: bootstrap
-	$(ENV) && python -m pytest
+	$(ENV) && python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): the suite is broken"; fi; \
+	exit $$rc
 
 lint: bootstrap
 	$(ENV) && ruff check hrpose_ros training test
