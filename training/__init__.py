@@ -1,0 +1,1 @@
+"""Training, evaluation and export scripts for HRPose (teacher, student, student + KD)."""

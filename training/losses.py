@@ -1,0 +1,110 @@
+"""HRPose losses: pose MSE (Eq. 3), output distillation (Eq. 4), feature similarity (Eq. 5-6), Eq. 7."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (the torch idiom)
+
+__all__ = [
+    "FS_POOL",
+    "LossTerms",
+    "feature_similarity_loss",
+    "map_mse",
+    "mse_loss",
+    "output_distillation_loss",
+    "similarity_matrix",
+    "total_loss",
+]
+
+# Feature-similarity pooling: average over 4x4 cells of the stride-4 backbone features, so each
+# similarity-matrix node is a 16x16-pixel patch of the input. At the CPU recipe's 256x256 input
+# that is 16x16 = 256 nodes (a 256 x 256 matrix per image); at the paper's 640x480 it is 40x30 =
+# 1200 nodes (1.4 M entries, ~6 MB per image in float32), tractable on a GPU with batch 32. The
+# unpooled 160x120 map would need a 19200 x 19200 matrix (1.5 GB per image). The paper does not
+# state its pooling; a fixed cell (not a fixed output size) keeps a node's meaning independent
+# of the input size. Note: L_fs is a sum over all entries (Eq. 5), so it grows with the number of
+# nodes squared; lambda_2 = 5e-5 is the paper's value at its (unknown) node count.
+FS_POOL = 4
+
+
+class LossTerms(NamedTuple):
+    """Loss terms of Eq. 7 (scalars): total, mse (Eq. 3), od (Eq. 4), fs (Eq. 5)."""
+
+    total: torch.Tensor
+    mse: torch.Tensor
+    od: torch.Tensor
+    fs: torch.Tensor
+
+
+def map_mse(predicted: torch.Tensor, target: torch.Tensor, channels_per_map: int = 1) -> torch.Tensor:
+    """Return the mean over maps and batch of each map's summed squared error ||A - B||_2^2.
+
+    ``predicted``/``target`` (B, M * channels_per_map, h, w); a vector field is one map of 2
+    channels, so its squared norm sums both components (Eq. 3's ||L_j - L~_j||^2).
+    """
+    if predicted.shape != target.shape:
+        raise ValueError(f"target: expected shape {tuple(predicted.shape)}, got {tuple(target.shape)}")
+    per_channel = (predicted - target).pow(2).sum(dim=(-2, -1))  # (B, channels)
+    maps = per_channel.shape[1] // channels_per_map
+    return per_channel.sum(dim=1).mean() / maps
+
+
+def mse_loss(belief_maps, vector_fields, target_belief_maps, target_vector_fields) -> torch.Tensor:
+    """Return L_mse (Eq. 3): belief-map term averaged over I maps plus vector-field term over J fields."""
+    return map_mse(belief_maps, target_belief_maps) + map_mse(vector_fields, target_vector_fields, 2)
+
+
+def output_distillation_loss(student_belief, student_vectors, teacher_belief,
+                             teacher_vectors) -> torch.Tensor:
+    """Return L_od (Eq. 4): Eq. 3 with the (detached) teacher's outputs as targets."""
+    return mse_loss(student_belief, student_vectors, teacher_belief.detach(), teacher_vectors.detach())
+
+
+def similarity_matrix(features: torch.Tensor, pool: int = FS_POOL) -> torch.Tensor:
+    """Return G (B, N, N), N = (h/pool)(w/pool), of pairwise similarities of feature vectors (Eq. 6).
+
+    g_ij = f_i . f_j / (||f_i|| ||f_j||), the cosine similarity. Eq. 6 as printed divides by the
+    squared norms; that makes g_ii = 1/||f_i||^2 depend on feature scale, unlike the pair-wise
+    similarity of the work it builds on (Liu et al., structured KD, the paper's [37]), which
+    uses the plain norms. We follow [37].
+    """
+    if features.ndim != 4:
+        raise ValueError(f"features: expected (B, C, h, w), got {tuple(features.shape)}")
+    if pool > 1:
+        features = F.avg_pool2d(features, kernel_size=pool, stride=pool, ceil_mode=True)
+    f = features.flatten(2)  # (B, C, N)
+    f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    return f.transpose(1, 2) @ f
+
+
+def feature_similarity_loss(student_features, teacher_features, pool: int = FS_POOL) -> torch.Tensor:
+    """Return L_fs (Eq. 5): squared Frobenius distance of the similarity matrices, mean over batch.
+
+    Channel counts may differ; spatial sizes must match (as the paper assumes).
+    """
+    if student_features.shape[-2:] != teacher_features.shape[-2:]:
+        raise ValueError(f"teacher_features: spatial size {tuple(teacher_features.shape[-2:])} differs "
+                         f"from the student's {tuple(student_features.shape[-2:])}")
+    g_s = similarity_matrix(student_features, pool)
+    g_t = similarity_matrix(teacher_features.detach(), pool)
+    return (g_s - g_t).pow(2).sum(dim=(1, 2)).mean()
+
+
+def total_loss(student_output, target_belief, target_vectors, teacher_output=None,
+               lambda_od: float = 0.5, lambda_fs: float = 5e-5, fs_pool: int = FS_POOL) -> LossTerms:
+    """Return Eq. 7's L = L_mse + lambda_1 L_od + lambda_2 L_fs and its terms.
+
+    ``student_output``/``teacher_output`` are ``HRPoseOutput``s; without a teacher (or with both
+    lambdas 0) only Eq. 3 is computed, the teacher stage and the student baseline.
+    """
+    mse = mse_loss(student_output.belief_maps, student_output.vector_fields, target_belief, target_vectors)
+    zero = mse.new_zeros(())
+    od = fs = zero
+    if teacher_output is not None and lambda_od > 0:
+        od = output_distillation_loss(student_output.belief_maps, student_output.vector_fields,
+                                      teacher_output.belief_maps, teacher_output.vector_fields)
+    if teacher_output is not None and lambda_fs > 0:
+        fs = feature_similarity_loss(student_output.features, teacher_output.features, fs_pool)
+    return LossTerms(mse + lambda_od * od + lambda_fs * fs, mse, od, fs)
