@@ -1,0 +1,767 @@
+"""rosbag2 input and output for replay evaluation, through the pure-Python ``rosbags`` library.
+
+A replay bag holds three topics (any names; the defaults below are what the converter
+``hrpose-bop-to-bag`` writes):
+
+- ``/camera/color/image_raw``: ``sensor_msgs/msg/Image`` (rgb8, bgr8, rgba8, bgra8, mono8) or
+  ``sensor_msgs/msg/CompressedImage`` (png or jpeg, image_transport's ``.../compressed``);
+- ``/camera/color/camera_info``: ``sensor_msgs/msg/CameraInfo`` (K and plumb_bob or
+  rational_polynomial distortion D of the raw image);
+- ``/ground_truth/objects``: ``hrpose_ros/msg/ObjectPoseArray``, **the ground truth**: one
+  message per image with the image's header stamp and frame_id, one ``ObjectPose`` per visible
+  object instance (``class_id`` = BOP obj_id, ``class_name``, ``instance_id``, ``score`` = 1,
+  ``pose`` = model frame in the camera optical frame, metres; keypoint fields empty). An image
+  without objects still gets a message, with an empty list.
+
+Frames are matched by header stamp: each image is paired with the ground truth carrying the
+same stamp and with the camera_info of the same stamp (or else the latest one before it).
+The package's own message types are registered in the rosbags typestore from ``msg/*.msg``
+(the checkout's, or ``share/hrpose_ros/msg`` of an installed package).
+
+Read errors (a truncated or corrupt bag, a missing topic, no camera_info, frame ids that do
+not match) raise :class:`BagError`, a ``ValueError`` naming the bag and the topic; the
+frames yielded before it stay valid, so callers can keep partial results.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from rosbags.rosbag2 import Reader, ReaderError, Writer
+from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.store import Typestore
+
+try:  # the decompressors rosbags itself reads mcap chunks with
+    from compression.zstd import decompress as _zstd_decompress
+except ImportError:
+    from backports.zstd import decompress as _zstd_decompress
+from lz4.frame import decompress as _lz4_decompress
+
+from hrpose_ros.geometry import matrix_from_quaternion, quaternion_from_matrix
+from hrpose_ros.types import CameraModel, ObjectPose
+
+__all__ = [
+    "CAMERA_FRAME",
+    "CAMERA_INFO_TOPIC",
+    "GROUND_TRUTH_TOPIC",
+    "IMAGE_TOPIC",
+    "BagError",
+    "BagFrame",
+    "BagTopics",
+    "BagWriter",
+    "bag_topics",
+    "hrpose_typestore",
+    "read_frames",
+    "resolve_topics",
+]
+
+_log = logging.getLogger(__name__)
+
+IMAGE_TOPIC = "/camera/color/image_raw"
+CAMERA_INFO_TOPIC = "/camera/color/camera_info"
+GROUND_TRUTH_TOPIC = "/ground_truth/objects"
+CAMERA_FRAME = "camera_color_optical_frame"
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+OBJECT_POSE_TYPE = "hrpose_ros/msg/ObjectPose"
+OBJECT_POSE_ARRAY_TYPE = "hrpose_ros/msg/ObjectPoseArray"
+
+_STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+_IMAGE_FORMATS = ("raw", "png", "jpeg")
+# OpenCV's distortion vector understands these two ROS models; "" = none given.
+_DISTORTION_MODELS = ("", "plumb_bob", "rational_polynomial")
+# Images held back while waiting for their camera_info / ground truth (a few frames at most).
+_MAX_PENDING = 30
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
+
+
+class BagError(ValueError):
+    """A bag that cannot be read as a replay bag; names the bag and (when known) the topic."""
+
+    def __init__(self, bag: Path | str, topic: str | None, reason: str):
+        self.bag = Path(bag)
+        self.topic = topic
+        self.reason = reason
+        where = f"bag {self.bag}" + (f", topic {topic}" if topic else "")
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class BagTopics:
+    """The topic names of one replay bag; ``ground_truth`` is None for a bag without it."""
+
+    image: str = IMAGE_TOPIC
+    camera_info: str = CAMERA_INFO_TOPIC
+    ground_truth: str | None = GROUND_TRUTH_TOPIC
+
+
+@dataclass(frozen=True)
+class BagFrame:
+    """One image of a bag: RGB pixels (H, W, 3) uint8, its camera, and its ground truth.
+
+    ``index`` counts images in bag order from 0 (the evaluator's BOP ``im_id``);
+    ``stamp_ns`` is the header stamp in nanoseconds; ``ground_truth`` holds one
+    :class:`ObjectPose` per annotated instance (score 1), or is None without a ground-truth topic.
+    """
+
+    index: int
+    stamp_ns: int
+    frame_id: str
+    image: np.ndarray
+    camera: CameraModel
+    ground_truth: tuple[ObjectPose, ...] | None
+
+
+def _msg_dirs() -> list[Path]:
+    """Return the directories that may hold hrpose_ros's .msg files, most specific first."""
+    dirs = [Path(__file__).resolve().parent.parent / "msg"]
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        if prefix:
+            dirs.append(Path(prefix) / "share" / "hrpose_ros" / "msg")
+    return dirs
+
+
+def hrpose_typestore() -> Typestore:
+    """Return a ROS 2 Jazzy typestore with hrpose_ros/msg/ObjectPose and ObjectPoseArray added."""
+    typestore = get_typestore(Stores.ROS2_JAZZY)
+    for msg_dir in _msg_dirs():
+        paths = sorted(msg_dir.glob("*.msg"))
+        if not paths:
+            continue
+        types = {}
+        for path in paths:
+            types.update(get_types_from_msg(path.read_text(), f"hrpose_ros/msg/{path.stem}"))
+        typestore.register(types)
+        missing = {OBJECT_POSE_TYPE, OBJECT_POSE_ARRAY_TYPE} - set(typestore.types)
+        if not missing:
+            return typestore
+    searched = ", ".join(str(d) for d in _msg_dirs())
+    raise ValueError(
+        f"hrpose_ros message definitions (ObjectPose.msg, ObjectPoseArray.msg) not found in: {searched}"
+    )
+
+
+# --- message <-> numpy ---------------------------------------------------------------------
+
+
+def _stamp_ns(header) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def _header(typestore: Typestore, stamp_ns: int, frame_id: str):
+    Time = typestore.types["builtin_interfaces/msg/Time"]
+    Header = typestore.types["std_msgs/msg/Header"]
+    return Header(
+        stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id
+    )
+
+
+def image_from_msg(msg) -> np.ndarray:
+    """Return the (H, W, 3) uint8 RGB pixels of a sensor_msgs Image or CompressedImage message."""
+    if hasattr(msg, "format"):  # CompressedImage
+        data = np.asarray(msg.data, dtype=np.uint8)
+        decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        if decoded is None:
+            raise ValueError(f"compressed image ({msg.format!r}, {data.size} bytes) could not be decoded")
+        if decoded.ndim == 2:
+            return np.ascontiguousarray(np.repeat(decoded[:, :, None], 3, axis=2))
+        if decoded.dtype != np.uint8:
+            raise ValueError(f"compressed image: expected 8-bit channels, got {decoded.dtype}")
+        code = cv2.COLOR_BGRA2RGB if decoded.shape[2] == 4 else cv2.COLOR_BGR2RGB
+        return cv2.cvtColor(decoded, code)
+    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+    if msg.encoding not in channels:
+        raise ValueError(f"image encoding {msg.encoding!r} not supported; expected one of {sorted(channels)}")
+    c = channels[msg.encoding]
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if msg.step < msg.width * c or data.size < msg.step * msg.height:
+        raise ValueError(
+            f"image data: {data.size} bytes for {msg.width}x{msg.height} {msg.encoding} with step {msg.step}"
+        )
+    rows = data[: msg.step * msg.height].reshape(msg.height, msg.step)
+    pixels = rows[:, : msg.width * c].reshape(msg.height, msg.width, c)
+    if msg.encoding == "rgb8":
+        return np.ascontiguousarray(pixels)
+    if msg.encoding == "mono8":
+        return np.ascontiguousarray(np.repeat(pixels, 3, axis=2))
+    code = {"bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB}[msg.encoding]
+    return cv2.cvtColor(np.ascontiguousarray(pixels), code)
+
+
+def camera_from_msg(msg) -> CameraModel:
+    """Return the CameraModel (K, D, size) of a sensor_msgs CameraInfo message."""
+    if msg.distortion_model not in _DISTORTION_MODELS:
+        raise ValueError(
+            f"camera_info distortion_model {msg.distortion_model!r} not supported; "
+            f"expected one of {[m for m in _DISTORTION_MODELS if m]}"
+        )
+    return CameraModel(
+        K=np.asarray(msg.k, dtype=np.float64).reshape(3, 3),
+        width=int(msg.width),
+        height=int(msg.height),
+        dist=np.asarray(msg.d, dtype=np.float64),
+    )
+
+
+def poses_from_msg(msg) -> tuple[ObjectPose, ...]:
+    """Return the ObjectPoses (R (3, 3), t (3,) metres) of an hrpose_ros ObjectPoseArray message."""
+    poses = []
+    for obj in msg.objects:
+        p, q = obj.pose.position, obj.pose.orientation
+        quaternion = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
+        norm = np.linalg.norm(quaternion)
+        if not np.isfinite(norm) or abs(norm - 1.0) > 1e-3:
+            raise ValueError(
+                f"object {obj.class_name!r} (id {obj.class_id}): quaternion norm {norm}, expected 1"
+            )
+        keypoints = np.asarray(obj.keypoints_2d, dtype=np.float64)
+        if keypoints.size % 2:
+            raise ValueError(f"object {obj.class_name!r}: keypoints_2d has odd length {keypoints.size}")
+        poses.append(
+            ObjectPose(
+                class_name=obj.class_name,
+                obj_id=int(obj.class_id),
+                instance_id=int(obj.instance_id),
+                score=float(obj.score),
+                R=matrix_from_quaternion(quaternion / norm),
+                t=np.array([p.x, p.y, p.z], dtype=np.float64),
+                keypoints_2d=keypoints.reshape(-1, 2),
+                keypoint_ids=np.asarray(obj.keypoint_ids, dtype=np.int64),
+                reprojection_error=float(obj.reprojection_error),
+            )
+        )
+    return tuple(poses)
+
+
+def image_to_msg(
+    typestore: Typestore,
+    image: np.ndarray,
+    stamp_ns: int,
+    frame_id: str,
+    fmt: str = "raw",
+    jpeg_quality: int = 95,
+):
+    """Return a sensor_msgs Image (``fmt`` "raw", rgb8) or CompressedImage ("png", "jpeg") of RGB pixels."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image: expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    header = _header(typestore, stamp_ns, frame_id)
+    if fmt == "raw":
+        Image = typestore.types[IMAGE_TYPE]
+        h, w = image.shape[:2]
+        return Image(
+            header=header,
+            height=h,
+            width=w,
+            encoding="rgb8",
+            is_bigendian=0,
+            step=3 * w,
+            data=np.ascontiguousarray(image).reshape(-1),
+        )
+    if fmt not in ("png", "jpeg"):
+        raise ValueError(f"image format: expected one of {_IMAGE_FORMATS}, got {fmt!r}")
+    params = (
+        [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if fmt == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION, 6]
+    )
+    ok, encoded = cv2.imencode(
+        "." + ("jpg" if fmt == "jpeg" else "png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params
+    )
+    if not ok:
+        raise ValueError(f"image: OpenCV could not encode a {image.shape} image as {fmt}")
+    CompressedImage = typestore.types[COMPRESSED_IMAGE_TYPE]
+    # image_transport's compressed format string: "<original encoding>; <codec> compressed <encoded as>"
+    return CompressedImage(header=header, format=f"rgb8; {fmt} compressed bgr8", data=encoded.reshape(-1))
+
+
+def camera_to_msg(typestore: Typestore, camera: CameraModel, stamp_ns: int, frame_id: str):
+    """Return a sensor_msgs CameraInfo message for ``camera`` (P = [K | 0] of the raw image)."""
+    CameraInfo = typestore.types[CAMERA_INFO_TYPE]
+    RegionOfInterest = typestore.types["sensor_msgs/msg/RegionOfInterest"]
+    dist = np.asarray(camera.dist, dtype=np.float64)
+    model = "rational_polynomial" if dist.size > 5 else "plumb_bob"
+    if dist.size < 5:
+        dist = np.concatenate([dist, np.zeros(5 - dist.size)])
+    P = np.zeros((3, 4))
+    P[:, :3] = camera.K
+    return CameraInfo(
+        header=_header(typestore, stamp_ns, frame_id),
+        height=camera.height,
+        width=camera.width,
+        distortion_model=model,
+        d=dist,
+        k=np.asarray(camera.K, dtype=np.float64).reshape(-1),
+        r=np.eye(3).reshape(-1),
+        p=P.reshape(-1),
+        binning_x=0,
+        binning_y=0,
+        roi=RegionOfInterest(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+    )
+
+
+def poses_to_msg(typestore: Typestore, poses: Sequence[ObjectPose], stamp_ns: int, frame_id: str):
+    """Return an hrpose_ros ObjectPoseArray message holding ``poses`` (metres, camera optical frame)."""
+    types = typestore.types
+    Pose, Point, Quaternion = (types[f"geometry_msgs/msg/{n}"] for n in ("Pose", "Point", "Quaternion"))
+    objects = []
+    for pose in poses:
+        q = quaternion_from_matrix(pose.R)
+        objects.append(
+            types[OBJECT_POSE_TYPE](
+                class_name=pose.class_name,
+                class_id=int(pose.obj_id),
+                instance_id=int(pose.instance_id),
+                score=float(pose.score),
+                pose=Pose(
+                    position=Point(x=float(pose.t[0]), y=float(pose.t[1]), z=float(pose.t[2])),
+                    orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])),
+                ),
+                keypoints_2d=np.asarray(pose.keypoints_2d, dtype=np.float32).reshape(-1),
+                keypoint_ids=np.asarray(pose.keypoint_ids, dtype=np.uint8).reshape(-1),
+                reprojection_error=float(pose.reprojection_error),
+            )
+        )
+    return types[OBJECT_POSE_ARRAY_TYPE](header=_header(typestore, stamp_ns, frame_id), objects=objects)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _open_reader(bag: Path) -> Reader:
+    if not bag.exists():
+        raise BagError(bag, None, "no such file or directory")
+    try:
+        reader = Reader(bag)
+        reader.open()
+    except (ReaderError, OSError, KeyError, ValueError) as exc:
+        raise BagError(bag, None, f"cannot be opened as a rosbag2 (truncated or corrupt?): {exc}") from exc
+    return reader
+
+
+def _mcap_files(bag: Path) -> list[Path]:
+    if bag.is_file():
+        return [bag] if bag.suffix == ".mcap" else []
+    return sorted(bag.glob("*.mcap")) if bag.is_dir() else []
+
+
+class _TruncatedError(Exception):
+    """The mcap file ends inside a record (a recorder that did not finish)."""
+
+
+def _mcap_records(data: memoryview, path: Path, what: str) -> Iterator[tuple[int, memoryview]]:
+    """Yield (opcode, content) of the MCAP records in ``data``; _TruncatedError at an incomplete one."""
+    offset = 0
+    while offset < len(data):
+        if offset + 9 > len(data):
+            raise _TruncatedError(f"{path.name}: {what} ends inside a record header at byte {offset}")
+        opcode = data[offset]
+        (length,) = struct.unpack_from("<Q", data, offset + 1)
+        if offset + 9 + length > len(data):
+            raise _TruncatedError(
+                f"{path.name}: {what} ends inside a record (opcode 0x{opcode:02x}) at byte {offset}"
+            )
+        yield opcode, data[offset + 9 : offset + 9 + length]
+        offset += 9 + length
+
+
+def _mcap_string(content: memoryview, offset: int) -> tuple[str, int]:
+    (size,) = struct.unpack_from("<I", content, offset)
+    return bytes(content[offset + 4 : offset + 4 + size]).decode(), offset + 4 + size
+
+
+def _decompress_chunk(compression: str, records: memoryview, size: int) -> memoryview:
+    if compression == "":
+        return records
+    if compression == "zstd":
+        data = _zstd_decompress(bytes(records))
+    elif compression == "lz4":
+        data = _lz4_decompress(bytes(records))
+    else:
+        raise ValueError(f"unsupported mcap chunk compression {compression!r}")
+    if len(data) != size:
+        raise ValueError(f"mcap chunk decompressed to {len(data)} bytes, expected {size}")
+    return memoryview(data)
+
+
+def _salvage_mcap(files: list[Path]) -> Iterator[tuple[str, str, bytes]]:
+    """Yield (topic, msgtype, cdr) of every complete message of unindexed mcap files, in file order.
+
+    MCAP records are length-prefixed (opcode u8, length u64), so a file whose recorder died
+    still holds its complete records up to the cut; raises _TruncatedError at the cut.
+    """
+    schemas: dict[int, str] = {}
+    channels: dict[int, tuple[str, str]] = {}
+
+    def walk(data: memoryview, path: Path, what: str) -> Iterator[tuple[str, str, bytes]]:
+        for opcode, content in _mcap_records(data, path, what):
+            if opcode == 0x03:  # Schema: id u16, name, encoding, data
+                (schema_id,) = struct.unpack_from("<H", content, 0)
+                schemas[schema_id] = _mcap_string(content, 2)[0]
+            elif opcode == 0x04:  # Channel: id u16, schema_id u16, topic, message_encoding, metadata
+                channel_id, schema_id = struct.unpack_from("<HH", content, 0)
+                channels[channel_id] = (_mcap_string(content, 4)[0], schemas.get(schema_id, ""))
+            elif (
+                opcode == 0x05
+            ):  # Message: channel_id u16, sequence u32, log_time u64, publish_time u64, data
+                (channel_id,) = struct.unpack_from("<H", content, 0)
+                if channel_id not in channels:
+                    raise ValueError(f"{path.name}: message on unknown mcap channel {channel_id}")
+                topic, msgtype = channels[channel_id]
+                yield topic, msgtype, bytes(content[22:])
+            elif opcode == 0x06:  # Chunk: start u64, end u64, size u64, crc u32, compression, records
+                (size,) = struct.unpack_from("<Q", content, 16)
+                compression, offset = _mcap_string(content, 28)
+                (length,) = struct.unpack_from("<Q", content, offset)
+                records = content[offset + 8 : offset + 8 + length]
+                yield from walk(_decompress_chunk(compression, records, size), path, "a chunk")
+            elif opcode in (0x02, 0x0F):  # Footer, DataEnd: no more messages in this file
+                return
+
+    for path in files:
+        data = memoryview(path.read_bytes())
+        if bytes(data[:8]) != _MCAP_MAGIC:
+            raise ValueError(f"{path.name}: not an mcap file (bad magic)")
+        yield from walk(data[8:], path, "the file")
+
+
+def _salvage_reason(bag: Path, exc: BagError) -> list[Path]:
+    """Return the mcap files to salvage when rosbags could not open ``bag``; re-raise ``exc`` otherwise."""
+    files = _mcap_files(bag)
+    if not files:
+        raise exc
+    _log.warning(
+        "%s; reading the complete messages of %s in file order", exc, ", ".join(f.name for f in files)
+    )
+    return files
+
+
+def _raw_messages(bag: Path, wanted: set[str]) -> Iterator[tuple[str, str, bytes]]:
+    """Yield (topic, msgtype, cdr) of ``wanted`` topics in log-time order (file order when salvaged)."""
+    try:
+        reader = _open_reader(bag)
+    except BagError as exc:
+        for topic, msgtype, raw in _salvage_mcap(_salvage_reason(bag, exc)):
+            if topic in wanted:
+                yield topic, msgtype, raw
+        return
+    try:
+        connections = [c for c in reader.connections if c.topic in wanted]
+        missing = sorted(wanted - {c.topic for c in connections})
+        if missing:
+            raise BagError(bag, missing[0], f"no such topic; the bag has: {sorted(reader.topics)}")
+        for connection, _, raw in reader.messages(connections=connections):
+            yield connection.topic, connection.msgtype, raw
+    finally:
+        reader.close()
+
+
+def bag_topics(bag: Path | str) -> dict[str, tuple[str, int]]:
+    """Return {topic: (message type, message count)} of a rosbag2 directory or file.
+
+    An mcap bag whose recorder did not finish (no index, no footer) is scanned instead,
+    counting its complete messages.
+    """
+    bag = Path(bag)
+    try:
+        reader = _open_reader(bag)
+    except BagError as exc:
+        files = _salvage_reason(bag, exc)
+        counts: dict[str, tuple[str, int]] = {}
+        try:
+            for topic, msgtype, _ in _salvage_mcap(files):
+                counts[topic] = (msgtype, counts.get(topic, (msgtype, 0))[1] + 1)
+        except _TruncatedError:
+            pass  # the complete messages are counted
+        except (ValueError, struct.error) as scan_exc:
+            raise BagError(bag, None, f"{exc.reason}; scanning it failed too: {scan_exc}") from scan_exc
+        return counts
+    try:
+        return {name: (info.msgtype, info.msgcount) for name, info in reader.topics.items()}
+    finally:
+        reader.close()
+
+
+def _pick(
+    bag: Path,
+    topics: dict[str, tuple[str, int]],
+    wanted: str | None,
+    types: tuple[str, ...],
+    role: str,
+    preferred: str,
+) -> str:
+    """Return the topic for ``role``: ``wanted`` if given, else the one of ``types`` (``preferred`` first)."""
+    listing = ", ".join(f"{t} [{m}]" for t, (m, _) in sorted(topics.items())) or "none"
+    if wanted is not None:
+        if wanted not in topics:
+            raise BagError(bag, wanted, f"no such topic ({role}); the bag has: {listing}")
+        if topics[wanted][0] not in types:
+            raise BagError(
+                bag, wanted, f"{role} topic has type {topics[wanted][0]}, expected one of {list(types)}"
+            )
+        return wanted
+    candidates = sorted(t for t, (m, _) in topics.items() if m in types)
+    if preferred in candidates:
+        return preferred
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise BagError(bag, preferred, f"no {role} topic (type {' or '.join(types)}); the bag has: {listing}")
+    raise BagError(bag, None, f"several {role} topics {candidates}: choose one with the topic option")
+
+
+def resolve_topics(
+    bag: Path | str,
+    image: str | None = None,
+    camera_info: str | None = None,
+    ground_truth: str | None = None,
+    require_ground_truth: bool = True,
+) -> BagTopics:
+    """Return the BagTopics to read: the given names, checked, or the bag's only topic of each type."""
+    bag = Path(bag)
+    topics = bag_topics(bag)
+    image_topic = _pick(bag, topics, image, (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE), "image", IMAGE_TOPIC)
+    info_topic = _pick(bag, topics, camera_info, (CAMERA_INFO_TYPE,), "camera_info", CAMERA_INFO_TOPIC)
+    gt_topic = None
+    if require_ground_truth or ground_truth is not None:
+        gt_topic = _pick(
+            bag, topics, ground_truth, (OBJECT_POSE_ARRAY_TYPE,), "ground truth", GROUND_TRUTH_TOPIC
+        )
+    elif GROUND_TRUTH_TOPIC in topics and topics[GROUND_TRUTH_TOPIC][0] == OBJECT_POSE_ARRAY_TYPE:
+        gt_topic = GROUND_TRUTH_TOPIC
+    return BagTopics(image=image_topic, camera_info=info_topic, ground_truth=gt_topic)
+
+
+def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[BagFrame]:
+    """Yield every image of ``bag`` in bag order as a BagFrame (RGB, camera, ground truth); none is dropped.
+
+    ``topics`` None resolves them with :func:`resolve_topics` (ground truth required).
+    Raises BagError (naming bag and topic) on unreadable messages, a truncated file, images
+    without camera_info or ground truth, or frame ids that differ between the three topics;
+    frames yielded before the error are complete and correct.
+    """
+    bag = Path(bag)
+    topics = topics or resolve_topics(bag)
+    typestore = hrpose_typestore()
+    wanted = {topics.image, topics.camera_info} | ({topics.ground_truth} if topics.ground_truth else set())
+
+    # Messages come in log-time order, and a recorder may log an image's camera_info and
+    # ground truth just before or after it: hold images until both partners are known.
+    cameras: dict[int, tuple[CameraModel, str]] = {}
+    latest_camera: tuple[CameraModel, str] | None = None
+    truths: dict[int, tuple[tuple[ObjectPose, ...], str]] = {}
+    pending: list[tuple[int, str, np.ndarray]] = []  # (stamp, frame_id, image) in bag order
+    index = 0
+    counts = dict.fromkeys(wanted, 0)
+
+    def ready(stamp: int) -> bool:
+        has_camera = stamp in cameras or latest_camera is not None
+        return has_camera and (topics.ground_truth is None or stamp in truths)
+
+    def emit(stamp: int, frame_id: str, image: np.ndarray) -> BagFrame:
+        nonlocal index
+        if stamp not in cameras and latest_camera is None:
+            raise BagError(
+                bag,
+                topics.camera_info,
+                f"no camera_info before or with image {index} (stamp {stamp} ns) on {topics.image}",
+            )
+        camera, camera_frame = cameras.get(stamp) or latest_camera
+        if camera_frame != frame_id:
+            raise BagError(
+                bag,
+                topics.camera_info,
+                f"frame_id {camera_frame!r} differs from the image's {frame_id!r} on {topics.image}",
+            )
+        if (image.shape[1], image.shape[0]) != (camera.width, camera.height):
+            raise BagError(
+                bag,
+                topics.camera_info,
+                f"camera_info size {camera.width}x{camera.height} differs from the image's "
+                f"{image.shape[1]}x{image.shape[0]} at stamp {stamp} ns on {topics.image}",
+            )
+        truth = None
+        if topics.ground_truth is not None:
+            if stamp not in truths:
+                raise BagError(
+                    bag,
+                    topics.ground_truth,
+                    f"no ground truth with the stamp {stamp} ns of image {index} on {topics.image}",
+                )
+            truth, truth_frame = truths.pop(stamp)
+            if truth_frame != frame_id:
+                raise BagError(
+                    bag,
+                    topics.ground_truth,
+                    f"frame_id {truth_frame!r} differs from the image's {frame_id!r} on {topics.image}",
+                )
+        frame = BagFrame(
+            index=index, stamp_ns=stamp, frame_id=frame_id, image=image, camera=camera, ground_truth=truth
+        )
+        index += 1
+        return frame
+
+    messages = _raw_messages(bag, wanted)
+    while True:
+        topic = None
+        try:
+            item = next(messages, None)
+            if item is None:
+                break
+            topic, msgtype, raw = item
+            msg = typestore.deserialize_cdr(raw, msgtype)
+            stamp = _stamp_ns(msg.header)
+            if topic == topics.image:
+                pending.append((stamp, msg.header.frame_id, image_from_msg(msg)))
+            elif topic == topics.camera_info:
+                latest_camera = (camera_from_msg(msg), msg.header.frame_id)
+                cameras[stamp] = latest_camera
+            else:
+                truths[stamp] = (poses_from_msg(msg), msg.header.frame_id)
+        except BagError:
+            raise
+        except _TruncatedError as exc:
+            reason = (
+                f"truncated: the file ends after {counts[topics.image]} complete images on this topic, "
+                f"{index} of them with their camera_info and ground truth ({exc})"
+            )
+            raise BagError(bag, topics.image, reason) from exc
+        except Exception as exc:  # rosbags, CDR and decoding errors all mean: this message is unreadable
+            name = topic or ", ".join(sorted(wanted))
+            done = f"after {counts[topic]} good messages on it" if topic else "while reading"
+            raise BagError(
+                bag,
+                name,
+                f"unreadable message {done} (truncated or corrupt bag?): {type(exc).__name__}: {exc}",
+            ) from exc
+        counts[topic] += 1
+        # An image waits for its partners at most _MAX_PENDING messages; then emit() names what is missing.
+        while pending and (ready(pending[0][0]) or len(pending) > _MAX_PENDING):
+            yield emit(*pending.pop(0))
+        for table in (cameras, truths):
+            if len(table) > 4 * _MAX_PENDING:  # only recent stamps can still be asked for
+                for old in sorted(table)[:-_MAX_PENDING]:
+                    del table[old]
+
+    for topic in sorted(wanted):
+        if counts[topic] == 0:
+            raise BagError(bag, topic, "no messages on this topic")
+    while pending:
+        yield emit(*pending.pop(0))
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+class BagWriter:
+    """Write replay bags: per frame an image, its camera_info and its ground truth, same stamp.
+
+    ``storage`` "mcap" (zstd-compressed chunks when ``zstd``) or "sqlite3"; ``image_format``
+    "raw" (sensor_msgs/Image rgb8), "png" or "jpeg" (sensor_msgs/CompressedImage on
+    ``<image topic>/compressed``). Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        storage: str = "mcap",
+        image_format: str = "raw",
+        zstd: bool = False,
+        topics: BagTopics = BagTopics(),
+        frame_id: str = CAMERA_FRAME,
+        jpeg_quality: int = 95,
+    ):
+        if storage not in _STORAGES:
+            raise ValueError(f"storage: expected one of {sorted(_STORAGES)}, got {storage!r}")
+        if image_format not in _IMAGE_FORMATS:
+            raise ValueError(f"image_format: expected one of {_IMAGE_FORMATS}, got {image_format!r}")
+        if zstd and storage != "mcap":
+            raise ValueError("zstd: chunk compression needs storage 'mcap'")
+        self.path = Path(path)
+        if self.path.exists():
+            raise ValueError(f"bag {self.path}: already exists; choose a new path")
+        self.image_format = image_format
+        self.jpeg_quality = jpeg_quality
+        self.frame_id = frame_id
+        image_topic = topics.image
+        if image_format != "raw" and not image_topic.endswith("/compressed"):
+            image_topic += "/compressed"
+        self.topics = BagTopics(
+            image=image_topic, camera_info=topics.camera_info, ground_truth=topics.ground_truth
+        )
+        self.typestore = hrpose_typestore()
+        self._writer = Writer(self.path, version=9, storage_plugin=_STORAGES[storage])
+        if zstd:
+            # Chunk compression inside the mcap file, as rosbag2's own zstd storage presets do:
+            # any mcap reader (ros2 bag play, Foxglove) reads it without a decompression step.
+            self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+        self._writer.open()
+        image_type = IMAGE_TYPE if image_format == "raw" else COMPRESSED_IMAGE_TYPE
+        self._image = self._writer.add_connection(image_topic, image_type, typestore=self.typestore)
+        self._info = self._writer.add_connection(
+            topics.camera_info, CAMERA_INFO_TYPE, typestore=self.typestore
+        )
+        self._truth = None
+        if topics.ground_truth:
+            self._truth = self._writer.add_connection(
+                topics.ground_truth, OBJECT_POSE_ARRAY_TYPE, typestore=self.typestore
+            )
+        self.frames_written = 0
+
+    def write_frame(
+        self,
+        stamp_ns: int,
+        image: np.ndarray,
+        camera: CameraModel,
+        ground_truth: Sequence[ObjectPose] | None = None,
+    ) -> None:
+        """Write one frame: image (H, W, 3) uint8 RGB, camera_info and ground truth, stamped ``stamp_ns``."""
+        image = np.asarray(image)
+        if image.shape[:2] != (camera.height, camera.width):
+            raise ValueError(
+                f"image: shape {image.shape} does not match camera {camera.width}x{camera.height}"
+            )
+        if (ground_truth is None) != (self._truth is None):
+            raise ValueError("ground_truth: give it exactly when the bag has a ground-truth topic")
+        ts = self.typestore
+        self._writer.write(
+            self._image,
+            stamp_ns,
+            ts.serialize_cdr(
+                image_to_msg(ts, image, stamp_ns, self.frame_id, self.image_format, self.jpeg_quality),
+                self._image.msgtype,
+            ),
+        )
+        self._writer.write(
+            self._info,
+            stamp_ns,
+            ts.serialize_cdr(camera_to_msg(ts, camera, stamp_ns, self.frame_id), CAMERA_INFO_TYPE),
+        )
+        if self._truth is not None:
+            self._writer.write(
+                self._truth,
+                stamp_ns,
+                ts.serialize_cdr(
+                    poses_to_msg(ts, ground_truth, stamp_ns, self.frame_id), OBJECT_POSE_ARRAY_TYPE
+                ),
+            )
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finish the bag (writes the index and metadata.yaml)."""
+        self._writer.close()
+        _log.info("wrote %d frames to %s", self.frames_written, self.path)
+
+    def __enter__(self) -> BagWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
