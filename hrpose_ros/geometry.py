@@ -326,15 +326,15 @@ def _field(model_info, key: str):
 def symmetry_transformations(model_info, max_sym_disc_step: float = 0.01) -> np.ndarray:
     """Return the (S, 4, 4) symmetry transformations of an object (translation in metres), identity first.
 
-    ``model_info`` carries BOP's ``symmetries_discrete`` (list of 16 numbers, a row-major
-    4x4, translation in metres) and ``symmetries_continuous`` (list of ``{"axis": (3,),
-    "offset": (3,) metres}``) as a mapping or as attributes (``bop.ModelInfo``, which
-    converted BOP's millimetres once when reading). Semantics as in the BOP toolkit
-    (Hodan et al., BOP 2020): a continuous symmetry is discretised so that no surface
-    point moves by more than ``max_sym_disc_step`` x diameter between steps, giving
-    ceil(pi / step) rotations about the axis through ``offset``; every discrete symmetry
-    (identity included) is combined with every continuous step. Unlike the toolkit, the
-    zero-angle continuous step is kept, so the identity is always the first element.
+    ``model_info`` carries BOP's ``symmetries_discrete`` (each 16 numbers or a 4x4, row-major,
+    translation in metres) and ``symmetries_continuous`` (each ``{"axis": (3,), "offset": (3,)
+    metres}`` or a record with those attributes), as keys of a mapping or as attributes
+    (``bop.ModelInfo``, which converted BOP's millimetres once when reading). Semantics as
+    in the BOP toolkit (misc.get_symmetry_transformations, BOP 2019+): a continuous
+    symmetry is discretised so that no surface point moves by more than
+    ``max_sym_disc_step`` x diameter between steps, giving ceil(pi / step) rotations about
+    the axis through ``offset``; every discrete symmetry (identity included) is combined
+    with every continuous step, zero angle included, so the identity is the first element.
     """
     if not max_sym_disc_step > 0:
         raise ValueError(f"max_sym_disc_step: expected > 0, got {max_sym_disc_step}")
@@ -351,8 +351,11 @@ def symmetry_transformations(model_info, max_sym_disc_step: float = 0.01) -> np.
     continuous = []
     for i, sym in enumerate(_field(model_info, "symmetries_continuous") or []):
         try:
-            axis, offset = sym["axis"], sym["offset"]
-        except (KeyError, TypeError) as exc:
+            if isinstance(sym, Mapping):
+                axis, offset = sym["axis"], sym["offset"]
+            else:
+                axis, offset = sym.axis, sym.offset
+        except (KeyError, AttributeError) as exc:
             raise ValueError(
                 f"symmetries_continuous[{i}]: expected keys 'axis' and 'offset', got {sym!r}"
             ) from exc
