@@ -39,10 +39,11 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   exit 1
 fi
 [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
-req_hash=$(fingerprint requirements.txt setup.cfg setup.py)
+req_hash=$(fingerprint requirements.txt scripts/requirements-ros-wheels.txt setup.cfg setup.py)
 if ! stamp_ok pip "$req_hash"; then
   say "installing pinned Python packages (torch comes from this machine's disk, no GBs downloaded)"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REPO/requirements.txt" 2>&1 \
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REPO/requirements.txt" \
+    -r "$REPO/scripts/requirements-ros-wheels.txt" 2>&1 \
     | grep -v "WARNING: Location" || true
   "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -e "$REPO" 2>&1 \
     | grep -v "WARNING: Location" || true
