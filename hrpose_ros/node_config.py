@@ -1,0 +1,94 @@
+"""The pose node's parameters: one frozen dataclass, read once at start-up.
+
+Each field carries its ROS parameter description and allowed range or choices in its
+metadata, so the node declares exactly these parameters (with descriptions and ranges
+that ``ros2 param describe`` shows) and config/pose_node.yaml documents the defaults.
+Imports without ROS, so the validation is tested on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+
+__all__ = ["PoseNodeConfig", "parameter_specs"]
+
+
+def _param(default, description: str, low=None, high=None, choices: tuple[str, ...] = ()):
+    return field(default=default, metadata={"description": description, "low": low, "high": high,
+                                            "choices": choices})
+
+
+@dataclass(frozen=True)
+class PoseNodeConfig:
+    """Validated parameters of pose_node; a bad value is a ValueError naming the parameter."""
+
+    model_path: str = _param(
+        "", "Weights file of the pose network (.pt for torch, .onnx for onnxruntime); "
+            "empty = the default shipped in hrpose_ros/assets/weights")
+    backend: str = _param("torch", "Inference engine", choices=("torch", "onnxruntime"))
+    device: str = _param("cpu", "Device for inference: cpu, cuda or cuda:N (torch backend)")
+    objects_dir: str = _param(
+        "", "BOP models directory (models_info.json + meshes) naming the objects the network "
+            "was trained on; empty = the objects stored with the weights")
+    score_threshold: float = _param(0.5, "Minimum score of a published object instance", 0.0, 1.0)
+    keypoint_threshold: float = _param(0.1, "Minimum belief-map peak for a keypoint to count as found",
+                                       0.0, 1.0)
+    input_width: int = _param(0, "Network input width in pixels (0 = the model's own input size)", 0, 4096)
+    input_height: int = _param(0, "Network input height in pixels (0 = the model's own input size)",
+                               0, 4096)
+    image_is_rectified: bool = _param(
+        False, "True for rectified images (image_rect*): use camera_info P with zero distortion; "
+               "false for raw images: use K and D")
+    sync_slop: float = _param(0.01, "Largest stamp difference (s) between an image and its camera_info",
+                              0.0, 1.0)
+    sync_queue_size: int = _param(5, "Messages per input the synchroniser keeps while waiting for a match",
+                                  1, 100)
+    frame_prefix: str = _param("hrpose/", "Prefix of the TF frames <prefix><class>_<instance>")
+    publish_tf: bool = _param(True, "Broadcast one TF frame per object instance, child of the camera frame")
+    publish_markers: bool = _param(True, "Publish ~/markers (cuboids, labels, optional meshes) for RViz")
+    publish_overlay: bool = _param(True, "Publish ~/overlay (3D boxes and axes drawn on the image) "
+                                         "while someone subscribes to it")
+    marker_mesh: bool = _param(False, "Add the object's mesh to ~/markers (RViz must read the mesh files)")
+    mesh_scale: float = _param(0.001, "Mesh file units -> metres for mesh markers (BOP models: 0.001)",
+                               1e-6, 1e3)
+    diagnostics_period: float = _param(1.0, "Seconds between /diagnostics messages", 0.1, 60.0)
+    camera_info_timeout: float = _param(2.0, "Seconds of images without a matching camera_info before "
+                                             "warning", 0.1, 60.0)
+    log_throttle_period: float = _param(5.0, "Seconds between repeats of one kind of warning", 0.0, 3600.0)
+
+    def __post_init__(self):
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            meta = spec.metadata
+            expected = type(spec.default)
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                object.__setattr__(self, spec.name, value)
+            if type(value) is not expected:
+                raise ValueError(f"parameter '{spec.name}': expected {expected.__name__}, got {value!r}")
+            if meta["choices"] and value not in meta["choices"]:
+                raise ValueError(f"parameter '{spec.name}': expected one of {', '.join(meta['choices'])}, "
+                                 f"got {value!r}")
+            if meta["low"] is not None and not meta["low"] <= value <= meta["high"]:
+                raise ValueError(f"parameter '{spec.name}': expected a value in [{meta['low']}, "
+                                 f"{meta['high']}], got {value!r}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"parameter 'device': expected cpu, cuda or cuda:N, got {self.device!r}")
+        if (self.input_width == 0) != (self.input_height == 0):
+            raise ValueError(f"parameters 'input_width'/'input_height': set both or neither, got "
+                             f"{self.input_width}x{self.input_height}")
+        if self.frame_prefix.startswith("/") or not re.fullmatch(r"[A-Za-z0-9_/]*", self.frame_prefix):
+            raise ValueError(f"parameter 'frame_prefix': expected letters, digits, _ and / (no leading /), "
+                             f"got {self.frame_prefix!r}")
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """Return (width, height) of the network input in pixels, or None for the model's own size."""
+        return (self.input_width, self.input_height) if self.input_width else None
+
+
+def parameter_specs() -> list[tuple[str, object, str, object, object, tuple[str, ...]]]:
+    """Return (name, default, description, low, high, choices) for every parameter, in declaration order."""
+    return [(f.name, f.default, f.metadata["description"], f.metadata["low"], f.metadata["high"],
+             f.metadata["choices"]) for f in fields(PoseNodeConfig)]

@@ -1,0 +1,56 @@
+"""pose_node's frozen parameter config, without ROS: defaults, YAML, validation messages."""
+
+from dataclasses import FrozenInstanceError
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hrpose_ros.node_config import PoseNodeConfig, parameter_specs
+
+YAML = Path(__file__).resolve().parents[1] / "config" / "pose_node.yaml"
+
+
+def test_yaml_lists_every_parameter_with_its_default():
+    values = yaml.safe_load(YAML.read_text())["/**"]["ros__parameters"]
+    specs = parameter_specs()
+    assert values == {name: default for name, default, *_ in specs}
+    assert PoseNodeConfig(**values) == PoseNodeConfig()
+
+
+def test_every_parameter_has_a_description_and_numbers_have_ranges():
+    for name, default, description, low, high, _ in parameter_specs():
+        assert len(description) > 15, name
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            assert low is not None and low <= default <= high, name
+
+
+def test_config_is_frozen():
+    with pytest.raises(FrozenInstanceError):
+        PoseNodeConfig().backend = "onnxruntime"
+
+
+def test_integers_are_accepted_for_float_parameters():
+    assert PoseNodeConfig(sync_slop=0).sync_slop == 0.0
+    assert isinstance(PoseNodeConfig(score_threshold=1).score_threshold, float)
+
+
+def test_input_size():
+    assert PoseNodeConfig().input_size is None
+    assert PoseNodeConfig(input_width=640, input_height=480).input_size == (640, 480)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [({"backend": "tensorflow"}, "parameter 'backend': expected one of torch, onnxruntime, got 'tensorflow'"),
+     ({"score_threshold": 1.5}, r"parameter 'score_threshold': expected a value in \[0.0, 1.0\], got 1.5"),
+     ({"sync_queue_size": 0}, r"parameter 'sync_queue_size': expected a value in \[1, 100\]"),
+     ({"device": "gpu"}, "parameter 'device': expected cpu, cuda or cuda:N, got 'gpu'"),
+     ({"publish_tf": "yes"}, "parameter 'publish_tf': expected bool, got 'yes'"),
+     ({"input_width": 640}, "parameters 'input_width'/'input_height': set both or neither"),
+     ({"frame_prefix": "/hrpose/"}, "parameter 'frame_prefix'"),
+     ({"frame_prefix": "my prefix"}, "parameter 'frame_prefix'")],
+)
+def test_invalid_values_name_the_parameter(values, message):
+    with pytest.raises(ValueError, match=message):
+        PoseNodeConfig(**values)
