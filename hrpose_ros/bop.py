@@ -861,7 +861,11 @@ class SceneWriter:
         return im_id
 
     def close(self) -> None:
-        """Write scene_camera.json, scene_gt.json and (when masks were given) scene_gt_info.json."""
+        """Write scene_camera.json, scene_gt.json and (when masks were given) scene_gt_info.json.
+
+        Safe to call at any time to flush (e.g. every few hundred frames); frames added
+        afterwards are written by the next call.
+        """
         write_scene_camera(self.scene_dir / "scene_camera.json", self._cameras)
         write_scene_gt(self.scene_dir / "scene_gt.json", self._gt)
         if self._info:

@@ -33,8 +33,8 @@ __all__ = [
 NUM_KEYPOINTS = 9
 """HRPose's keypoints: the 8 bounding-box corners, then the centroid (box centre)."""
 
-# Relative size of the second singular value below which a point set counts as collinear.
-_COLLINEAR_TOL = 1e-9
+# Ratio of the second to the first eigenvalue of the scatter matrix below which points count as collinear.
+_COLLINEAR_TOL = 1e-12
 
 
 def _array(value, name: str, shape: tuple, allow_batch: bool = False) -> np.ndarray:
@@ -71,7 +71,7 @@ def check_intrinsics(K, name: str = "K") -> np.ndarray:
     K = _array(K, name, (3, 3))
     if K[0, 0] <= 0 or K[1, 1] <= 0:
         raise ValueError(f"{name}: focal lengths must be positive, got fx={K[0, 0]}, fy={K[1, 1]}")
-    if not np.allclose(K[2], [0.0, 0.0, 1.0]):
+    if K[2, 0] != 0 or K[2, 1] != 0 or abs(K[2, 2] - 1.0) > 1e-9:
         raise ValueError(f"{name}: expected last row [0, 0, 1], got {K[2].tolist()}")
     return K
 
@@ -142,7 +142,11 @@ def project(points, R, t, K, dist=None) -> np.ndarray:
     if np.any(cam[:, 2] <= 0):
         bad = np.flatnonzero(cam[:, 2] <= 0)
         raise ValueError(f"points: {len(bad)} point(s) at or behind the camera (z <= 0), e.g. index {bad[0]}")
-    dist = _distortion(dist)
+    return _image_points(cam, K, _distortion(dist))
+
+
+def _image_points(cam: np.ndarray, K: np.ndarray, dist: np.ndarray | None) -> np.ndarray:
+    """Return (N, 2) pixels of (N, 3) camera-frame points in front of the camera."""
     if dist is None:
         uvw = cam @ K.T
         return uvw[:, :2] / uvw[:, 2:3]
@@ -160,10 +164,19 @@ class PnPSolution(NamedTuple):
 
 
 def _is_collinear(points: np.ndarray) -> bool:
-    """True when (N, D) ``points`` lie on one line (or one point), relative to their spread."""
+    """True when (N, D) ``points`` lie on one line (or one point), relative to their spread.
+
+    The scatter matrix C of collinear points has one non-zero eigenvalue, so the sum of its
+    principal 2x2 minors (the sum of eigenvalue pairs' products) vanishes next to trace(C)^2.
+    """
     centred = points - points.mean(axis=0)
-    s = np.linalg.svd(centred, compute_uv=False)
-    return s[0] == 0 or s[1] <= _COLLINEAR_TOL * s[0]
+    C = centred.T @ centred
+    trace = float(np.trace(C))
+    if C.shape[0] == 2:
+        minors = C[0, 0] * C[1, 1] - C[0, 1] ** 2
+    else:
+        minors = sum(C[i, i] * C[j, j] - C[i, j] ** 2 for i, j in ((0, 1), (0, 2), (1, 2)))
+    return trace == 0 or minors <= _COLLINEAR_TOL * trace * trace
 
 
 def solve_pnp(
@@ -190,6 +203,7 @@ def solve_pnp(
     error after SQPnP (+~100 us) lowers the p95 to 0.81 deg. With 2 of 9 points off by
     30-80 px every plain solver is off by 12-20 deg (median); ``solvePnPRansac`` with SQPnP
     brings it back to 0.5 deg (p95 1.0 deg) at ~1.2 ms, so RANSAC is opt-in (``ransac=True``).
+    The input checks here add ~0.1 ms (about 0.2 ms per call in all, without RANSAC).
     """
     points_2d = _array(points_2d, "points_2d", (-1, 2))
     points_3d = _array(points_3d, "points_3d", (-1, 3))
@@ -240,7 +254,7 @@ def solve_pnp(
     cam = points_3d[inliers] @ R.T + tvec
     if np.any(cam[:, 2] <= 0):
         return None
-    residual = project(points_3d[inliers], R, tvec, K, dist) - points_2d[inliers]
+    residual = _image_points(cam, K, dist) - points_2d[inliers]
     rms = float(np.sqrt(np.mean(np.sum(residual**2, axis=1))))
     return PnPSolution(R=R, t=tvec, reprojection_error=rms, inliers=inliers)
 
