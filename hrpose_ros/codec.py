@@ -43,14 +43,19 @@ class CodecConfig:
 
     def __post_init__(self):
         if self.num_classes < 1 or self.num_keypoints < 2:
-            raise ValueError(f"num_classes/num_keypoints: expected >= 1 / >= 2, got "
-                             f"{self.num_classes}/{self.num_keypoints}")
+            raise ValueError(
+                f"num_classes/num_keypoints: expected >= 1 / >= 2, got "
+                f"{self.num_classes}/{self.num_keypoints}"
+            )
         if self.sigma <= 0 or self.vector_radius <= 0 or self.stride < 1:
-            raise ValueError(f"sigma/vector_radius/stride: expected positive, got "
-                             f"{self.sigma}/{self.vector_radius}/{self.stride}")
+            raise ValueError(
+                f"sigma/vector_radius/stride: expected positive, got "
+                f"{self.sigma}/{self.vector_radius}/{self.stride}"
+            )
         if not 4 <= self.min_keypoints <= self.num_keypoints:
-            raise ValueError(f"min_keypoints: expected 4..{self.num_keypoints} (PnP needs 4), "
-                             f"got {self.min_keypoints}")
+            raise ValueError(
+                f"min_keypoints: expected 4..{self.num_keypoints} (PnP needs 4), got {self.min_keypoints}"
+            )
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,14 @@ class KeypointCodec:
         s = self.config.stride
         return (height + s - 1) // s, (width + s - 1) // s
 
-    def encode(self, keypoints: np.ndarray, class_indices: np.ndarray, height: int, width: int,
-               visible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def encode(
+        self,
+        keypoints: np.ndarray,
+        class_indices: np.ndarray,
+        height: int,
+        width: int,
+        visible: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Return targets (belief_maps (C*K, h, w), vector_fields (C*(K-1)*2, h, w)) float32.
 
         ``keypoints`` (N, K, 2) input pixels, last keypoint the centroid; ``class_indices`` (N,)
@@ -108,7 +119,8 @@ class KeypointCodec:
         if visible is None:
             visible = np.ones(keypoints.shape[:2], dtype=bool)
         visible = np.asarray(visible, dtype=bool).reshape(keypoints.shape[:2]) & np.all(
-            np.isfinite(keypoints), axis=-1)
+            np.isfinite(keypoints), axis=-1
+        )
         h, w = self.map_size(height, width)
         belief = np.zeros((self.belief_channels, h, w), np.float32)
         vectors = np.zeros((self.vector_channels, h, w), np.float32)
@@ -157,7 +169,8 @@ class KeypointCodec:
         cfg = self.config
         m = np.asarray(belief_map, dtype=np.float64)
         is_peak = (m == maximum_filter(m, size=cfg.peak_window, mode="constant", cval=-np.inf)) & (
-            m > cfg.peak_threshold)
+            m > cfg.peak_threshold
+        )
         ys, xs = np.nonzero(is_peak)
         h, w = m.shape
         out = []
@@ -190,8 +203,10 @@ class KeypointCodec:
         if belief_maps.ndim != 3 or belief_maps.shape[0] != self.belief_channels:
             raise ValueError(f"belief_maps: expected ({self.belief_channels}, h, w), got {belief_maps.shape}")
         if vector_fields.shape != (self.vector_channels, *belief_maps.shape[1:]):
-            raise ValueError(f"vector_fields: expected ({self.vector_channels}, "
-                             f"{belief_maps.shape[1]}, {belief_maps.shape[2]}), got {vector_fields.shape}")
+            raise ValueError(
+                f"vector_fields: expected ({self.vector_channels}, "
+                f"{belief_maps.shape[1]}, {belief_maps.shape[2]}), got {vector_fields.shape}"
+            )
         cos_limit = np.cos(np.deg2rad(cfg.angle_threshold_deg))
         h, w = belief_maps.shape[1:]
         instances = []
@@ -208,7 +223,7 @@ class KeypointCodec:
                 j = c * (K - 1) + k
                 for x, y, value in self.find_peaks(belief_maps[c * K + k]):
                     xi, yi = min(max(int(round(x)), 0), w - 1), min(max(int(round(y)), 0), h - 1)
-                    predicted = vector_fields[2 * j: 2 * j + 2, yi, xi].astype(np.float64)
+                    predicted = vector_fields[2 * j : 2 * j + 2, yi, xi].astype(np.float64)
                     norm = np.linalg.norm(predicted)
                     if norm < 1e-6:
                         continue
@@ -225,12 +240,14 @@ class KeypointCodec:
                 found = np.all(np.isfinite(keypoints[i]), axis=1)
                 if found.sum() < cfg.min_keypoints:
                     continue
-                instances.append(DecodedInstance(
-                    class_index=c,
-                    score=float(scores[i, found].mean()),
-                    keypoints=keypoints[i] * cfg.stride,
-                    found=found,
-                ))
+                instances.append(
+                    DecodedInstance(
+                        class_index=c,
+                        score=float(scores[i, found].mean()),
+                        keypoints=keypoints[i] * cfg.stride,
+                        found=found,
+                    )
+                )
         return instances
 
 

@@ -24,6 +24,10 @@ from torch import nn
 
 __all__ = ["BACKBONES", "HRPose", "HRPoseConfig", "HRPoseOutput", "count_parameters", "count_flops"]
 
+# The network normalises its input itself, so every engine (torch, ONNX) takes RGB in [0, 1].
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
 # Variant name -> timm model name. Variants are plain data (see STYLE.md).
 BACKBONES: dict[str, str] = {
     "teacher": "hrnet_w18",  # HRNetV2-W18, paper: 9.7 M parameters, 23.2 GFLOPs at 640x480
@@ -81,7 +85,7 @@ class HRPoseOutput(NamedTuple):
 
 
 class HRPose(nn.Module):
-    """HRPose network: image (B, 3, H, W) normalised RGB -> HRPoseOutput at stride 4."""
+    """HRPose network: image (B, 3, H, W) RGB in [0, 1], H, W multiples of 32 -> HRPoseOutput (stride 4)."""
 
     stride = 4
 
@@ -108,10 +112,15 @@ class HRPose(nn.Module):
             nn.Conv2d(width, config.belief_channels + config.vector_channels, 1),
         )
         self.feature_channels = in_channels
+        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
 
     def extract_features(self, image: torch.Tensor) -> torch.Tensor:
-        """Return the HRNetV2 representation (B, 270, H/4, W/4): all branches upsampled and concatenated."""
-        branches = self.backbone(image)
+        """Return the HRNetV2 representation (B, 270, H/4, W/4) of RGB ``image`` (B, 3, H, W) in [0, 1].
+
+        All four branches are upsampled to stride 4 and concatenated (HRNetV2).
+        """
+        branches = self.backbone((image - self.mean) / self.std)
         size = branches[0].shape[-2:]
         upsampled = [branches[0]] + [
             F.interpolate(b, size=size, mode="bilinear", align_corners=False) for b in branches[1:]

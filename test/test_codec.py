@@ -20,11 +20,13 @@ def _box_keypoints(centre, half, tilt):
 
 def test_round_trip_three_instances_two_classes_within_half_pixel():
     codec = KeypointCodec(CodecConfig(num_classes=2))
-    keypoints = np.stack([
-        _box_keypoints(np.array([70.3, 80.6]), 30.0, np.array([4.1, -3.3])),
-        _box_keypoints(np.array([190.8, 90.2]), 34.0, np.array([-5.2, 2.7])),
-        _box_keypoints(np.array([130.1, 190.9]), 28.0, np.array([3.6, 5.4])),
-    ])
+    keypoints = np.stack(
+        [
+            _box_keypoints(np.array([70.3, 80.6]), 30.0, np.array([4.1, -3.3])),
+            _box_keypoints(np.array([190.8, 90.2]), 34.0, np.array([-5.2, 2.7])),
+            _box_keypoints(np.array([130.1, 190.9]), 28.0, np.array([3.6, 5.4])),
+        ]
+    )
     classes = np.array([0, 1, 0])
     belief, vectors = codec.encode(keypoints, classes, height=256, width=256)
     assert belief.shape == (18, 64, 64) and vectors.shape == (32, 64, 64)
@@ -33,8 +35,9 @@ def test_round_trip_three_instances_two_classes_within_half_pixel():
     assert len(decoded) == 3
     for truth, cls in zip(keypoints, classes):
         # Same grouping: the instance whose centroid matches holds all of this instance's keypoints.
-        match = [d for d in decoded if d.class_index == cls
-                 and np.linalg.norm(d.keypoints[-1] - truth[-1]) < 2.0]
+        match = [
+            d for d in decoded if d.class_index == cls and np.linalg.norm(d.keypoints[-1] - truth[-1]) < 2.0
+        ]
         assert len(match) == 1
         assert match[0].found.all()
         assert np.max(np.abs(match[0].keypoints - truth)) < 0.5

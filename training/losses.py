@@ -56,8 +56,9 @@ def mse_loss(belief_maps, vector_fields, target_belief_maps, target_vector_field
     return map_mse(belief_maps, target_belief_maps) + map_mse(vector_fields, target_vector_fields, 2)
 
 
-def output_distillation_loss(student_belief, student_vectors, teacher_belief,
-                             teacher_vectors) -> torch.Tensor:
+def output_distillation_loss(
+    student_belief, student_vectors, teacher_belief, teacher_vectors
+) -> torch.Tensor:
     """Return L_od (Eq. 4): Eq. 3 with the (detached) teacher's outputs as targets."""
     return mse_loss(student_belief, student_vectors, teacher_belief.detach(), teacher_vectors.detach())
 
@@ -85,15 +86,24 @@ def feature_similarity_loss(student_features, teacher_features, pool: int = FS_P
     Channel counts may differ; spatial sizes must match (as the paper assumes).
     """
     if student_features.shape[-2:] != teacher_features.shape[-2:]:
-        raise ValueError(f"teacher_features: spatial size {tuple(teacher_features.shape[-2:])} differs "
-                         f"from the student's {tuple(student_features.shape[-2:])}")
+        raise ValueError(
+            f"teacher_features: spatial size {tuple(teacher_features.shape[-2:])} differs "
+            f"from the student's {tuple(student_features.shape[-2:])}"
+        )
     g_s = similarity_matrix(student_features, pool)
     g_t = similarity_matrix(teacher_features.detach(), pool)
     return (g_s - g_t).pow(2).sum(dim=(1, 2)).mean()
 
 
-def total_loss(student_output, target_belief, target_vectors, teacher_output=None,
-               lambda_od: float = 0.5, lambda_fs: float = 5e-5, fs_pool: int = FS_POOL) -> LossTerms:
+def total_loss(
+    student_output,
+    target_belief,
+    target_vectors,
+    teacher_output=None,
+    lambda_od: float = 0.5,
+    lambda_fs: float = 5e-5,
+    fs_pool: int = FS_POOL,
+) -> LossTerms:
     """Return Eq. 7's L = L_mse + lambda_1 L_od + lambda_2 L_fs and its terms.
 
     ``student_output``/``teacher_output`` are ``HRPoseOutput``s; without a teacher (or with both
@@ -103,8 +113,12 @@ def total_loss(student_output, target_belief, target_vectors, teacher_output=Non
     zero = mse.new_zeros(())
     od = fs = zero
     if teacher_output is not None and lambda_od > 0:
-        od = output_distillation_loss(student_output.belief_maps, student_output.vector_fields,
-                                      teacher_output.belief_maps, teacher_output.vector_fields)
+        od = output_distillation_loss(
+            student_output.belief_maps,
+            student_output.vector_fields,
+            teacher_output.belief_maps,
+            teacher_output.vector_fields,
+        )
     if teacher_output is not None and lambda_fs > 0:
         fs = feature_similarity_loss(student_output.features, teacher_output.features, fs_pool)
     return LossTerms(mse + lambda_od * od + lambda_fs * fs, mse, od, fs)

@@ -1,0 +1,216 @@
+"""PosePipeline: RGB image + camera -> object poses, in four swappable stages with timings.
+
+Stages (each one method, timed in ``last_timings``):
+
+1. ``preprocess``: resize the image by one scale so it fits the network input and pad it
+   (letterbox), RGB in [0, 1];
+2. ``estimate`` ("inference"): the engine (torch or ONNX Runtime) -> belief maps, vector fields;
+3. ``decode``: the codec parses keypoints into instances (input-image pixels after undoing the
+   letterbox);
+4. ``solve`` ("pnp"): PnP per instance with the camera's K and distortion.
+
+This is HRPose's bottom-up path (no detector: the whole frame is one crop). A detector path
+(single-shot detector, then crops into a shared regressor) replaces ``preprocess``/``estimate``/
+``decode`` with its own and keeps ``solve``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hrpose_ros.codec import DecodedInstance, KeypointCodec
+from hrpose_ros.geometry import keypoints_3d, solve_pnp
+from hrpose_ros.runtime import create_engine
+from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
+
+__all__ = ["DEFAULT_WEIGHTS", "Letterbox", "PoseThresholds", "PosePipeline", "letterbox", "scale_points"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "assets" / "weights" / "hrpose_student_kd.pt"
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was mapped to the network input: one ``scale``, content at the top-left, zero padding."""
+
+    scale: float
+    width: int  # network input size
+    height: int
+
+
+def scale_points(points: np.ndarray, scale: float) -> np.ndarray:
+    """Return (..., 2) pixel coordinates after resizing the image by ``scale`` (pixel centres stay)."""
+    return (np.asarray(points, dtype=np.float64) + 0.5) * scale - 0.5
+
+
+def letterbox(
+    image: np.ndarray, width: int, height: int, scale: float | None = None
+) -> tuple[np.ndarray, Letterbox]:
+    """Return (image (height, width, 3) uint8, Letterbox): ``image`` resized by one scale, zero padded.
+
+    ``scale`` defaults to the largest that fits the image into ``width`` x ``height``.
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image: expected (H, W, 3) RGB, got shape {image.shape}")
+    h, w = image.shape[:2]
+    if scale is None:
+        scale = min(width / w, height / h)
+    new_w, new_h = min(int(round(w * scale)), width), min(int(round(h * scale)), height)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = (
+        image if (new_w, new_h) == (w, h) else cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    )
+    out = np.zeros((height, width, 3), np.uint8)
+    out[:new_h, :new_w] = resized[:height, :width]
+    return out, Letterbox(scale=float(scale), width=width, height=height)
+
+
+@dataclass(frozen=True)
+class PoseThresholds:
+    """Pose acceptance: minimum instance score, maximum PnP reprojection error (px), RANSAC in PnP."""
+
+    min_score: float = 0.1
+    max_reprojection_error: float = 10.0
+    ransac: bool = True
+    ransac_threshold: float = 5.0  # px, in the input image
+
+
+class PosePipeline:
+    """Image (H, W, 3) uint8 RGB + CameraModel -> list[ObjectPose], with per-stage timings."""
+
+    def __init__(
+        self,
+        engine,
+        codec: KeypointCodec,
+        objects: list[ObjectModel],
+        input_size: tuple[int, int],
+        thresholds: PoseThresholds = PoseThresholds(),
+    ):
+        if len(objects) != codec.config.num_classes:
+            raise ValueError(
+                f"objects: the codec has {codec.config.num_classes} classes, got {len(objects)} objects"
+            )
+        self.engine = engine
+        self.codec = codec
+        self.objects = list(objects)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.thresholds = thresholds
+        self.keypoints_3d = [keypoints_3d(o.points) for o in self.objects]
+        self.last_timings: dict[str, float] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls, path=None, backend: str = "torch", device: str = "cpu", **thresholds
+    ) -> PosePipeline:
+        """Return a pipeline for the checkpoint (.pt) or ONNX file at ``path`` (None = shipped default).
+
+        ``thresholds``: PoseThresholds fields (min_score, max_reprojection_error, ransac,
+        ransac_threshold) and codec decoding fields (peak_threshold, angle_threshold_deg,
+        min_keypoints). A missing or corrupt file raises ValueError naming it.
+        """
+        path = Path(path) if path is not None else DEFAULT_WEIGHTS
+        engine, checkpoint = create_engine(backend, path, device)
+        pose_fields = set(PoseThresholds.__dataclass_fields__)
+        codec_fields = {"peak_threshold", "angle_threshold_deg", "min_keypoints"}
+        unknown = set(thresholds) - pose_fields - codec_fields
+        if unknown:
+            raise ValueError(
+                f"thresholds: unknown names {sorted(unknown)}; expected some of "
+                f"{sorted(pose_fields | codec_fields)}"
+            )
+        codec_config = replace(
+            checkpoint.codec_config, **{k: v for k, v in thresholds.items() if k in codec_fields}
+        )
+        pose_thresholds = PoseThresholds(**{k: v for k, v in thresholds.items() if k in pose_fields})
+        return cls(
+            engine, KeypointCodec(codec_config), checkpoint.objects, checkpoint.input_size, pose_thresholds
+        )
+
+    def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:
+        """Return the object poses found in ``image_rgb`` (H, W, 3) uint8 seen by ``camera`` (metres)."""
+        image_rgb = np.asarray(image_rgb)
+        if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+            raise ValueError(f"image_rgb: expected (H, W, 3) uint8, got {image_rgb.shape} {image_rgb.dtype}")
+        if (camera.width, camera.height) != (image_rgb.shape[1], image_rgb.shape[0]):
+            raise ValueError(
+                f"camera: size {camera.width}x{camera.height} differs from the image's "
+                f"{image_rgb.shape[1]}x{image_rgb.shape[0]}"
+            )
+        timings = {}
+        t0 = time.perf_counter()
+        batch, box = self.preprocess(image_rgb)
+        t1 = time.perf_counter()
+        belief, vectors = self.estimate(batch)
+        t2 = time.perf_counter()
+        instances = self.decode(belief[0], vectors[0], box)
+        t3 = time.perf_counter()
+        poses = self.solve(instances, camera)
+        t4 = time.perf_counter()
+        timings.update(preprocess=t1 - t0, inference=t2 - t1, decode=t3 - t2, pnp=t4 - t3)
+        self.last_timings = timings
+        return poses
+
+    def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """Return (batch (1, 3, h, w) float32 in [0, 1], Letterbox) for the network input size."""
+        width, height = self.input_size
+        boxed, box = letterbox(image_rgb, width, height)
+        return (boxed.transpose(2, 0, 1)[None].astype(np.float32) / 255.0), box
+
+    def estimate(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return the engine's (belief_maps, vector_fields) for ``batch``."""
+        return self.engine(batch)
+
+    def decode(
+        self, belief_maps: np.ndarray, vector_fields: np.ndarray, box: Letterbox
+    ) -> list[DecodedInstance]:
+        """Return decoded instances with keypoints in the original image's pixels."""
+        instances = self.codec.decode(belief_maps, vector_fields)
+        return [replace(i, keypoints=scale_points(i.keypoints, 1.0 / box.scale)) for i in instances]
+
+    def solve(self, instances: list[DecodedInstance], camera: CameraModel) -> list[ObjectPose]:
+        """Return an ObjectPose per instance whose PnP succeeds within the thresholds, best score first."""
+        th = self.thresholds
+        poses = []
+        for instance in sorted(instances, key=lambda i: -i.score):
+            if instance.score < th.min_score:
+                continue
+            ids = np.flatnonzero(instance.found)
+            points_2d = instance.keypoints[ids]
+            points_3d = self.keypoints_3d[instance.class_index][ids]
+            try:
+                solution = solve_pnp(
+                    points_2d,
+                    points_3d,
+                    camera.K,
+                    camera.dist if not camera.is_rectified else None,
+                    ransac=th.ransac,
+                    ransac_threshold=th.ransac_threshold,
+                )
+            except ValueError as exc:  # degenerate (collinear) keypoints: no pose for this instance
+                logger.debug("instance skipped: %s", exc)
+                continue
+            if solution is None or solution.reprojection_error > th.max_reprojection_error:
+                continue
+            obj = self.objects[instance.class_index]
+            used = ids[solution.inliers]
+            poses.append(
+                ObjectPose(
+                    class_name=obj.name,
+                    obj_id=obj.obj_id,
+                    instance_id=len(poses),
+                    score=instance.score,
+                    R=solution.R,
+                    t=solution.t,
+                    keypoints_2d=instance.keypoints[used],
+                    keypoint_ids=used,
+                    reprojection_error=solution.reprojection_error,
+                )
+            )
+        return poses

@@ -1,0 +1,126 @@
+"""Training samples from a BOP split: image -> (scaled, augmented, cropped) input + encoded targets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from hrpose_ros.bop import BopFrame
+from hrpose_ros.codec import KeypointCodec
+from hrpose_ros.geometry import keypoints_3d, project
+from hrpose_ros.pipeline import letterbox, scale_points
+from hrpose_ros.types import ObjectModel
+
+__all__ = ["KeypointDataset", "frame_keypoints", "random_crop"]
+
+
+def frame_keypoints(frame: BopFrame, objects: Sequence[ObjectModel]) -> tuple[np.ndarray, np.ndarray]:
+    """Return (keypoints (N, 9, 2) px, class_indices (N,)) of the frame's annotated instances.
+
+    Classes are positions in ``objects``; instances of other objects, or with a keypoint at or
+    behind the camera plane, are left out.
+    """
+    index = {o.obj_id: i for i, o in enumerate(objects)}
+    model_keypoints = [keypoints_3d(o.points) for o in objects]
+    keypoints, classes = [], []
+    for inst in frame.instances:
+        c = index.get(inst.obj_id)
+        if c is None:
+            continue
+        cam_z = (model_keypoints[c] @ inst.R.T + inst.t)[:, 2]
+        if np.any(cam_z <= 1e-3):
+            continue
+        keypoints.append(project(model_keypoints[c], inst.R, inst.t, frame.camera.K, frame.camera.dist))
+        classes.append(c)
+    return np.asarray(keypoints, np.float64).reshape(-1, 9, 2), np.asarray(classes, np.int64)
+
+
+def random_crop(image: np.ndarray, keypoints: np.ndarray, size: int, rng: np.random.Generator):
+    """Return (crop (size, size, 3), keypoints shifted into it): a square around a random instance's centroid.
+
+    The centroid lands uniformly in the central 60 % of the crop; outside the image is zero.
+    With no instance the crop is anywhere in the image.
+    """
+    h, w = image.shape[:2]
+    if len(keypoints):
+        cx, cy = keypoints[rng.integers(len(keypoints)), -1]
+        x0 = int(round(cx - rng.uniform(0.2, 0.8) * size))
+        y0 = int(round(cy - rng.uniform(0.2, 0.8) * size))
+    else:
+        x0 = int(rng.integers(0, max(w - size, 0) + 1))
+        y0 = int(rng.integers(0, max(h - size, 0) + 1))
+    crop = np.zeros((size, size, 3), np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + size, w), min(y0 + size, h)
+    if sx0 < sx1 and sy0 < sy1:
+        crop[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return crop, keypoints - (x0, y0)
+
+
+class KeypointDataset(torch.utils.data.Dataset):
+    """(image (3, H, W) float in [0, 1], belief_maps (C*K, H/4, W/4), vector_fields) per BOP frame.
+
+    Each frame is resized by ``image_scale``; with ``crop_size`` 0 it is letterboxed to
+    ``input_size`` (W, H) as the pipeline does, else a random square crop around an object is
+    taken. ``augment`` applies the data module's augmentation (blur, colour jitter, noise,
+    rotation +-30 deg; paper Sec. IV.1) with keypoints moved consistently.
+    """
+
+    def __init__(
+        self,
+        frames: Sequence[BopFrame],
+        objects: Sequence[ObjectModel],
+        codec: KeypointCodec,
+        image_scale: float,
+        input_size: tuple[int, int],
+        crop_size: int = 0,
+        augment: bool = False,
+        seed: int = 0,
+    ):
+        if not frames:
+            raise ValueError("frames: expected at least one training frame, got none")
+        self.frames = list(frames)
+        self.objects = list(objects)
+        self.codec = codec
+        self.image_scale = float(image_scale)
+        self.input_size = input_size
+        self.crop_size = int(crop_size)
+        self.augment = augment
+        self.seed = seed
+        self._calls = 0
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        # A fresh stream per call (seed, worker, call count, index): epochs differ, runs repeat.
+        info = torch.utils.data.get_worker_info()
+        self._calls += 1
+        return np.random.default_rng((self.seed, info.id if info else 0, self._calls, index))
+
+    def __getitem__(self, index: int):
+        frame = self.frames[index]
+        rng = self._rng(index)
+        keypoints, classes = frame_keypoints(frame, self.objects)
+        image = frame.read_rgb()
+        width, height = self.input_size
+        if self.crop_size:
+            image, _ = letterbox(
+                image,
+                int(round(image.shape[1] * self.image_scale)),
+                int(round(image.shape[0] * self.image_scale)),
+                self.image_scale,
+            )
+        else:
+            image, _ = letterbox(image, width, height, self.image_scale)
+        keypoints = scale_points(keypoints, self.image_scale)
+        if self.augment:
+            from hrpose_ros.data.augment import augment
+
+            image, keypoints = augment(image, keypoints, rng)
+        if self.crop_size:
+            image, keypoints = random_crop(image, keypoints, self.crop_size, rng)
+        belief, vectors = self.codec.encode(keypoints, classes, image.shape[0], image.shape[1])
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
+        return tensor, torch.from_numpy(belief), torch.from_numpy(vectors)

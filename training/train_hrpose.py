@@ -1,0 +1,267 @@
+"""Train HRPose: the teacher, the student, or the student distilled from the teacher (Eq. 7).
+
+Reads top to bottom: config -> data -> model (+ frozen teacher) -> Adam with the lr halved
+every ``lr_step_epochs`` -> epochs of steps (tqdm) -> CSV log, loss plot and checkpoint
+(config inside) after every epoch.
+
+    python -m training.train_hrpose --stage teacher --recipe cpu --out runs/teacher
+    python -m training.train_hrpose --stage student --recipe cpu --out runs/student
+    python -m training.train_hrpose --stage student_kd --recipe cpu --teacher runs/teacher/last.pt \
+        --out runs/student_kd
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hrpose_ros import bop
+from hrpose_ros.codec import CodecConfig, KeypointCodec
+from hrpose_ros.networks import HRPose, HRPoseConfig
+from hrpose_ros.runtime import Checkpoint, compact_points, load_checkpoint, save_checkpoint
+from hrpose_ros.types import ObjectModel
+from training.config import RECIPES, STAGES, TrainConfig, recipe
+from training.data import KeypointDataset
+from training.losses import total_loss
+
+__all__ = ["load_objects", "main", "plot_losses", "train"]
+
+logger = logging.getLogger(__name__)
+
+LOG_FIELDS = ("epoch", "step", "lr", "total", "mse", "od", "fs", "seconds")
+
+
+def load_objects(objects_dir: str = "") -> list[ObjectModel]:
+    """Return the objects to train on, sorted by obj_id: a BOP models dir, or "" = the shipped default set."""
+    if objects_dir:
+        return bop.load_object_models(objects_dir)
+    from hrpose_ros.data.objects import load_default_objects
+
+    return sorted(load_default_objects(), key=lambda o: o.obj_id)
+
+
+def _compact(objects: Sequence[ObjectModel]) -> list[ObjectModel]:
+    """Return the objects with at most 1000 points each (same bounding box), for small checkpoints."""
+    return [
+        ObjectModel(
+            obj_id=o.obj_id,
+            name=o.name,
+            points=compact_points(o.points),
+            diameter=o.diameter,
+            symmetries=o.symmetries,
+            mesh_path=o.mesh_path,
+        )
+        for o in objects
+    ]
+
+
+def _load_teacher(config: TrainConfig, model_config: HRPoseConfig, device) -> HRPose:
+    """Return the frozen teacher: eval mode, no gradients (paper Fig. 1: 'we keep the teacher fixed')."""
+    if not config.teacher_checkpoint:
+        raise ValueError("teacher_checkpoint: the student_kd stage needs a trained teacher checkpoint")
+    checkpoint = load_checkpoint(config.teacher_checkpoint)
+    if checkpoint.model_config.num_classes != model_config.num_classes:
+        raise ValueError(
+            f"teacher_checkpoint: {config.teacher_checkpoint} has "
+            f"{checkpoint.model_config.num_classes} classes, the student {model_config.num_classes}"
+        )
+    teacher = checkpoint.build_model().to(device)
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+def plot_losses(csv_path: Path, png_path: Path) -> None:
+    """Write a PNG of the loss terms per step from the training CSV log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    steps = np.array([int(r["step"]) for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in ("total", "mse", "od", "fs"):
+        values = np.array([float(r[name]) for r in rows])
+        if np.any(values):
+            ax.plot(steps, values, label=name, linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title(csv_path.parent.name)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def train(
+    config: TrainConfig,
+    frames: Sequence[bop.BopFrame] | None = None,
+    objects: Sequence[ObjectModel] | None = None,
+) -> Path:
+    """Train one stage and return the path of its last checkpoint (``out_dir``/last.pt).
+
+    ``frames``/``objects`` default to ``config.train_dir`` and ``config.objects_dir``.
+    """
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    objects = _compact(objects if objects is not None else load_objects(config.objects_dir))
+    frames = list(frames) if frames is not None else bop.read_split(config.train_dir)
+    if config.max_frames:
+        frames = frames[: config.max_frames]
+
+    model_config = HRPoseConfig(variant=config.variant, num_classes=len(objects))
+    codec = KeypointCodec(CodecConfig(num_classes=len(objects), sigma=config.sigma, stride=HRPose.stride))
+    dataset = KeypointDataset(
+        frames,
+        objects,
+        codec,
+        config.image_scale,
+        (config.input_width, config.input_height),
+        config.crop_size,
+        config.augment,
+        config.seed,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=False,
+        num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+
+    model = HRPose(model_config).to(device)
+    teacher = _load_teacher(config, model_config, device) if config.uses_teacher else None
+    if config.bf16:
+        # Convert before any inference_mode: converted parameters must stay trainable tensors.
+        model = model.to(memory_format=torch.channels_last)
+        teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=config.lr_step_epochs, gamma=config.lr_gamma
+    )
+
+    csv_path = out_dir / "log.csv"
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f).writerow(LOG_FIELDS)
+    logger.info(
+        "stage %s: %d frames, %d objects, %d parameters",
+        config.stage,
+        len(frames),
+        len(objects),
+        sum(p.numel() for p in model.parameters()),
+    )
+
+    start = time.perf_counter()
+    step = 0
+    memory_format = torch.channels_last if config.bf16 else torch.contiguous_format
+    for epoch in range(config.epochs):
+        model.train()
+        bar = tqdm(loader, desc=f"{config.stage} epoch {epoch + 1}/{config.epochs}", leave=False)
+        for images, belief, vectors in bar:
+            images = images.to(device).contiguous(memory_format=memory_format)
+            belief, vectors = belief.to(device), vectors.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                output = model(images)
+                teacher_output = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_output = teacher(images)
+            output = type(output)(*(t.float() for t in output))
+            if teacher_output is not None:
+                teacher_output = type(teacher_output)(*(t.float() for t in teacher_output))
+            terms = total_loss(output, belief, vectors, teacher_output, config.lambda_od, config.lambda_fs)
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            optimizer.step()
+            step += 1
+            values = [float(t.detach()) for t in terms]
+            with open(csv_path, "a", newline="") as f:
+                csv.writer(f).writerow(
+                    [
+                        epoch + 1,
+                        step,
+                        optimizer.param_groups[0]["lr"],
+                        *values,
+                        round(time.perf_counter() - start, 2),
+                    ]
+                )
+            bar.set_postfix(loss=f"{values[0]:.3f}", mse=f"{values[1]:.3f}")
+            if config.max_steps and step >= config.max_steps:
+                break
+        scheduler.step()
+        wall = time.perf_counter() - start
+        checkpoint = Checkpoint(
+            model_config=model_config,
+            codec_config=codec.config,
+            input_size=(config.input_width, config.input_height),
+            objects=objects,
+            state_dict=model.state_dict(),
+            train_config=config.to_dict(),
+            history={
+                "epochs": epoch + 1,
+                "steps": step,
+                "wall_time_s": round(wall, 1),
+                "frames": len(frames),
+            },
+        )
+        save_checkpoint(out_dir / "last.pt", checkpoint)
+        plot_losses(csv_path, out_dir / "loss.png")
+        logger.info("epoch %d/%d done: step %d, %.0f s", epoch + 1, config.epochs, step, wall)
+        if config.max_steps and step >= config.max_steps:
+            break
+    return out_dir / "last.pt"
+
+
+def main(argv=None) -> None:
+    """Command line: train one stage with a recipe and overrides."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=sorted(STAGES), required=True)
+    parser.add_argument("--network", help="override the stage's network (teacher, student, tiny)")
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="paper",
+        help="paper = the paper's settings (GPU); cpu = what fits on 2 CPU cores",
+    )
+    parser.add_argument("--train-dir", help="BOP split with the training frames (default data/train)")
+    parser.add_argument("--objects-dir", help="BOP models dir (default: the shipped object set)")
+    parser.add_argument("--teacher", dest="teacher_checkpoint", help="teacher checkpoint (student_kd)")
+    parser.add_argument("--out", dest="out_dir", required=True)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--lr-step-epochs", type=int)
+    parser.add_argument("--lambda-od", type=float)
+    parser.add_argument("--lambda-fs", type=float)
+    parser.add_argument("--crop-size", type=int)
+    parser.add_argument("--max-frames", type=int)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--num-workers", type=int)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device")
+    args = vars(parser.parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.pop("threads"))
+    config = recipe(args.pop("recipe"), **args)
+    path = train(config)
+    logger.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()
