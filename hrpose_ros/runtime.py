@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -215,7 +216,11 @@ def export_onnx(checkpoint: Checkpoint, path, opset: int = 17, dynamic_size: boo
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.onnx")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The legacy exporter is chosen on purpose (no onnxscript); its deprecation and the tracer's
+        # notes on the shape checks in HRPose.forward (constant for a traced graph) are expected.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             model,
             (dummy,),

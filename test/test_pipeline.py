@@ -1,0 +1,102 @@
+"""PosePipeline: letterbox geometry, PnP stage, a whole call with timings, file errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from hrpose_ros.codec import CodecConfig, DecodedInstance, KeypointCodec
+from hrpose_ros.geometry import keypoints_3d, project
+from hrpose_ros.networks import HRPose, HRPoseConfig
+from hrpose_ros.pipeline import PosePipeline, letterbox, scale_points
+from hrpose_ros.runtime import Checkpoint, TorchEngine, save_checkpoint
+from hrpose_ros.types import CameraModel
+from training.toy_data import TOY_CAMERA, toy_objects
+
+
+@pytest.fixture(scope="module")
+def tiny_pt(tmp_path_factory):
+    torch.manual_seed(0)
+    config = HRPoseConfig(variant="tiny", num_classes=2)
+    checkpoint = Checkpoint(
+        model_config=config,
+        codec_config=CodecConfig(num_classes=2),
+        input_size=(160, 128),
+        objects=toy_objects(),
+        state_dict=HRPose(config).state_dict(),
+    )
+    return save_checkpoint(tmp_path_factory.mktemp("pipe") / "tiny.pt", checkpoint)
+
+
+def test_letterbox_maps_points_and_back():
+    image = np.zeros((480, 640, 3), np.uint8)
+    image[100, 200] = 255
+    boxed, box = letterbox(image, 320, 256)
+    assert boxed.shape == (256, 320, 3) and box.scale == 0.5
+    assert np.all(boxed[240:] == 0)  # padding below the 240 content rows
+    point = np.array([[200.0, 100.0]])
+    assert np.allclose(scale_points(scale_points(point, box.scale), 1 / box.scale), point)
+    assert np.allclose(scale_points(point, 0.5), [[99.75, 49.75]])
+
+
+def test_solve_recovers_the_pose_from_keypoints_with_distortion():
+    camera = CameraModel(
+        K=np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]]),
+        width=640,
+        height=480,
+        dist=np.array([0.05, -0.02, 0.0, 0.0, 0.0]),
+    )
+    objects = toy_objects()
+    R = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, 0.8, -0.6], [0, 0.6, 0.8]])
+    t = np.array([0.03, -0.02, 0.5])
+    uv = project(keypoints_3d(objects[1].points), R, t, camera.K, camera.dist)
+    found = np.ones(9, bool)
+    found[2] = False  # one keypoint missing
+    instance = DecodedInstance(
+        class_index=1, score=0.9, keypoints=np.where(found[:, None], uv, np.nan), found=found
+    )
+    pipeline = PosePipeline(
+        engine=None, codec=KeypointCodec(CodecConfig(num_classes=2)), objects=objects, input_size=(320, 256)
+    )
+    (pose,) = pipeline.solve([instance], camera)
+    assert pose.class_name == "box2" and pose.obj_id == 2 and pose.score == 0.9
+    assert np.allclose(pose.R, R, atol=1e-6) and np.allclose(pose.t, t, atol=1e-7)
+    assert pose.reprojection_error < 1e-4 and 2 not in pose.keypoint_ids and len(pose.keypoint_ids) == 8
+
+
+def test_decode_stage_undoes_the_letterbox():
+    objects = toy_objects()
+    codec = KeypointCodec(CodecConfig(num_classes=2))
+    pipeline = PosePipeline(engine=None, codec=codec, objects=objects, input_size=(160, 128))
+    R, t = np.eye(3), np.array([0.0, 0.0, 0.5])
+    uv = project(keypoints_3d(objects[0].points), R, t, TOY_CAMERA.K)  # in the 320x240 image
+    _, box = letterbox(np.zeros((240, 320, 3), np.uint8), 160, 128)
+    belief, vectors = codec.encode(scale_points(uv, box.scale)[None], np.array([0]), 128, 160)
+    (instance,) = pipeline.decode(belief, vectors, box)
+    assert np.max(np.abs(instance.keypoints - uv)) < 1.0  # 0.5 px at input resolution, x2 scale
+
+
+def test_whole_call_returns_poses_and_stage_timings(tiny_pt):
+    pipeline = PosePipeline.from_pretrained(tiny_pt, backend="torch")
+    assert isinstance(pipeline.engine, TorchEngine)
+    assert [o.name for o in pipeline.objects] == ["box1", "box2"]
+    image = np.zeros((TOY_CAMERA.height, TOY_CAMERA.width, 3), np.uint8)
+    poses = pipeline(image, TOY_CAMERA)
+    assert isinstance(poses, list)
+    assert set(pipeline.last_timings) == {"preprocess", "inference", "decode", "pnp"}
+    assert all(v >= 0 for v in pipeline.last_timings.values())
+
+
+def test_bad_files_and_arguments_raise_value_error(tiny_pt, tmp_path):
+    with pytest.raises(ValueError, match="missing.pt"):
+        PosePipeline.from_pretrained(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt.pt"):
+        PosePipeline.from_pretrained(corrupt)
+    with pytest.raises(ValueError, match="thresholds"):
+        PosePipeline.from_pretrained(tiny_pt, min_scroe=0.3)
+    with pytest.raises(ValueError, match="backend"):
+        PosePipeline.from_pretrained(tiny_pt, backend="tensorflow")
+    pipeline = PosePipeline.from_pretrained(tiny_pt)
+    with pytest.raises(ValueError, match="camera"):
+        pipeline(np.zeros((100, 100, 3), np.uint8), TOY_CAMERA)

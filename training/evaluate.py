@@ -1,0 +1,232 @@
+"""Evaluate HRPose checkpoints on BOP test splits: ADD(-S) 0.1d, 2D projection 5 px, 5 cm 5 deg recall.
+
+Prints (and writes as Markdown/CSV/JSON) a table per metric like the paper's Tables 1 and 4:
+one row per object plus the mean, one column per model (teacher, student, student + KD),
+and the KD gain over the student. Each split is reported separately (e.g. single-object views
+and multi-instance bin scenes).
+
+    python -m training.evaluate --split test=data/test \
+        --model Teacher=runs/teacher/last.pt --model HRPose=runs/student/last.pt \
+        --model HRPose+KD=runs/student_kd/last.pt --out runs/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hrpose_ros import bop, metrics
+from hrpose_ros.pipeline import PosePipeline
+from hrpose_ros.types import ObjectModel, ObjectPose
+
+__all__ = ["InstanceResult", "evaluate_split", "format_table", "main", "match_poses", "summarise"]
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("add", "proj2d", "5cm5deg")
+METRIC_TITLES = {"add": "ADD(-S) 0.1d", "proj2d": "2D projection 5 px", "5cm5deg": "5 cm 5 deg"}
+
+
+@dataclass
+class InstanceResult:
+    """One ground-truth instance: object, whether each metric calls its best estimate correct, errors."""
+
+    obj_id: int
+    correct: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+
+
+def _symmetric_re_te(pose: ObjectPose, R_gt, t_gt, obj: ObjectModel) -> tuple[float, float]:
+    """Return the rotation (deg) and translation (m) errors, minimised over the object's symmetries."""
+    best = (np.inf, np.inf)
+    for sym in obj.symmetries:
+        R_sym, t_sym = R_gt @ sym[:3, :3], R_gt @ sym[:3, 3] + t_gt
+        re, te = metrics.rotation_error_deg(pose.R, R_sym), metrics.translation_error(pose.t, t_sym)
+        if max(re / 5.0, te / 0.05) < max(best[0] / 5.0, best[1] / 0.05):
+            best = (re, te)
+    return best
+
+
+def match_poses(
+    poses: Sequence[ObjectPose],
+    frame: bop.BopFrame,
+    objects: dict[int, ObjectModel],
+    min_visib_fract: float = 0.1,
+) -> list[InstanceResult]:
+    """Return one result per ground-truth instance of ``frame``, matched to estimates of its object.
+
+    Pairs (gt, estimate) of the same object are matched greedily by ADD(-S) error, each estimate
+    at most once; an unmatched instance counts as wrong for every metric. Instances with less than
+    ``min_visib_fract`` visible (when the split has scene_gt_info) are not evaluated, as in BOP.
+    """
+    K = frame.camera.K
+    gts = [
+        g
+        for g in frame.instances
+        if g.obj_id in objects and (g.info is None or g.info.visib_fract >= min_visib_fract)
+    ]
+    pairs = []
+    for gi, gt in enumerate(gts):
+        obj = objects[gt.obj_id]
+        for ei, pose in enumerate(poses):
+            if pose.obj_id == gt.obj_id:
+                pairs.append((metrics.add_or_adds_error(pose.R, pose.t, gt.R, gt.t, obj), gi, ei))
+    results = [InstanceResult(obj_id=g.obj_id) for g in gts]
+    used_gt, used_est = set(), set()
+    for error, gi, ei in sorted(pairs):
+        if gi in used_gt or ei in used_est:
+            continue
+        used_gt.add(gi)
+        used_est.add(ei)
+        gt, pose, obj = gts[gi], poses[ei], objects[gts[gi].obj_id]
+        proj = metrics.proj2d_error(pose.R, pose.t, gt.R, gt.t, K, obj.points)
+        re, te = _symmetric_re_te(pose, gt.R, gt.t, obj)
+        results[gi].errors = {"add_m": error, "proj2d_px": proj, "re_deg": re, "te_m": te}
+        results[gi].correct = {
+            "add": error < metrics.ADD_THRESHOLD_DIAMETER * obj.diameter,
+            "proj2d": proj < metrics.PROJ2D_THRESHOLD_PX,
+            "5cm5deg": re < metrics.ROTATION_THRESHOLD_DEG and te < metrics.TRANSLATION_THRESHOLD_M,
+        }
+    for r in results:
+        if not r.correct:
+            r.correct = {m: False for m in METRICS}
+    return results
+
+
+def evaluate_split(pipeline: PosePipeline, frames: Sequence[bop.BopFrame], desc: str = "") -> dict:
+    """Return {"instances": [InstanceResult], "seconds_per_frame": float} for ``pipeline`` on ``frames``."""
+    objects = {o.obj_id: o for o in pipeline.objects}
+    results, seconds = [], []
+    for frame in tqdm(frames, desc=desc, leave=False):
+        image = frame.read_rgb()
+        start = time.perf_counter()
+        poses = pipeline(image, frame.camera)
+        seconds.append(time.perf_counter() - start)
+        results.extend(match_poses(poses, frame, objects))
+    return {"instances": results, "seconds_per_frame": float(np.median(seconds)) if seconds else 0.0}
+
+
+def summarise(instances: Sequence[InstanceResult], names: dict[int, str]) -> dict[str, dict[str, float]]:
+    """Return {metric: {object name: recall %, ..., "Mean": mean over objects}} (objects with instances)."""
+    table = {}
+    for metric in METRICS:
+        per_object = {}
+        for obj_id, name in names.items():
+            hits = [r.correct[metric] for r in instances if r.obj_id == obj_id]
+            if hits:
+                per_object[name] = 100.0 * float(np.mean(hits))
+        per_object["Mean"] = float(np.mean(list(per_object.values()))) if per_object else 0.0
+        table[metric] = per_object
+    return table
+
+
+def format_table(metric: str, summaries: dict[str, dict], baseline: str | None, distilled: str | None) -> str:
+    """Return a Markdown table: rows = objects + Mean, columns = models, the distilled one with its gain."""
+    models = list(summaries)
+    rows = list(next(iter(summaries.values()))[metric]) if summaries else []
+    lines = [f"| {METRIC_TITLES[metric]} | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for row in rows:
+        cells = []
+        for model in models:
+            value = summaries[model][metric].get(row, float("nan"))
+            cell = f"{value:.2f}"
+            if model == distilled and baseline in summaries:
+                cell += f" ({value - summaries[baseline][metric].get(row, float('nan')):+.2f})"
+            cells.append(cell)
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _named(values: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        if "=" not in value:
+            raise ValueError(f"{what}: expected NAME=PATH, got {value!r}")
+        name, path = value.split("=", 1)
+        out[name] = path
+    return out
+
+
+def main(argv=None) -> None:
+    """Command line: evaluate named models on named splits, print and write the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", required=True, help="NAME=checkpoint.pt (or .onnx)")
+    parser.add_argument("--split", action="append", required=True, help="NAME=BOP split dir")
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
+    parser.add_argument("--max-frames", type=int, default=0)
+    parser.add_argument("--baseline", default="HRPose", help="model the KD gain is measured against")
+    parser.add_argument("--distilled", default="HRPose+KD")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    models, splits = _named(args.model, "--model"), _named(args.split, "--split")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    report, markdown = {}, []
+    for split_name, split_dir in splits.items():
+        frames = bop.read_split(split_dir)
+        if args.max_frames:
+            frames = frames[: args.max_frames]
+        summaries, timing = {}, {}
+        rows = []
+        for model_name, path in models.items():
+            pipeline = PosePipeline.from_pretrained(path, backend=args.backend)
+            names = {o.obj_id: o.name for o in pipeline.objects}
+            result = evaluate_split(pipeline, frames, desc=f"{split_name} {model_name}")
+            summaries[model_name] = summarise(result["instances"], names)
+            timing[model_name] = result["seconds_per_frame"]
+            for r in result["instances"]:
+                rows.append(
+                    {
+                        "split": split_name,
+                        "model": model_name,
+                        "obj_id": r.obj_id,
+                        **{m: int(r.correct[m]) for m in METRICS},
+                        **r.errors,
+                    }
+                )
+        n_instances = sum(1 for r in rows if r["model"] == next(iter(models)))
+        markdown.append(f"## {split_name}: {len(frames)} frames, {n_instances} instances ({split_dir})\n")
+        for metric in METRICS:
+            markdown.append(format_table(metric, summaries, args.baseline, args.distilled) + "\n")
+        markdown.append(
+            "Median seconds per frame (whole pipeline, "
+            + args.backend
+            + "): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in timing.items())
+            + "\n"
+        )
+        report[split_name] = {
+            "frames": len(frames),
+            "instances": n_instances,
+            "recall": summaries,
+            "seconds_per_frame": timing,
+        }
+        with open(out / f"instances_{split_name}.csv", "w", newline="") as f:
+            fields = sorted(
+                {k for r in rows for k in r}, key=lambda k: (k not in ("split", "model", "obj_id"), k)
+            )
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    text = "\n".join(markdown)
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    print(text)  # the evaluation table is this script's output
+
+
+if __name__ == "__main__":
+    main()
