@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from hrpose_ros import bop
 from hrpose_ros.codec import CodecConfig, KeypointCodec
 from hrpose_ros.geometry import keypoints_3d, project, rotation_6d_from_matrix
 from hrpose_ros.networks import HRPose, HRPoseConfig
@@ -25,6 +26,7 @@ from hrpose_ros.types import CameraModel
 from training.quantize_int8 import (
     ImageCalibrationReader,
     calibration_images,
+    compare_accuracy,
     int8_path_for,
     output_agreement,
     quantize_int8,
@@ -127,24 +129,23 @@ def _maps_image(codec: KeypointCodec, keypoints: np.ndarray, width: int, height:
     return np.round(255.0 * image.transpose(1, 2, 0)).astype(np.uint8)
 
 
-def test_int8_decodes_the_same_keypoints_and_poses_as_fp32(tmp_path):
-    width, height = 256, 192
-    obj = toy_objects()[0]
-    camera = CameraModel(
-        K=np.array([[300.0, 0, 128.0], [0, 300.0, 96.0], [0, 0, 1]]), width=width, height=height
-    )
-    codec = KeypointCodec(CodecConfig(num_classes=1))
-    poses_gt = [
-        (_rotation((1, 1, 0), 30), np.array([-0.1, -0.02, 0.5])),
-        (_rotation((0, 1, 1), -40), np.array([0.0, 0.04, 0.55])),
-        (_rotation((1, 0, 1), 60), np.array([0.11, -0.03, 0.5])),
-    ]
-    points_3d = keypoints_3d(obj.points)
-    keypoints = np.stack([project(points_3d, R, t, camera.K) for R, t in poses_gt])
-    image = _maps_image(codec, keypoints, width, height)
+MAPS_CAMERA = CameraModel(K=np.array([[300.0, 0, 128.0], [0, 300.0, 96.0], [0, 0, 1]]), width=256, height=192)
+MAPS_POSES = (
+    (_rotation((1, 1, 0), 30), np.array([-0.1, -0.02, 0.5])),
+    (_rotation((0, 1, 1), -40), np.array([0.0, 0.04, 0.55])),
+    (_rotation((1, 0, 1), 60), np.array([0.11, -0.03, 0.5])),
+)
 
+
+@pytest.fixture(scope="module")
+def maps_models(tmp_path_factory):
+    """Return (fp32 path, int8 path, codec, object) of the MapsFromPixels network with HRPose metadata."""
+    folder = tmp_path_factory.mktemp("maps")
+    width, height = MAPS_CAMERA.width, MAPS_CAMERA.height
+    obj = toy_objects()[0]
+    codec = KeypointCodec(CodecConfig(num_classes=1))
     network = MapsFromPixels(codec.belief_channels + codec.vector_channels, codec.belief_channels).eval()
-    fp32_path = tmp_path / "maps.onnx"
+    fp32_path = folder / "maps.onnx"
     with torch.no_grad():
         torch.onnx.export(
             network,
@@ -162,28 +163,58 @@ def test_int8_decodes_the_same_keypoints_and_poses_as_fp32(tmp_path):
     entry = proto.metadata_props.add()
     entry.key, entry.value = "hrpose", json.dumps(checkpoint.metadata())
     onnx.save(proto, str(fp32_path))
+    int8_path = quantize_int8(fp32_path, [_maps_frame(codec, obj, MAPS_POSES)])
+    return fp32_path, int8_path, codec, obj
 
-    int8_path = quantize_int8(fp32_path, [image])
+
+def _maps_frame(codec: KeypointCodec, obj, poses) -> np.ndarray:
+    """Return the MAPS_CAMERA image holding the maps of ``obj`` at ``poses`` ((R, t) metres)."""
+    points_3d = keypoints_3d(obj.points)
+    keypoints = np.stack([project(points_3d, R, t, MAPS_CAMERA.K) for R, t in poses])
+    return _maps_image(codec, keypoints, MAPS_CAMERA.width, MAPS_CAMERA.height)
+
+
+def test_int8_decodes_the_same_keypoints_and_poses_as_fp32(maps_models):
+    fp32_path, int8_path, codec, obj = maps_models
     assert QDQ_OPS <= {n.op_type for n in onnx.load(str(int8_path)).graph.node}
+    image = _maps_frame(codec, obj, MAPS_POSES)
 
     agreement = output_agreement(fp32_path, int8_path, [image], keypoint_tolerance_px=0.5)
     assert agreement.belief_cosine > 0.999
     assert agreement.keypoints_fp32 == 27  # 3 instances x 9 keypoints
     assert agreement.keypoint_agreement == 1.0
 
-    fp32 = PosePipeline.from_pretrained(fp32_path, backend="onnxruntime")(image, camera)
-    int8 = PosePipeline.from_pretrained(int8_path, backend="onnxruntime")(image, camera)
+    fp32 = PosePipeline.from_pretrained(fp32_path, backend="onnxruntime")(image, MAPS_CAMERA)
+    int8 = PosePipeline.from_pretrained(int8_path, backend="onnxruntime")(image, MAPS_CAMERA)
     assert len(fp32) == len(int8) == 3
 
     def by_x(poses):
         return sorted(poses, key=lambda p: p.t[0])
 
-    for (R_gt, t_gt), a, b in zip(poses_gt, by_x(fp32), by_x(int8)):
+    for (R_gt, t_gt), a, b in zip(MAPS_POSES, by_x(fp32), by_x(int8)):
         assert np.linalg.norm(a.t - t_gt) < 0.01  # the construction works: fp32 finds the true poses
         assert np.abs(rotation_6d_from_matrix(a.R) - rotation_6d_from_matrix(R_gt)).max() < 0.05
         np.testing.assert_allclose(b.keypoints_2d, a.keypoints_2d, atol=0.5)
         assert np.linalg.norm(b.t - a.t) < 0.005
         assert np.abs(rotation_6d_from_matrix(b.R) - rotation_6d_from_matrix(a.R)).max() < 0.03
+
+
+def test_accuracy_comparison_scores_both_models_on_a_bop_split(maps_models, tmp_path):
+    fp32_path, int8_path, codec, obj = maps_models
+    ground_truth = [bop.GtInstance(obj_id=obj.obj_id, R=R, t=t) for R, t in MAPS_POSES]
+    with bop.SceneWriter(tmp_path / "test" / "000000") as writer:
+        writer.add_frame(_maps_frame(codec, obj, MAPS_POSES), MAPS_CAMERA, ground_truth)
+        # The image holds only the first two instances: the third is a miss for both models.
+        writer.add_frame(_maps_frame(codec, obj, MAPS_POSES[:2]), MAPS_CAMERA, ground_truth)
+
+    comparison = compare_accuracy(fp32_path, int8_path, tmp_path / "test")
+    assert comparison.frames == 2
+    for accuracy in (comparison.fp32, comparison.int8):
+        assert (accuracy.instances, accuracy.found) == (6, 5)
+        assert accuracy.add_recall == pytest.approx(5 / 6)
+        assert accuracy.proj2d_recall == pytest.approx(5 / 6)
+    assert comparison.add_drop_points == pytest.approx(0.0)
+    assert comparison.int8_acceptable
 
 
 def test_calibration_reader_gives_letterboxed_inputs_then_none():
