@@ -479,8 +479,9 @@ def bag_topics(bag: Path | str) -> dict[str, tuple[str, int]]:
         try:
             for topic, msgtype, _ in _salvage_mcap(files):
                 counts[topic] = (msgtype, counts.get(topic, (msgtype, 0))[1] + 1)
-        except _TruncatedError:
-            pass  # the complete messages are counted
+        except _TruncatedError as cut:
+            if not counts:
+                raise BagError(bag, None, f"truncated before its first complete message ({cut})") from cut
         except (ValueError, struct.error) as scan_exc:
             raise BagError(bag, None, f"{exc.reason}; scanning it failed too: {scan_exc}") from scan_exc
         return counts

@@ -242,7 +242,7 @@ def latency_figure(result: EvalResult, path: Path | str) -> Path:
     stages = [s for s in result.latency if s != "total"] + (["total"] if "total" in result.latency else [])
     data = [[1000.0 * f.timings[s] for f in result.frames if s in f.timings] for s in stages]
     if stages:
-        ax_s.boxplot(data, tick_labels=stages, vert=False, showfliers=True)
+        ax_s.boxplot(data, tick_labels=stages, orientation="horizontal", showfliers=True)
     ax_s.set_xlabel("ms")
     ax_s.set_title("per stage")
     ax_s.grid(alpha=0.3)
