@@ -10,12 +10,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import trimesh
 
 from hrpose_ros import bop
 from hrpose_ros.geometry import box_corners_3d, project
 from hrpose_ros.types import CameraModel, ObjectModel
 
-__all__ = ["TOY_CAMERA", "toy_objects", "write_toy_split"]
+__all__ = ["TOY_CAMERA", "toy_objects", "write_toy_models", "write_toy_split"]
 
 TOY_CAMERA = CameraModel(K=np.array([[320.0, 0, 160.0], [0, 320.0, 120.0], [0, 0, 1]]), width=320, height=240)
 
@@ -63,10 +64,25 @@ def _paint(
         cv2.fillConvexPoly(image, polygon, colours[f].tolist(), lineType=cv2.LINE_AA, shift=4)
 
 
+def write_toy_models(models_dir) -> None:
+    """Write the toy boxes as a BOP models dir (box meshes, models_info.json, object_names.json)."""
+    objects = toy_objects()
+    for obj in objects:
+        size = obj.points.max(axis=0) - obj.points.min(axis=0)
+        bop.write_ply_model(bop.model_path(models_dir, obj.obj_id), trimesh.creation.box(extents=size))
+    bop.write_models_info(Path(models_dir) / "models_info.json",
+                          [bop.model_info_from_points(o.obj_id, o.points) for o in objects])
+    bop.write_object_names(models_dir, {o.obj_id: o.name for o in objects})
+
+
 def write_toy_split(split_dir, n_frames: int = 8, seed: int = 0) -> list[ObjectModel]:
-    """Write ``n_frames`` 320x240 frames (one scene, 1-3 boxes each) to ``split_dir``; return the objects."""
+    """Write ``n_frames`` 320x240 frames (one scene, 1-3 boxes each) to ``split_dir``; return the objects.
+
+    The models go to ``split_dir``/../models (BOP layout).
+    """
     rng = np.random.default_rng(seed)
     objects = toy_objects()
+    write_toy_models(Path(split_dir).parent / "models")
     K = TOY_CAMERA.K
     with bop.SceneWriter(Path(split_dir) / "000000") as writer:
         for _ in range(n_frames):
