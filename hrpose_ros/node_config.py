@@ -29,13 +29,14 @@ class PoseNodeConfig:
     backend: str = _param("torch", "Inference engine", choices=("torch", "onnxruntime"))
     device: str = _param("cpu", "Device for inference: cpu, cuda or cuda:N (torch backend)")
     objects_dir: str = _param(
-        "", "BOP models directory (models_info.json + meshes) naming the objects the network "
-            "was trained on; empty = the objects stored with the weights")
-    score_threshold: float = _param(0.5, "Minimum score of a published object instance", 0.0, 1.0)
+        "", "BOP models directory (models_info.json + obj_XXXXXX.ply) holding the meshes of the objects "
+            "the network knows, for mesh markers; empty = no meshes")
+    score_threshold: float = _param(0.1, "Minimum score of a published object instance", 0.0, 1.0)
     keypoint_threshold: float = _param(0.1, "Minimum belief-map peak for a keypoint to count as found",
                                        0.0, 1.0)
-    input_width: int = _param(0, "Network input width in pixels (0 = the model's own input size)", 0, 4096)
-    input_height: int = _param(0, "Network input height in pixels (0 = the model's own input size)",
+    input_width: int = _param(0, "Network input width in pixels; images are letterboxed into it "
+                                 "(0 = the model's trained input size)", 0, 4096)
+    input_height: int = _param(0, "Network input height in pixels (0 = the model's trained input size)",
                                0, 4096)
     image_is_rectified: bool = _param(
         False, "True for rectified images (image_rect*): use camera_info P with zero distortion; "

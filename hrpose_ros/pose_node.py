@@ -1,0 +1,436 @@
+"""pose_node: 6D poses of known objects from a camera stream, published for robots and RViz.
+
+Subscribes ``image`` (sensor_msgs/Image) and ``camera_info`` (sensor_msgs/CameraInfo),
+both relative names to remap, with sensor-data QoS (overridable via the
+``qos_overrides.<topic>.subscription.*`` parameters). Image and camera_info are matched
+by stamp (message_filters when installed, else :mod:`hrpose_ros.sync`), and the newest
+pair waits in a one-slot queue that drops the older pair, so latency never builds up
+behind a slow network. Per processed image, stamped with the image's header:
+
+- ``~/objects`` hrpose_ros/ObjectPoseArray (empty when nothing is seen),
+- ``~/poses`` geometry_msgs/PoseArray in the image frame,
+- ``/tf`` one frame ``<frame_prefix><class>_<instance>`` per instance (publish_tf),
+- ``~/markers`` visualization_msgs/MarkerArray, stale markers deleted (publish_markers),
+
+and every ``diagnostics_period`` a ``/diagnostics`` status: input and output rates,
+per-stage latency, dropped and rejected frames. A bad frame (encoding, sizes, frame
+ids, intrinsics) is logged (throttled, per kind) and skipped; the node keeps serving.
+Parameters: :class:`hrpose_ros.node_config.PoseNodeConfig`; defaults in config/pose_node.yaml.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from dataclasses import replace
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseArray
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, Image
+from tf2_msgs.msg import TFMessage
+from visualization_msgs.msg import MarkerArray
+
+from hrpose_ros import ros_conversions as convert
+from hrpose_ros.bop import load_object_models
+from hrpose_ros.msg import ObjectPoseArray
+from hrpose_ros.node_config import PoseNodeConfig, parameter_specs
+from hrpose_ros.sync import ApproximateTimeSynchronizer
+from hrpose_ros.types import CameraModel, ObjectModel
+
+try:  # a full ROS 2 install
+    import message_filters
+except ImportError:
+    message_filters = None
+try:
+    from tf2_ros import TransformBroadcaster
+except ImportError:
+    TransformBroadcaster = None
+
+__all__ = ["PoseNode", "display_objects", "load_pipeline", "main"]
+
+# tf2_ros's DynamicBroadcasterQoS, for the fallback /tf publisher.
+TF_QOS = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE,
+                    durability=QoSDurabilityPolicy.VOLATILE)
+
+
+class StartupError(Exception):
+    """A parameter or the model is unusable: the node cannot start."""
+
+
+def load_pipeline(config: PoseNodeConfig):
+    """Return the PosePipeline the parameters describe, warmed up (ValueError naming what is wrong)."""
+    # Imported here, after the parameters were checked: torch takes seconds to import, and a
+    # wrong parameter should fail at once.
+    from hrpose_ros.pipeline import PosePipeline
+
+    pipeline = PosePipeline.from_pretrained(
+        config.model_path or None, backend=config.backend, device=config.device,
+        min_score=config.score_threshold, peak_threshold=config.keypoint_threshold)
+    if config.input_size is not None:
+        pipeline = PosePipeline(pipeline.engine, pipeline.codec, pipeline.objects, config.input_size,
+                                pipeline.thresholds)
+    # One run on a blank frame: loads the kernels before the first image and proves the
+    # engine accepts this input size (an ONNX export may have a fixed one).
+    width, height = pipeline.input_size
+    f = float(max(width, height))
+    camera = CameraModel(K=np.array([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]]),
+                         width=width, height=height)
+    try:
+        pipeline(np.zeros((height, width, 3), np.uint8), camera)
+    except Exception as exc:  # engines raise their own types (onnxruntime, torch) for a bad input shape
+        raise ValueError(f"input_width/input_height: the model fails on a {width}x{height} input: "
+                         f"{exc}") from exc
+    return pipeline
+
+
+def display_objects(config: PoseNodeConfig, objects: list[ObjectModel]) -> dict[int, ObjectModel]:
+    """Return the pipeline's objects by obj_id, with mesh files from ``objects_dir`` when it is set."""
+    by_id = {obj.obj_id: obj for obj in objects}
+    if not config.objects_dir:
+        return by_id
+    meshes = {obj.obj_id: obj.mesh_path for obj in load_object_models(config.objects_dir)}
+    missing = sorted(set(by_id) - set(meshes))
+    if missing:
+        raise ValueError(f"objects_dir: {config.objects_dir} has no models for obj_id {missing} "
+                         f"that the network knows")
+    return {obj_id: replace(obj, mesh_path=meshes[obj_id]) for obj_id, obj in by_id.items()}
+
+
+def _stamp_ns(msg) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+def _all_finite(pose) -> bool:
+    """True unless the pipeline produced NaN/inf (never published: downstream planners would choke)."""
+    return bool(np.all(np.isfinite(pose.R)) and np.all(np.isfinite(pose.t)) and np.isfinite(pose.score))
+
+
+class _Throttle:
+    """Say whether a message of some kind may be logged now: at most once per ``period`` seconds per kind."""
+
+    def __init__(self, period: float):
+        self.period = period
+        self._last: dict[str, float] = {}
+
+    def ready(self, kind: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(kind, -np.inf) < self.period:
+            return False
+        self._last[kind] = now
+        return True
+
+
+class _Stats:
+    """Counters and latencies since the last diagnostics message (updated from two threads)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.images = self.camera_infos = self.processed = 0
+        self.dropped = self.rejected = self.failed = 0  # totals since start
+        self.latencies: dict[str, list[float]] = defaultdict(list)
+        self.last_error = ""
+        self.period_rejected = 0
+
+    def take_period(self) -> tuple[int, int, int, int, dict[str, list[float]]]:
+        """Return (images, camera_infos, processed, rejected) of the period and its latencies; reset them."""
+        with self.lock:
+            out = (self.images, self.camera_infos, self.processed, self.period_rejected, dict(self.latencies))
+            self.images = self.camera_infos = self.processed = self.period_rejected = 0
+            self.latencies = defaultdict(list)
+        return out
+
+
+class PoseNode(Node):
+    """The ROS side of :class:`~hrpose_ros.pipeline.PosePipeline`: messages in, messages out."""
+
+    def __init__(self, **kwargs):
+        super().__init__("pose_node", **kwargs)
+        self.config = self._read_config()
+        try:
+            self.pipeline = load_pipeline(self.config)
+            self.objects = display_objects(self.config, self.pipeline.objects)
+        except (ValueError, OSError) as exc:
+            raise StartupError(f"cannot load the pose model (model_path={self.config.model_path!r}, "
+                               f"backend={self.config.backend}, device={self.config.device}): {exc}") from exc
+        if self.config.marker_mesh and not any(o.mesh_path for o in self.objects.values()):
+            self.get_logger().warning("marker_mesh is set but objects_dir names no meshes: no mesh markers")
+
+        self._throttle = _Throttle(self.config.log_throttle_period)
+        self._stats = _Stats()
+        self._slot_lock = threading.Lock()
+        self._slot: tuple[Image, CameraInfo, float] | None = None
+        self._shown_markers: frozenset = frozenset()
+        self._last_image_time: float | None = None
+        self._last_info_time: float | None = None
+        self._last_pair_time: float | None = None
+        self._start_time = time.monotonic()
+
+        io_group, work_group = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        publisher_qos = {"qos_profile": 10,
+                         "qos_overriding_options": QoSOverridingOptions.with_default_policies()}
+        self._objects_pub = self.create_publisher(ObjectPoseArray, "~/objects", **publisher_qos)
+        self._poses_pub = self.create_publisher(PoseArray, "~/poses", **publisher_qos)
+        self._markers_pub = (self.create_publisher(MarkerArray, "~/markers", **publisher_qos)
+                             if self.config.publish_markers else None)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._tf = None
+        if self.config.publish_tf:
+            self._tf = (TransformBroadcaster(self) if TransformBroadcaster is not None
+                        else self.create_publisher(TFMessage, "/tf", TF_QOS))
+
+        self._work = self.create_guard_condition(self._process_slot, callback_group=work_group)
+        self._subscribe(io_group)
+        self.create_timer(self.config.diagnostics_period, self._publish_diagnostics, callback_group=io_group)
+        self.get_logger().info(
+            f"ready: {self.config.backend} on {self.config.device}, objects "
+            f"{', '.join(o.name for o in self.objects.values())}; listening on {self._image_topic} + "
+            f"{self._info_topic} ({'rectified: P' if self.config.image_is_rectified else 'raw: K + D'})")
+
+    # -- start-up ---------------------------------------------------------------------------------
+
+    def _read_config(self) -> PoseNodeConfig:
+        """Return the parameters, declared with descriptions and ranges, as a frozen config."""
+        values = {}
+        for name, default, description, low, high, choices in parameter_specs():
+            descriptor = ParameterDescriptor(description=description, read_only=True,
+                                             type=Parameter.Type.from_parameter_value(default).value)
+            if choices:
+                descriptor.additional_constraints = f"one of: {', '.join(choices)}"
+            if low is not None and isinstance(default, float):
+                descriptor.floating_point_range = [
+                    FloatingPointRange(from_value=float(low), to_value=float(high))]
+            elif low is not None:
+                descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+            try:
+                values[name] = self.declare_parameter(name, default, descriptor).value
+            except ParameterException as exc:
+                raise StartupError(f"parameter '{name}': {exc}") from exc
+        try:
+            return PoseNodeConfig(**values)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from exc
+
+    def _subscribe(self, group) -> None:
+        """Subscribe image + camera_info and connect them through an approximate-time synchroniser."""
+        options = {"qos_profile": qos_profile_sensor_data, "callback_group": group,
+                   "qos_overriding_options": QoSOverridingOptions.with_default_policies()}
+        queue, slop = self.config.sync_queue_size, self.config.sync_slop
+        if message_filters is not None:
+            image_sub = message_filters.Subscriber(self, Image, "image", **options)
+            info_sub = message_filters.Subscriber(self, CameraInfo, "camera_info", **options)
+            image_sub.registerCallback(self._on_image_seen)
+            info_sub.registerCallback(self._on_camera_info_seen)
+            self._sync = message_filters.ApproximateTimeSynchronizer([image_sub, info_sub], queue, slop)
+            self._sync.registerCallback(self._on_pair)
+            self._image_topic, self._info_topic = image_sub.sub.topic_name, info_sub.sub.topic_name
+            self._image_subscription = image_sub.sub
+            return
+        self._sync = ApproximateTimeSynchronizer(2, queue, slop, callback=self._on_pair)
+
+        def on_image(msg: Image) -> None:
+            self._on_image_seen(msg)
+            self._sync.add(0, _stamp_ns(msg), msg)
+
+        def on_info(msg: CameraInfo) -> None:
+            self._on_camera_info_seen(msg)
+            self._sync.add(1, _stamp_ns(msg), msg)
+
+        image_sub = self.create_subscription(Image, "image", on_image, **options)
+        info_sub = self.create_subscription(CameraInfo, "camera_info", on_info, **options)
+        self._image_topic, self._info_topic = image_sub.topic_name, info_sub.topic_name
+        self._image_subscription = image_sub
+
+    # -- input ------------------------------------------------------------------------------------
+
+    def _on_image_seen(self, _msg: Image) -> None:
+        self._last_image_time = time.monotonic()
+        with self._stats.lock:
+            self._stats.images += 1
+
+    def _on_camera_info_seen(self, _msg: CameraInfo) -> None:
+        self._last_info_time = time.monotonic()
+        with self._stats.lock:
+            self._stats.camera_infos += 1
+
+    def _on_pair(self, image: Image, info: CameraInfo) -> None:
+        """Put the newest matched pair in the one-slot queue, dropping an unprocessed older pair."""
+        self._last_pair_time = time.monotonic()
+        with self._slot_lock:
+            dropped = self._slot is not None
+            self._slot = (image, info, time.monotonic())
+        with self._stats.lock:
+            self._stats.dropped += int(dropped)
+        self._work.trigger()
+
+    # -- processing -------------------------------------------------------------------------------
+
+    def _process_slot(self) -> None:
+        with self._slot_lock:
+            pair, self._slot = self._slot, None
+        if pair is None:
+            return
+        image, info, received = pair
+        try:
+            self._process(image, info, received)
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the node
+            self._report_failure(exc)
+
+    def _process(self, image: Image, info: CameraInfo, received: float) -> None:
+        """Convert -> pipeline -> convert -> publish, for one image and its camera_info."""
+        started = time.monotonic()
+        try:
+            convert.check_image_matches_camera_info(image, info)
+            camera = convert.camera_model_from_info(info, self.config.image_is_rectified)
+            rgb = convert.image_to_rgb(image)
+        except ValueError as exc:
+            self._reject(str(exc))
+            return
+        converted = time.monotonic()
+        estimated = self.pipeline(rgb, camera)
+        poses = [p for p in estimated if _all_finite(p)]
+        if len(poses) != len(estimated):
+            self._warn("non-finite", f"dropped {len(estimated) - len(poses)} pose(s) with NaN/inf values")
+        inferred = time.monotonic()
+        self._publish(poses, image.header)
+        published = time.monotonic()
+        timings = {"queue": started - received, "convert": converted - started,
+                   **{k: float(v) for k, v in self.pipeline.last_timings.items()},
+                   "publish": published - inferred}
+        timings["total"] = time.monotonic() - received
+        with self._stats.lock:
+            self._stats.processed += 1
+            for stage, seconds in timings.items():
+                self._stats.latencies[stage].append(seconds)
+
+    def _publish(self, poses: list, header) -> None:
+        """Publish ``poses`` (possibly none) on every output, stamped with the image's ``header``."""
+        self._objects_pub.publish(convert.object_pose_array_msg(poses, header))
+        self._poses_pub.publish(convert.pose_array_msg(poses, header))
+        if self._tf is not None and poses:
+            transforms = convert.transform_msgs(poses, header, self.config.frame_prefix)
+            if TransformBroadcaster is not None:
+                self._tf.sendTransform(transforms)
+            else:
+                self._tf.publish(TFMessage(transforms=transforms))
+        if self._markers_pub is not None:
+            markers, self._shown_markers = convert.marker_array_msg(
+                poses, self.objects, header, self._shown_markers,
+                mesh_scale=self.config.mesh_scale if self.config.marker_mesh else None)
+            self._markers_pub.publish(markers)
+
+    def _reject(self, reason: str) -> None:
+        """Skip a frame whose image or camera_info is unusable; log once per kind per throttle period."""
+        with self._stats.lock:
+            self._stats.rejected += 1
+            self._stats.period_rejected += 1
+            self._stats.last_error = reason
+        if self._throttle.ready("reject:" + reason.split(":")[0]):
+            self.get_logger().error(f"frame skipped: {reason}")
+
+    def _report_failure(self, exc: Exception) -> None:
+        with self._stats.lock:
+            self._stats.failed += 1
+            self._stats.period_rejected += 1
+            self._stats.last_error = f"{type(exc).__name__}: {exc}"
+        if self._throttle.ready("failure:" + type(exc).__name__):
+            self.get_logger().error(f"frame failed in the pipeline: {type(exc).__name__}: {exc}")
+
+    def _warn(self, kind: str, message: str) -> None:
+        if self._throttle.ready(kind):
+            self.get_logger().warning(message)
+
+    # -- diagnostics ------------------------------------------------------------------------------
+
+    def _input_warnings(self) -> list[tuple[str, str]]:
+        """Return (kind, message) for each current problem with the input streams; kind "" = not logged."""
+        now, timeout = time.monotonic(), self.config.camera_info_timeout
+        images_flowing = self._last_image_time is not None and now - self._last_image_time < timeout
+        waiting = now - max(self._last_pair_time or self._start_time, self._start_time)
+        if not images_flowing:
+            since = now - (self._last_image_time or self._start_time)
+            if since < timeout:
+                return []
+            publishers = self._image_subscription.get_publisher_count()
+            if publishers == 0:
+                return [("", f"no images on {self._image_topic} for {since:.1f} s")]
+            # Seen with Fast DDS: large images on best-effort QoS can be lost whole.
+            return [("lost-images", f"{publishers} publisher(s) on {self._image_topic} but no image received "
+                     f"for {since:.1f} s; if the images are large, try reliable QoS: qos_overrides."
+                     f"{self._image_topic}.subscription.reliability: reliable")]
+        if self._last_info_time is None or now - self._last_info_time >= timeout:
+            return [("no-camera-info", f"images arrive on {self._image_topic} but no camera_info on "
+                     f"{self._info_topic} for {waiting:.1f} s: poses need the intrinsics")]
+        if waiting >= timeout:
+            return [("unmatched", f"image and camera_info stamps have not matched within sync_slop="
+                     f"{self.config.sync_slop} s for {waiting:.1f} s")]
+        return []
+
+    def _publish_diagnostics(self) -> None:
+        images, infos, processed, rejected, latencies = self._stats.take_period()
+        period = self.config.diagnostics_period
+        warnings = self._input_warnings()
+        for kind, message in warnings:
+            if kind:
+                self._warn(kind, message)
+        with self._stats.lock:
+            dropped, total_rejected, failed = self._stats.dropped, self._stats.rejected, self._stats.failed
+            last_error = self._stats.last_error
+        sync_dropped = sum(getattr(self._sync, "dropped", []))
+        values = {
+            "input rate (Hz)": f"{images / period:.2f}",
+            "camera_info rate (Hz)": f"{infos / period:.2f}",
+            "output rate (Hz)": f"{processed / period:.2f}",
+            "dropped frames (queue)": str(dropped),
+            "unmatched messages (sync)": str(sync_dropped),
+            "rejected frames": str(total_rejected),
+            "failed frames": str(failed),
+            "last error": last_error,
+        }
+        for stage, seconds in latencies.items():
+            values[f"latency {stage} (ms)"] = (f"mean {1e3 * np.mean(seconds):.1f} "
+                                               f"max {1e3 * np.max(seconds):.1f}")
+        if rejected:
+            level, message = DiagnosticStatus.ERROR, f"{rejected} frame(s) rejected: {last_error}"
+        elif warnings:
+            level, message = DiagnosticStatus.WARN, "; ".join(message for _, message in warnings)
+        else:
+            level, message = DiagnosticStatus.OK, f"{processed / period:.1f} Hz"
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: pose estimation", message=message,
+                                  hardware_id=self._info_topic,
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(array)
+
+
+def main(args=None) -> int:
+    """Run pose_node until shutdown; return the exit code (1 when it cannot start)."""
+    rclpy.init(args=args)
+    try:
+        node = PoseNode()
+    except StartupError as exc:
+        rclpy.logging.get_logger("pose_node").fatal(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        return 1
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
