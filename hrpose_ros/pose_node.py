@@ -423,6 +423,10 @@ def main(args=None) -> int:
         rclpy.logging.get_logger("pose_node").fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
         return 1
+    except (KeyboardInterrupt, ExternalShutdownException, RuntimeError):  # RuntimeError: rclpy RCLError
+        if rclpy.ok():
+            raise
+        return 0  # SIGINT/SIGTERM while starting: the context went away under the constructor
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     try:
