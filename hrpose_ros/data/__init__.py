@@ -1,0 +1,1 @@
+"""Objects, scenes and augmentation for training and testing on synthetic data (no ROS imports)."""
