@@ -111,3 +111,22 @@ def test_student_kd_without_teacher_raises_value_error(toy_split, tmp_path):
             ),
             objects=objects,
         )
+
+
+def test_canonical_pose_gives_symmetric_poses_the_same_keypoints():
+    from hrpose_ros.geometry import keypoints_3d, project
+    from training.data import canonical_pose
+
+    angle = np.radians(90)
+    Rz = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    symmetries = np.stack([np.eye(4), np.eye(4)])
+    symmetries[1, :3, :3] = Rz  # a 4-fold-like symmetry about z (two of its elements suffice here)
+    points = np.random.default_rng(0).uniform(-0.03, 0.03, (50, 3))
+    K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
+    R = np.array([[1.0, 0, 0], [0, 0.8, -0.6], [0, 0.6, 0.8]])
+    t = np.array([0.0, 0.0, 0.5])
+    a = canonical_pose(R, t, symmetries)
+    b = canonical_pose(R @ Rz.T, t, symmetries)  # the same view, labelled through the other symmetry
+    uv_a, uv_b = project(keypoints_3d(points), *a, K), project(keypoints_3d(points), *b, K)
+    assert np.allclose(uv_a, uv_b, atol=1e-9)
+    assert np.allclose(a[0], R) and np.allclose(a[1], t)  # R is already the closest to the identity

@@ -13,14 +13,30 @@ from hrpose_ros.geometry import keypoints_3d, project
 from hrpose_ros.pipeline import letterbox, scale_points
 from hrpose_ros.types import ObjectModel
 
-__all__ = ["KeypointDataset", "frame_keypoints", "random_crop"]
+__all__ = ["KeypointDataset", "canonical_pose", "frame_keypoints", "random_crop"]
+
+
+def canonical_pose(R: np.ndarray, t: np.ndarray, symmetries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (R (3, 3), t (3,)) of the symmetric equivalent pose whose rotation is closest to the identity.
+
+    Not in the paper (its symmetric LINEMOD objects are two of thirteen): for a symmetric object
+    the poses (R S_R, R S_t + t) look the same, so labelling box corners from the raw pose would
+    give the network contradicting targets for one appearance. Choosing the equivalent closest
+    to the camera's axes makes the labels a function of the view (as in PVNet/GDR-Net practice);
+    ADD-S then scores the estimate. ``symmetries`` (S, 4, 4), identity included, metres.
+    """
+    if len(symmetries) < 2:
+        return R, t
+    rotations = R @ symmetries[:, :3, :3]  # (S, 3, 3)
+    best = int(np.argmax(np.trace(rotations, axis1=1, axis2=2)))  # max trace = smallest angle to I
+    return rotations[best], R @ symmetries[best, :3, 3] + t
 
 
 def frame_keypoints(frame: BopFrame, objects: Sequence[ObjectModel]) -> tuple[np.ndarray, np.ndarray]:
     """Return (keypoints (N, 9, 2) px, class_indices (N,)) of the frame's annotated instances.
 
     Classes are positions in ``objects``; instances of other objects, or with a keypoint at or
-    behind the camera plane, are left out.
+    behind the camera plane, are left out. Symmetric objects use :func:`canonical_pose`.
     """
     index = {o.obj_id: i for i, o in enumerate(objects)}
     model_keypoints = [keypoints_3d(o.points) for o in objects]
@@ -29,10 +45,11 @@ def frame_keypoints(frame: BopFrame, objects: Sequence[ObjectModel]) -> tuple[np
         c = index.get(inst.obj_id)
         if c is None:
             continue
-        cam_z = (model_keypoints[c] @ inst.R.T + inst.t)[:, 2]
+        R, t = canonical_pose(inst.R, inst.t, objects[c].symmetries)
+        cam_z = (model_keypoints[c] @ R.T + t)[:, 2]
         if np.any(cam_z <= 1e-3):
             continue
-        keypoints.append(project(model_keypoints[c], inst.R, inst.t, frame.camera.K, frame.camera.dist))
+        keypoints.append(project(model_keypoints[c], R, t, frame.camera.K, frame.camera.dist))
         classes.append(c)
     return np.asarray(keypoints, np.float64).reshape(-1, 9, 2), np.asarray(classes, np.int64)
 

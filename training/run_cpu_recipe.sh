@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The CPU recipe end to end: teacher and student (in parallel, one thread each), then the student
+# with distillation from the teacher, evaluation of all three, ONNX export + parity of the student+KD,
+# and the shipped default. Run from the repository root after `. ./env.sh`:
+#
+#   nice -n 10 bash training/run_cpu_recipe.sh data/train data/test runs/cpu
+#
+# Epoch counts come from the environment (defaults sized for ~1 hour on 2 shared cores).
+set -euo pipefail
+
+TRAIN=${1:-data/train}
+TEST=${2:-data/test}
+OUT=${3:-runs/cpu}
+TEACHER_EPOCHS=${TEACHER_EPOCHS:-6}
+STUDENT_EPOCHS=${STUDENT_EPOCHS:-6}
+MAX_FRAMES=${MAX_FRAMES:-0}
+EVAL_FRAMES=${EVAL_FRAMES:-0}
+mkdir -p "$OUT"
+
+common=(--recipe cpu --train-dir "$TRAIN" --max-frames "$MAX_FRAMES")
+start=$(date +%s)
+python -m training.train_hrpose --stage teacher "${common[@]}" --epochs "$TEACHER_EPOCHS" --threads 1 \
+    --out "$OUT/teacher" > "$OUT/teacher.log" 2>&1 &
+teacher_pid=$!
+python -m training.train_hrpose --stage student "${common[@]}" --epochs "$STUDENT_EPOCHS" --threads 1 \
+    --out "$OUT/student" > "$OUT/student.log" 2>&1 &
+student_pid=$!
+wait "$teacher_pid"
+wait "$student_pid"
+echo "teacher + student: $(( $(date +%s) - start )) s" | tee "$OUT/times.txt"
+
+start=$(date +%s)
+python -m training.train_hrpose --stage student_kd "${common[@]}" --epochs "$STUDENT_EPOCHS" --threads 2 \
+    --teacher "$OUT/teacher/last.pt" --out "$OUT/student_kd" > "$OUT/student_kd.log" 2>&1
+echo "student_kd: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
+
+python -m training.evaluate --split test="$TEST" --max-frames "$EVAL_FRAMES" \
+    --model Teacher="$OUT/teacher/last.pt" --model HRPose="$OUT/student/last.pt" \
+    --model HRPose+KD="$OUT/student_kd/last.pt" --out "$OUT/eval" > "$OUT/eval.log" 2>&1
+python -m training.export_onnx "$OUT/student_kd/last.pt" --out "$OUT/student_kd/hrpose_student_kd.onnx" \
+    --parity-split "$TEST" --parity-frames 20 > "$OUT/parity.json" 2> "$OUT/export.log"
+echo "done: $OUT/eval/results.md, $OUT/parity.json"
