@@ -30,6 +30,8 @@ from training.quantize_int8 import (
     int8_path_for,
     output_agreement,
     quantize_int8,
+    read_accuracy,
+    record_accuracy,
 )
 from training.toy_data import toy_objects, write_toy_split
 
@@ -215,6 +217,12 @@ def test_accuracy_comparison_scores_both_models_on_a_bop_split(maps_models, tmp_
         assert accuracy.proj2d_recall == pytest.approx(5 / 6)
     assert comparison.add_drop_points == pytest.approx(0.0)
     assert comparison.int8_acceptable
+
+    assert read_accuracy(int8_path) is None
+    record_accuracy(int8_path, comparison)
+    stored = read_accuracy(int8_path)
+    assert stored["int8_acceptable"] is True and stored["int8"]["found"] == 5
+    assert load_onnx_metadata(int8_path).input_size == (MAPS_CAMERA.width, MAPS_CAMERA.height)
 
 
 def test_calibration_reader_gives_letterboxed_inputs_then_none():

@@ -54,6 +54,8 @@ __all__ = [
     "main",
     "output_agreement",
     "quantize_int8",
+    "read_accuracy",
+    "record_accuracy",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,9 @@ CALIBRATION_FRAMES = 32
 """Images the activation ranges are calibrated on (evenly spread over the split)."""
 MAX_RECALL_DROP_POINTS = 1.0
 """int8 becomes the CPU default only if ADD(-S) recall drops by at most this many points (issue 8)."""
+
+INT8_ACCURACY_KEY = "hrpose_int8_accuracy"
+"""ONNX metadata key under which :func:`record_accuracy` stores the fp32-vs-int8 comparison."""
 
 _CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -374,6 +379,37 @@ def compare_accuracy(
     )
 
 
+def record_accuracy(int8_path, comparison: AccuracyComparison) -> None:
+    """Store ``comparison`` as JSON in the int8 file's metadata (key ``INT8_ACCURACY_KEY``).
+
+    A runtime choosing the CPU default can then read whether int8 passed (``int8_acceptable``)
+    from the file itself, without re-running the evaluation.
+    """
+    import onnx
+
+    int8_path = Path(int8_path)
+    model = onnx.load(str(int8_path))
+    kept = [p for p in model.metadata_props if p.key != INT8_ACCURACY_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = INT8_ACCURACY_KEY, json.dumps(asdict(comparison))
+    staging = int8_path.with_name(int8_path.name + ".tmp")
+    onnx.save(model, str(staging))
+    os.replace(staging, int8_path)
+
+
+def read_accuracy(int8_path) -> dict | None:
+    """Return the comparison :func:`record_accuracy` stored in ``int8_path`` (plain dict), or None."""
+    import onnx
+
+    model = onnx.load(str(int8_path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == INT8_ACCURACY_KEY:
+            return json.loads(prop.value)
+    return None
+
+
 def _format_comparison(c: AccuracyComparison) -> str:
     lines = [
         f"fp32 vs int8 on {c.test_dir} ({c.frames} frames, {c.fp32.instances} instances)",
@@ -440,6 +476,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     if args.test_dir:
         comparison = compare_accuracy(onnx_path, int8_path, args.test_dir, args.max_test_frames)
         report["accuracy"] = asdict(comparison)
+        record_accuracy(int8_path, comparison)
         print(_format_comparison(comparison))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
