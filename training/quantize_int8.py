@@ -183,12 +183,9 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(prefix="hrpose_int8_") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quantized = Path(tmp) / "quantized.onnx"
-        try:
-            # auto_merge: the dynamic batch axis otherwise stops symbolic inference at the Resize nodes.
-            quant_pre_process(str(onnx_path), str(prepared), auto_merge=True)
-        except Exception as exc:  # noqa: BLE001 - ORT raises a bare Exception when symbolic inference fails
-            logger.warning("symbolic shape inference failed (%s); using ONNX shape inference only", exc)
-            quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        # ONNX's own shape inference is enough (static H, W); ORT's symbolic inference stops at the
+        # dynamic batch axis and then dumps a temporary model into the working directory.
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(quantized),
