@@ -1,0 +1,62 @@
+"""The benchmark's own helpers (benchmarks/benchmark.py is a script; these pin down what it measures).
+
+Decode and PnP are timed on maps the codec encodes from synthetic ground truth: these tests
+check that those maps decode back into every instance at its true pose, so the timed work is
+the real work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.benchmark import CAMERA, Stats, cpu_features, encode_maps, paint_scene, scene_instances
+from hrpose_ros.codec import CodecConfig, KeypointCodec
+from hrpose_ros.pipeline import PosePipeline, letterbox
+from training.toy_data import toy_objects
+
+
+@pytest.mark.parametrize(("count", "input_size"), [(1, (640, 480)), (10, (640, 480)), (20, (320, 256))])
+def test_encoded_ground_truth_decodes_to_every_instance_at_its_pose(count, input_size):
+    objects = toy_objects()
+    codec = KeypointCodec(CodecConfig(num_classes=len(objects)))
+    instances = scene_instances(objects, count, CAMERA, np.random.default_rng(count))
+    belief, vectors = encode_maps(codec, objects, instances, CAMERA, input_size)
+    assert belief.shape == (1, 9 * len(objects), input_size[1] // 4, input_size[0] // 4)
+
+    pipeline = PosePipeline(None, codec, objects, input_size)
+    box = letterbox(np.zeros((CAMERA.height, CAMERA.width, 3), np.uint8), *input_size)[1]
+    poses = pipeline.solve(pipeline.decode(belief[0], vectors[0], box), CAMERA)
+    assert len(poses) == count
+    for c, R, t in instances:
+        pose = min(poses, key=lambda p: np.linalg.norm(p.t - t))
+        assert pose.obj_id == objects[c].obj_id
+        # Map pixels are 4 (640x480) or 8 (320x256) image pixels: depth error grows with that.
+        assert np.linalg.norm(pose.t - t) < 0.02 * t[2]
+        assert np.degrees(np.arccos(np.clip((np.trace(pose.R.T @ R) - 1) / 2, -1, 1))) < 5
+
+
+def test_scene_instances_do_not_overlap_and_stay_in_view():
+    objects = toy_objects()
+    instances = scene_instances(objects, 20, CAMERA, np.random.default_rng(0))
+    centres = np.array([(CAMERA.K @ t)[:2] / t[2] for _, _, t in instances])
+    assert np.all((centres > 0) & (centres < (CAMERA.width, CAMERA.height)))
+    gaps = np.linalg.norm(centres[:, None] - centres[None], axis=-1) + np.eye(20) * 1e9
+    assert gaps.min() > 100  # 6 x 4 grid of ~107 x 120 px cells
+    image = paint_scene(objects, instances, CAMERA, np.random.default_rng(0))
+    assert image.shape == (480, 640, 3) and image.dtype == np.uint8
+
+
+def test_stats_are_median_and_p90_in_milliseconds():
+    stats = Stats.of(np.arange(1, 11) * 1e-3)
+    assert (stats.median_ms, stats.n) == (pytest.approx(5.5), 10)
+    assert stats.p90_ms == pytest.approx(9.1)
+    assert str(stats) == "5.50 / 9.10"
+    assert Stats.of([]).n == 0 and str(Stats.of([])) == "-"
+
+
+def test_cpu_features_are_consistent_with_cpuinfo():
+    cpu = cpu_features()
+    assert set(cpu["flags"]) >= {"avx2", "avx512_bf16", "amx_bf16", "amx_int8"}
+    assert cpu["amx"] == (cpu["flags"]["amx_bf16"] and cpu["flags"]["amx_int8"])
+    assert cpu["bf16_hardware"] == (cpu["flags"]["avx512_bf16"] or cpu["flags"]["amx_bf16"])
