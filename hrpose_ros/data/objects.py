@@ -101,7 +101,8 @@ class ObjectSource:
 DEFAULT_OBJECTS = (
     ObjectSource("duck", "duck.obj", 0.10),
     ObjectSource("lego", "lego/lego.obj", 0.08, up="y", colour=(200, 30, 30), symmetry="z90"),
-    ObjectSource("jenga", "jenga/jenga.obj", (0.075, 0.025, 0.015), symmetry="box"),
+    # Jenga's texture is a debug texture with "TOP" written on it: painted wood, so the block stays symmetric.
+    ObjectSource("jenga", "jenga/jenga.obj", (0.075, 0.025, 0.015), colour=(215, 170, 110), symmetry="box"),
     ObjectSource("domino", "domino/domino.obj", 0.06),
     ObjectSource("mug", "objects/mug.obj", 0.12, colour=(225, 220, 200)),
     ObjectSource("torus", "torus/torus_textured.obj", 0.10, up="y", colour=(240, 140, 20),
