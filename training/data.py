@@ -9,6 +9,7 @@ import torch
 
 from hrpose_ros.bop import BopFrame
 from hrpose_ros.codec import KeypointCodec
+from hrpose_ros.data.augment import augment
 from hrpose_ros.geometry import keypoints_3d, project
 from hrpose_ros.pipeline import letterbox, scale_points
 from hrpose_ros.types import ObjectModel
@@ -133,8 +134,6 @@ class KeypointDataset(torch.utils.data.Dataset):
             image, _ = letterbox(image, width, height, self.image_scale)
         keypoints = scale_points(keypoints, self.image_scale)
         if self.augment:
-            from hrpose_ros.data.augment import augment
-
             image, keypoints = augment(image, keypoints, rng)
         if self.crop_size:
             image, keypoints = random_crop(image, keypoints, self.crop_size, rng)
