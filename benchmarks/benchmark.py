@@ -10,7 +10,8 @@ What it measures, all in one run so that ratios are comparable on a shared machi
    (hrpose_ros.ros_conversions, as pose_node does it), preprocess, inference, peak extraction
    + grouping (codec decode), PnP, message build + publish (real rclpy publishers, with
    subscribers); for torch fp32, torch bf16 + channels_last (autocast, AMX when present),
-   ONNX Runtime fp32 and ONNX Runtime int8 (static QDQ, training/quantize_int8.py). The
+   ONNX Runtime fp32 and ONNX Runtime int8 (static QDQ, training/quantize_int8.py), and int8
+   once more with ORT's idle worker threads blocking instead of spinning. The
    backends take turns in blocks of 10 frames, so a load change on the machine hits all alike;
 2. end to end through the live node: the installed ``pose_node`` executable is started as a
    subprocess per backend; an image + camera_info are published and the time until its
@@ -369,6 +370,34 @@ class Bf16ChannelsLastEngine:
         return out.belief_maps.float().cpu().numpy(), out.vector_fields.float().cpu().numpy()
 
 
+class NoSpinOnnxEngine:
+    """ONNX Runtime with its intra-op threads blocking instead of spinning when idle.
+
+    By default ORT's worker threads spin after each run; on 2 cores that steals the CPU from
+    the single-threaded decode, PnP and ROS work that follow. hrpose_ros.runtime.OnnxEngine has
+    no option for it yet, so this variant is built here to measure the difference.
+    """
+
+    name = "onnxruntime-nospin"
+
+    def __init__(self, path, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        available = set(ort.get_available_providers())
+        providers = [p for p in ORT_PROVIDERS if p in available]
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (belief_maps, vector_fields) float32, as runtime.OnnxEngine."""
+        belief, vectors = self.session.run(
+            ["belief_maps", "vector_fields"], {"image": np.ascontiguousarray(images, dtype=np.float32)}
+        )
+        return belief, vectors
+
+
 class GroundTruthMapsPipeline(PosePipeline):
     """PosePipeline whose decode stage reads ``maps`` (set per frame) instead of the network output.
 
@@ -406,7 +435,7 @@ def build_backends(
     threads: int,
     cpu: dict,
 ) -> list[Backend]:
-    """Return the four backends (torch fp32, torch bf16 + channels_last, ORT fp32, ORT int8)."""
+    """Return the backends: torch fp32, torch bf16 + channels_last, ORT fp32, ORT int8 (+ no spinning)."""
     pipeline_cls = GroundTruthMapsPipeline if use_maps else PosePipeline
     codec = KeypointCodec(checkpoint.codec_config)
 
@@ -451,6 +480,10 @@ def build_backends(
     add("ORT fp32", lambda: ort(onnx_path, "ONNX Runtime fp32"), "onnxruntime", str(onnx_path))
     if int8_path is not None:
         add("ORT int8", lambda: ort(int8_path, "static QDQ U8S8 per-channel"), "onnxruntime", str(int8_path))
+        add(
+            "ORT int8 nospin",
+            lambda: (NoSpinOnnxEngine(int8_path, threads), "as ORT int8, session.intra_op.allow_spinning=0"),
+        )
     else:
         add("ORT int8", None, skipped="skipped: --no-int8")
     return backends
@@ -999,7 +1032,7 @@ class Settings:
     calib_frames: int = 16
     node_backends: tuple[str, ...] = ("torch fp32", "ORT fp32", "ORT int8")
     with_ort_sizes: bool = True
-    transport_check_frames: int = 30  # closed-loop frames of one node with the other DDS transport
+    transport_check_frames: int = 10  # closed-loop frames of one node with the other DDS transport
     input_sizes: tuple[tuple[int, int], ...] = INPUT_SIZES
     notes: list[str] = field(default_factory=list)
 
@@ -1407,7 +1440,8 @@ def main(argv=None) -> int:
                 if b.label in settings.node_backends and b.node_backend
             ]
             if runs and settings.transport_check_frames:
-                runs.append((runs[-1][0], "" if transport else "SHM", settings.transport_check_frames, 0.0))
+                other = "" if transport else "SHM"
+                runs.append((runs[-1][0], other, settings.transport_check_frames, settings.open_loop_seconds))
             for backend, run_transport, frames_count, open_seconds in runs:
                 print(
                     f"live pose_node: {backend.label}, transport {run_transport or 'default'}",
