@@ -11,6 +11,7 @@ behind a slow network. Per processed image, stamped with the image's header:
 - ``~/poses`` geometry_msgs/PoseArray in the image frame,
 - ``/tf`` one frame ``<frame_prefix><class>_<instance>`` per instance (publish_tf),
 - ``~/markers`` visualization_msgs/MarkerArray, stale markers deleted (publish_markers),
+- ``~/overlay`` the image with 3D boxes and axes, drawn only while subscribed (publish_overlay),
 
 and every ``diagnostics_period`` a ``/diagnostics`` status: input and output rates,
 per-stage latency, dropped and rejected frames. A bad frame (encoding, sizes, frame
@@ -183,6 +184,10 @@ class PoseNode(Node):
         self._poses_pub = self.create_publisher(PoseArray, "~/poses", **publisher_qos)
         self._markers_pub = (self.create_publisher(MarkerArray, "~/markers", **publisher_qos)
                              if self.config.publish_markers else None)
+        # Reliable, depth 1: serves best-effort and reliable subscribers; Fast DDS loses large
+        # images on best-effort links, so RViz's view (config/bin_picking.rviz) asks for reliable.
+        self._overlay_pub = (self.create_publisher(Image, "~/overlay", **{**publisher_qos, "qos_profile": 1})
+                             if self.config.publish_overlay else None)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._tf = None
         if self.config.publish_tf:
@@ -307,6 +312,9 @@ class PoseNode(Node):
         timings = {"queue": started - received, "convert": converted - started,
                    **{k: float(v) for k, v in self.pipeline.last_timings.items()},
                    "publish": published - inferred}
+        if self._overlay_pub is not None and self._overlay_pub.get_subscription_count() > 0:
+            self._overlay_pub.publish(convert.overlay_msg(rgb, poses, self.objects, camera, image.header))
+            timings["overlay"] = time.monotonic() - published
         timings["total"] = time.monotonic() - received
         with self._stats.lock:
             self._stats.processed += 1

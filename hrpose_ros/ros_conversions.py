@@ -25,6 +25,7 @@ from hrpose_ros.geometry import box_corners_3d, quaternion_from_matrix
 from hrpose_ros.msg import ObjectPose as ObjectPoseMsg
 from hrpose_ros.msg import ObjectPoseArray
 from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
+from hrpose_ros.visualization import colour_for, draw_pose
 
 try:  # a full ROS 2 install: use cv_bridge for encodings beyond the five handled here
     from cv_bridge import CvBridge, CvBridgeError
@@ -38,6 +39,7 @@ __all__ = [
     "image_to_rgb",
     "marker_array_msg",
     "object_pose_array_msg",
+    "overlay_msg",
     "pose_array_msg",
     "pose_msg",
     "rgb_to_image",
@@ -212,10 +214,24 @@ def transform_msgs(poses: Sequence[ObjectPose], header: Header, prefix: str) -> 
 
 
 def _class_colour(obj_id: int, alpha: float) -> ColorRGBA:
-    """Return a distinct, stable colour per object id (golden-ratio hue steps)."""
-    hue = (obj_id * 0.618033988749895) % 1.0
-    rgb = np.clip(np.abs((hue * 6.0 + np.array([0.0, 4.0, 2.0])) % 6.0 - 3.0) - 1.0, 0.0, 1.0)
-    return ColorRGBA(r=float(rgb[0]), g=float(rgb[1]), b=float(rgb[2]), a=alpha)
+    """Return the object's overlay colour (visualization.colour_for) as RGBA with ``alpha``."""
+    r, g, b = colour_for(obj_id)
+    return ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=alpha)
+
+
+def overlay_msg(rgb: np.ndarray, poses: Sequence[ObjectPose], objects: Mapping[int, ObjectModel],
+                camera: CameraModel, header: Header) -> Image:
+    """Return an rgb8 Image of ``rgb`` (H, W, 3) with each pose's 3D box, axes and "class score" label drawn.
+
+    Boxes are projected with the camera's K and distortion, so they sit on the objects of a
+    raw (distorted) image too. ``rgb`` itself is not modified.
+    """
+    canvas = np.array(rgb, dtype=np.uint8, copy=True)
+    dist = None if camera.is_rectified else camera.dist
+    for p in poses:
+        draw_pose(canvas, objects[int(p.obj_id)].points, p.R, p.t, camera.K, colour=colour_for(p.obj_id),
+                  label=f"{p.class_name} {float(p.score):.2f}", dist=dist)
+    return rgb_to_image(canvas, header)
 
 
 def marker_array_msg(

@@ -10,9 +10,9 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
 from hrpose_ros import ros_conversions as rc
-from hrpose_ros.geometry import matrix_from_quaternion, project
+from hrpose_ros.geometry import box_corners_3d, matrix_from_quaternion, project
 from hrpose_ros.msg import ObjectPoseArray
-from hrpose_ros.types import ObjectModel, ObjectPose
+from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
 
 RNG = np.random.default_rng(7)
 RGB = RNG.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
@@ -281,3 +281,19 @@ def test_stale_markers_are_deleted():
 def test_markers_for_unknown_object_are_refused():
     with pytest.raises(ValueError, match=r"poses\[0\].obj_id: 9"):
         rc.marker_array_msg([object_pose(obj_id=9)], models(), stamped())
+
+
+def test_overlay_draws_boxes_where_the_camera_projects_them():
+    K_small = np.array([[200.0, 0.0, 79.5], [0.0, 200.0, 59.5], [0.0, 0.0, 1.0]])
+    rgb = np.zeros((120, 160, 3), np.uint8)
+    pose = object_pose(R=np.eye(3), t=(0.0, 0.0, 0.5))
+    for dist in ([], [-0.3, 0.1, 0.0, 0.0, 0.0]):
+        camera = CameraModel(K=K_small, width=160, height=120, dist=dist)
+        msg = rc.overlay_msg(rgb, [pose], models(), camera, stamped())
+        drawn = rc.image_to_rgb(msg)
+        assert msg.header.frame_id == "cam_optical" and msg.encoding == "rgb8"
+        assert not rgb.any()  # the input image is left alone
+        corners = project(box_corners_3d(models()[1].points), np.eye(3), np.array([0.0, 0.0, 0.5]), K_small,
+                          np.asarray(dist) if dist else None)
+        for u, v in np.round(corners).astype(int):  # every corner of the box is on a drawn line
+            assert drawn[v - 1:v + 2, u - 1:u + 2].any(), (u, v)
