@@ -501,6 +501,8 @@ def bop_scene_to_bag(
     image_format: str = "raw",
     zstd: bool = False,
     fps: float = 10.0,
+    min_visib_fract: float = 0.1,
+    jpeg_quality: int = 95,
     start_ns: int = DEFAULT_START_NS,
     frame_id: str = bag_io.CAMERA_FRAME,
     topics: BagTopics | None = None,
@@ -511,7 +513,9 @@ def bop_scene_to_bag(
     Images go in ascending im_id, one every 1/``fps`` s from ``start_ns``; each with its
     camera_info (scene_camera.json K, no distortion) and its ground truth (scene_gt.json,
     metres) as an ObjectPoseArray, all three with the same stamp. ``names`` maps obj_id to
-    the class_name written (default ``obj_OBJID``).
+    the class_name written (default ``obj_OBJID``). When the scene has scene_gt_info.json,
+    instances less than ``min_visib_fract`` visible are left out, as BOP leaves them out of
+    its test targets.
     """
     if not fps > 0:
         raise ValueError(f"fps: expected > 0, got {fps}")
@@ -527,6 +531,7 @@ def bop_scene_to_bag(
         zstd=zstd,
         topics=topics or BagTopics(),
         frame_id=frame_id,
+        jpeg_quality=jpeg_quality,
     ) as writer:
         for i, frame in enumerate(
             tqdm(frames, unit="frame", desc=f"bag {Path(bag).name}", disable=not progress)
@@ -534,6 +539,8 @@ def bop_scene_to_bag(
             per_class: dict[int, int] = {}
             truth = []
             for inst in frame.instances:
+                if inst.info is not None and inst.info.visib_fract < min_visib_fract:
+                    continue
                 instance_id = per_class.get(inst.obj_id, 0)
                 per_class[inst.obj_id] = instance_id + 1
                 truth.append(
@@ -876,6 +883,13 @@ def bop_to_bag_main(argv: Sequence[str] | None = None) -> int:
         help="raw = sensor_msgs/Image rgb8; png/jpeg = sensor_msgs/CompressedImage",
     )
     parser.add_argument("--zstd", action="store_true", help="zstd-compress mcap chunks")
+    parser.add_argument("--jpeg-quality", type=int, default=95)
+    parser.add_argument(
+        "--min-visib-fract",
+        type=float,
+        default=0.1,
+        help="leave out ground truth less visible than this (needs scene_gt_info.json)",
+    )
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--frame-id", default=bag_io.CAMERA_FRAME)
     parser.add_argument("--image-topic", default=bag_io.IMAGE_TOPIC)
@@ -894,6 +908,8 @@ def bop_to_bag_main(argv: Sequence[str] | None = None) -> int:
             image_format=args.image_format,
             zstd=args.zstd,
             fps=args.fps,
+            min_visib_fract=args.min_visib_fract,
+            jpeg_quality=args.jpeg_quality,
             frame_id=args.frame_id,
             topics=BagTopics(args.image_topic, args.camera_info_topic, args.gt_topic),
             progress=not args.quiet,

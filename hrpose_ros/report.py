@@ -23,7 +23,7 @@ import numpy as np
 from hrpose_ros.geometry import box_corners_3d, project
 from hrpose_ros.metrics import recall_curve
 from hrpose_ros.types import ObjectModel, ObjectPose
-from hrpose_ros.visualization import draw_box_3d, draw_label
+from hrpose_ros.visualization import colour_for, draw_box_3d, draw_label
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -43,16 +43,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 GT_COLOUR = (0, 200, 0)  # RGB: ground truth boxes green, estimates in their object's colour
-_PALETTE = [
-    (230, 25, 75),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (240, 50, 230),
-    (210, 180, 40),
-    (0, 128, 128),
-    (170, 110, 40),
-]
 
 # Threshold grids of the recall curves: ADD(-S) in fractions of the diameter, 2D projection in
 # pixels, and n for "n cm, n degrees".
@@ -62,8 +52,8 @@ CM_DEG_GRID = np.linspace(0.0, 15.0, 61)
 
 
 def object_colour(obj_id: int) -> tuple[int, int, int]:
-    """Return the RGB colour used for ``obj_id`` in overlays and plots."""
-    return _PALETTE[(obj_id - 1) % len(_PALETTE)]
+    """Return the RGB colour of ``obj_id`` in overlays and plots (the node's overlay colours)."""
+    return tuple(int(c) for c in colour_for(obj_id))
 
 
 # --- overlay ----------------------------------------------------------------------------------
@@ -84,7 +74,8 @@ def draw_frame(image: np.ndarray, frame: FrameResult, objects: dict[int, ObjectM
         if est.obj_id in objects and est.t[2] > 0:
             c = corners(est)
             draw_box_3d(canvas, c, object_colour(est.obj_id), thickness=2)
-            draw_label(canvas, f"{est.class_name} {est.score:.2f}", c.min(axis=0), object_colour(est.obj_id))
+            top_left = c.min(axis=0) - (0.0, 18.0)  # the label sits above the box
+            draw_label(canvas, f"{est.class_name} {est.score:.2f}", top_left, object_colour(est.obj_id))
     ms = 1000.0 * frame.timings.get("total", 0.0)
     draw_label(canvas, f"#{frame.im_id}  {ms:.0f} ms  green: ground truth", (4, 4), (255, 255, 255))
     return canvas
