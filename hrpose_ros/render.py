@@ -219,15 +219,23 @@ class Renderer:
         K,
         poses: Sequence,
         lighting: Lighting = Lighting(),
-        full_masks: bool = True,
+        full_masks: bool | Sequence[bool] = True,
     ) -> RenderOutput:
         """Return the :class:`RenderOutput` of ``poses`` [(obj_id, R (3, 3), t (3,) m), ...] seen with ``K``.
 
-        ``full_masks=False`` skips the one-instance-at-a-time silhouettes (masks_full is then
-        empty), which costs one extra pass per instance.
+        A full silhouette costs one extra pass per instance: ``full_masks=False`` skips them
+        (masks_full is then empty); a sequence of bools, one per pose, skips some (their
+        masks_full entry is then the visible mask, e.g. for a tray nobody annotates).
         """
         K = check_intrinsics(K)
-        return self._impl.render(K, self._poses(poses), lighting, full_masks)
+        poses = self._poses(poses)
+        if isinstance(full_masks, bool):
+            wanted = [full_masks] * len(poses) if full_masks else None
+        else:
+            wanted = [bool(w) for w in full_masks]
+            if len(wanted) != len(poses):
+                raise ValueError(f"full_masks: expected one bool per pose ({len(poses)}), got {len(wanted)}")
+        return self._impl.render(K, poses, lighting, wanted)
 
     def render_depth(self, obj_id: int, R, t, K) -> np.ndarray:
         """Return the (H, W) float32 depth in metres (0 = nothing) of one object at pose R, t."""
@@ -284,9 +292,9 @@ class _ModernGLBackend:
             self.ctx.release()
             raise
 
-    def _draw(self, poses, instance_ids, lighting: Lighting) -> None:
+    def _draw(self, poses, instance_ids, lighting: Lighting, viewport=None) -> None:
         self.fbo.use()
-        self.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        self.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0, viewport=viewport)
         self.ctx.enable(self.ctx.DEPTH_TEST)
         self.ctx.disable(self.ctx.CULL_FACE)
         self.program["light_direction"].value = tuple(float(v) for v in lighting.direction)
@@ -320,7 +328,7 @@ class _ModernGLBackend:
             return (0, 0, 0, 0)
         return (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
 
-    def render(self, K, poses, lighting: Lighting, full_masks: bool) -> RenderOutput:
+    def render(self, K, poses, lighting: Lighting, full_masks: list | None) -> RenderOutput:
         self.program["P"].write(projection_matrix(K, self.width, self.height, self.near, self.far)
                                 .T.astype("f4").tobytes())
         self.fbo.scissor = None
@@ -330,17 +338,17 @@ class _ModernGLBackend:
         instances = self._read(2, 1, "f4")[..., 0]
         masks_visib = [instances == i for i in range(1, len(poses) + 1)]
         masks_full = []
-        if full_masks and len(poses) == 1:
+        if full_masks is not None and len(poses) == 1:
             masks_full = [masks_visib[0].copy()]  # alone already
-        elif full_masks:
+        elif full_masks is not None:
             # One pass per instance, drawn and read only inside its projected bounding box.
-            for pose, visib in zip(poses, masks_visib):
+            for pose, visib, wanted in zip(poses, masks_visib, full_masks):
                 box = self._silhouette_box(K, *pose)
                 full = visib.copy()
-                if box is None or box[2] * box[3] > 0:
+                if wanted and (box is None or box[2] * box[3] > 0):
                     x, y, w, h = box if box is not None else (0, 0, self.width, self.height)
                     self.fbo.scissor = (x, self.height - y - h, w, h)
-                    self._draw([pose], [1], lighting)
+                    self._draw([pose], [1], lighting, viewport=self.fbo.scissor)
                     full[y:y + h, x:x + w] |= self._read(2, 1, "f4", (x, y, w, h))[..., 0] == 1
                 masks_full.append(full)
             self.fbo.scissor = None
@@ -424,7 +432,7 @@ class TinyRendererBackend:
         z = 2.0 * self.far * self.near / (self.far + self.near - ndc * (self.far - self.near))
         return rgba[..., :3], z, segmentation
 
-    def render(self, K, poses, lighting: Lighting, full_masks: bool) -> RenderOutput:
+    def render(self, K, poses, lighting: Lighting, full_masks: list | None) -> RenderOutput:
         bodies = self._place(poses)
         rgb, z, segmentation = self._snapshot(K, lighting)
         hit = segmentation >= 0
@@ -432,8 +440,11 @@ class TinyRendererBackend:
         rgb = np.where(hit[..., None], rgb, 0).astype(np.uint8)
         masks_visib = [segmentation == body for body in bodies]
         masks_full = []
-        if full_masks:
-            for pose, visib in zip(poses, masks_visib):
+        if full_masks is not None:
+            for pose, visib, wanted in zip(poses, masks_visib, full_masks):
+                if not wanted:
+                    masks_full.append(visib.copy())
+                    continue
                 (body,) = self._place([pose])
                 masks_full.append((self._snapshot(K, lighting)[2] == body) | visib)
             self._place(poses)
