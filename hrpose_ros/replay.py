@@ -576,8 +576,11 @@ class LiveNodeEstimator:
     name (loaded here from the same weights). Close with :meth:`close`.
     """
 
-    def __init__(self, process, node, objects: list[ObjectModel], publishers, timeout: float, context):
+    def __init__(self, process, log, node, objects: list[ObjectModel], publishers, timeout: float, context):
         self._process = process
+        self._log = log  # the node's stdout and stderr
+        self._calls = 0
+        self._stamp_ns = DEFAULT_START_NS
         self._node = node
         self.objects = objects
         self._info_pub, self._image_pub = publishers
@@ -605,6 +608,7 @@ class LiveNodeEstimator:
         import shlex
         import shutil
         import subprocess
+        import tempfile
 
         import rclpy
         from rclpy.qos import QoSProfile, QoSReliabilityPolicy
@@ -642,9 +646,9 @@ class LiveNodeEstimator:
         for param in node_params:
             ros_args += ["-p", param]
         _log.info("starting %s", " ".join(argv + ros_args))
-        process = subprocess.Popen(
-            argv + ros_args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
+        # The node's log goes to a file, not a pipe: a full pipe would block the node mid-bag.
+        log = tempfile.TemporaryFile(mode="w+")
+        process = subprocess.Popen(argv + ros_args, stdout=log, stderr=subprocess.STDOUT, text=True)
 
         context = rclpy.Context()
         rclpy.init(context=context)
@@ -656,7 +660,7 @@ class LiveNodeEstimator:
             node.create_publisher(CameraInfo, f"{ns}/camera_info", reliable),
             node.create_publisher(Image, f"{ns}/image", reliable),
         )
-        estimator = cls(process, node, objects, publishers, timeout, context)
+        estimator = cls(process, log, node, objects, publishers, timeout, context)
         node.create_subscription(ObjectPoseArray, f"{ns}/objects", estimator._on_objects, reliable)
         estimator._wait_for_node(f"{ns}/objects")
         return estimator
@@ -664,12 +668,15 @@ class LiveNodeEstimator:
     def _on_objects(self, msg) -> None:
         self._answers[int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)] = msg
 
-    def _node_failure(self, what: str) -> LiveNodeError:
-        stderr = ""
+    def _node_failure(self, waiting_for: str) -> LiveNodeError:
+        """Return the error for a node that exited or stayed silent while ``waiting_for``, with its output."""
         if self._process.poll() is not None:
-            stderr = (self._process.stderr.read() or "").strip()[-2000:]
-            what += f" (pose_node exited with code {self._process.returncode})"
-        return LiveNodeError(what + (f":\n{stderr}" if stderr else ""))
+            what = f"pose_node exited with code {self._process.returncode} while {waiting_for}"
+        else:
+            what = f"pose_node: no answer within {self._timeout} s while {waiting_for}"
+        self._log.seek(0)
+        output = self._log.read().strip()[-2000:]
+        return LiveNodeError(what + (f"; its last output:\n{output}" if output else ""))
 
     def _spin_until(self, done: Callable[[], bool], seconds: float) -> bool:
         deadline = time.monotonic() + seconds
@@ -691,10 +698,9 @@ class LiveNodeEstimator:
             )
 
         if not self._spin_until(connected, self._timeout):
+            error = self._node_failure(f"starting (subscribing to the images, publishing {objects_topic})")
             self.close()
-            raise self._node_failure(
-                f"pose_node did not subscribe/publish {objects_topic} within {self._timeout} s"
-            )
+            raise error
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:
         """Return the poses the live node publishes for one image (sent with a fresh stamp)."""
@@ -702,17 +708,18 @@ class LiveNodeEstimator:
 
         from hrpose_ros import ros_conversions
 
-        self._stamp_ns = getattr(self, "_stamp_ns", DEFAULT_START_NS) + 1_000_000  # unique per call
+        self._stamp_ns += 1_000_000  # a fresh stamp per call: the answer is recognised by it
         header = Header(frame_id=bag_io.CAMERA_FRAME)
         header.stamp.sec, header.stamp.nanosec = divmod(self._stamp_ns, 1_000_000_000)
         info = _camera_info_msg(camera, header)
         image = ros_conversions.rgb_to_image(np.ascontiguousarray(image_rgb), header)
         stamp = self._stamp_ns
+        self._calls += 1
         start = time.perf_counter()
         self._info_pub.publish(info)
         self._image_pub.publish(image)
         if not self._spin_until(lambda: stamp in self._answers, self._timeout):
-            raise self._node_failure(f"pose_node did not answer an image within {self._timeout} s")
+            raise self._node_failure(f"waiting for its answer to image {self._calls}")
         msg = self._answers.pop(stamp)
         self.last_timings = {"round_trip": time.perf_counter() - start}
         return list(bag_io.poses_from_msg(msg))
@@ -728,6 +735,7 @@ class LiveNodeEstimator:
             except Exception:  # noqa: BLE001 - it would not stop: end it
                 self._process.kill()
                 self._process.wait()
+        self._log.close()
         if self._context.ok():
             self._executor.shutdown()
             self._node.destroy_node()
