@@ -33,18 +33,21 @@ def canonical_pose(R: np.ndarray, t: np.ndarray, symmetries: np.ndarray) -> tupl
     return rotations[best], R @ symmetries[best, :3, 3] + t
 
 
-def frame_keypoints(frame: BopFrame, objects: Sequence[ObjectModel]) -> tuple[np.ndarray, np.ndarray]:
+def frame_keypoints(frame: BopFrame, objects: Sequence[ObjectModel],
+                    min_visib_fract: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """Return (keypoints (N, 9, 2) px, class_indices (N,)) of the frame's annotated instances.
 
-    Classes are positions in ``objects``; instances of other objects, or with a keypoint at or
-    behind the camera plane, are left out. Symmetric objects use :func:`canonical_pose`.
+    Classes are positions in ``objects``; instances of other objects, with a keypoint at or
+    behind the camera plane, or less than ``min_visib_fract`` visible (when the split has
+    scene_gt_info; the BOP evaluation skips them too) are left out. Symmetric objects use
+    :func:`canonical_pose`.
     """
     index = {o.obj_id: i for i, o in enumerate(objects)}
     model_keypoints = [keypoints_3d(o.points) for o in objects]
     keypoints, classes = [], []
     for inst in frame.instances:
         c = index.get(inst.obj_id)
-        if c is None:
+        if c is None or (inst.info is not None and inst.info.visib_fract < min_visib_fract):
             continue
         R, t = canonical_pose(inst.R, inst.t, objects[c].symmetries)
         cam_z = (model_keypoints[c] @ R.T + t)[:, 2]
