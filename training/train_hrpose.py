@@ -201,7 +201,7 @@ def train(
                     ]
                 )
             bar.set_postfix(loss=f"{values[0]:.3f}", mse=f"{values[1]:.3f}")
-            if config.max_steps and step >= config.max_steps:
+            if _budget_spent(config, step, start):
                 break
         scheduler.step()
         wall = time.perf_counter() - start
@@ -222,9 +222,17 @@ def train(
         save_checkpoint(out_dir / "last.pt", checkpoint)
         plot_losses(csv_path, out_dir / "loss.png")
         logger.info("epoch %d/%d done: step %d, %.0f s", epoch + 1, config.epochs, step, wall)
-        if config.max_steps and step >= config.max_steps:
+        if _budget_spent(config, step, start):
+            logger.info("step/time budget reached after %d steps", step)
             break
     return out_dir / "last.pt"
+
+
+def _budget_spent(config: TrainConfig, step: int, start: float) -> bool:
+    """True once ``max_steps`` or ``max_minutes`` (when set) is reached."""
+    if config.max_steps and step >= config.max_steps:
+        return True
+    return bool(config.max_minutes) and time.perf_counter() - start >= 60.0 * config.max_minutes
 
 
 def main(argv=None) -> None:
@@ -255,6 +263,7 @@ def main(argv=None) -> None:
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--max-frames", type=int)
     parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--max-minutes", type=float, help="stop and save once this wall time is spent")
     parser.add_argument("--num-workers", type=int)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int)
