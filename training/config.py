@@ -101,10 +101,10 @@ RECIPES: dict[str, dict] = {
         input_width=320,
         input_height=256,
         crop_size=128,
-        batch_size=16,
-        epochs=6,
+        batch_size=8,
+        epochs=2,
         lr=1e-3,
-        lr_step_epochs=2,
+        lr_step_epochs=1,
         bf16=True,
     ),
     "quick": dict(

@@ -5,14 +5,17 @@
 #
 #   nice -n 10 bash training/run_cpu_recipe.sh data/train data/test runs/cpu
 #
-# Epoch counts come from the environment (defaults sized for ~1 hour on 2 shared cores).
+# Epochs and wall-time budgets come from the environment (defaults sized for ~1 hour on 2 shared
+# cores). The student + KD runs exactly as many steps as the student did, so the KD gain is
+# measured at equal training.
 set -euo pipefail
 
 TRAIN=${1:-data/train}
 TEST=${2:-data/test}
 OUT=${3:-runs/cpu}
-TEACHER_EPOCHS=${TEACHER_EPOCHS:-3}
-STUDENT_EPOCHS=${STUDENT_EPOCHS:-4}
+TEACHER_EPOCHS=${TEACHER_EPOCHS:-2}
+STUDENT_EPOCHS=${STUDENT_EPOCHS:-2}
+MINUTES=${MINUTES:-28}
 MAX_FRAMES=${MAX_FRAMES:-0}
 EVAL_FRAMES=${EVAL_FRAMES:-0}
 mkdir -p "$OUT"
@@ -20,18 +23,19 @@ mkdir -p "$OUT"
 common=(--recipe cpu --train-dir "$TRAIN" --max-frames "$MAX_FRAMES")
 start=$(date +%s)
 python -m training.train_hrpose --stage teacher "${common[@]}" --epochs "$TEACHER_EPOCHS" --threads 1 \
-    --out "$OUT/teacher" > "$OUT/teacher.log" 2>&1 &
+    --max-minutes "$MINUTES" --out "$OUT/teacher" > "$OUT/teacher.log" 2>&1 &
 teacher_pid=$!
 python -m training.train_hrpose --stage student "${common[@]}" --epochs "$STUDENT_EPOCHS" --threads 1 \
-    --out "$OUT/student" > "$OUT/student.log" 2>&1 &
+    --max-minutes "$MINUTES" --out "$OUT/student" > "$OUT/student.log" 2>&1 &
 student_pid=$!
 wait "$teacher_pid"
 wait "$student_pid"
 echo "teacher + student: $(( $(date +%s) - start )) s" | tee "$OUT/times.txt"
 
+steps=$(python -c "from hrpose_ros.runtime import load_checkpoint as l; print(l('$OUT/student/last.pt').history['steps'])")
 start=$(date +%s)
 python -m training.train_hrpose --stage student_kd "${common[@]}" --epochs "$STUDENT_EPOCHS" --threads 2 \
-    --teacher "$OUT/teacher/last.pt" --out "$OUT/student_kd" > "$OUT/student_kd.log" 2>&1
+    --max-steps "$steps" --teacher "$OUT/teacher/last.pt" --out "$OUT/student_kd" > "$OUT/student_kd.log" 2>&1
 echo "student_kd: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
 
 python -m training.evaluate --split test="$TEST" --max-frames "$EVAL_FRAMES" \
