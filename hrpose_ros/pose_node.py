@@ -21,6 +21,7 @@ Parameters: :class:`hrpose_ros.node_config.PoseNodeConfig`; defaults in config/p
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -90,8 +91,8 @@ def load_pipeline(config: PoseNodeConfig):
     try:
         pipeline(np.zeros((height, width, 3), np.uint8), camera)
     except Exception as exc:  # engines raise their own types (onnxruntime, torch) for a bad input shape
-        raise ValueError(f"input_width/input_height: the model fails on a {width}x{height} input: "
-                         f"{exc}") from exc
+        where = "input_width/input_height" if config.input_size else "the model's input size"
+        raise ValueError(f"{where}: the model fails on a {width}x{height} input: {exc}") from exc
     return pipeline
 
 
@@ -446,3 +447,7 @@ def main(args=None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+if __name__ == "__main__":  # python -m hrpose_ros.pose_node --ros-args ...
+    sys.exit(main())
