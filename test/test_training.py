@@ -130,3 +130,26 @@ def test_canonical_pose_gives_symmetric_poses_the_same_keypoints():
     uv_a, uv_b = project(keypoints_3d(points), *a, K), project(keypoints_3d(points), *b, K)
     assert np.allclose(uv_a, uv_b, atol=1e-9)
     assert np.allclose(a[0], R) and np.allclose(a[1], t)  # R is already the closest to the identity
+
+
+def test_evaluation_matches_estimates_to_ground_truth_and_scores_them(toy_split):
+    from hrpose_ros import bop
+    from hrpose_ros.types import ObjectPose
+    from training.evaluate import match_poses, summarise
+
+    root, objects = toy_split
+    frame = next(f for f in bop.read_split(root / "train") if len(f.instances) >= 2)
+    by_id = {o.obj_id: o for o in objects}
+    first, second = frame.instances[0], frame.instances[1]
+    exact = ObjectPose(class_name="", obj_id=first.obj_id, instance_id=0, score=1.0, R=first.R, t=first.t)
+    # 2 cm off along the optical axis: ADD 0.02 m > 0.1 x diameter (< 1 cm), but within 5 cm 5 deg.
+    shifted = ObjectPose(class_name="", obj_id=second.obj_id, instance_id=1, score=1.0, R=second.R,
+                         t=second.t + np.array([0.0, 0.0, 0.02]))
+    results = match_poses([shifted, exact], frame, by_id)
+    assert len(results) == len(frame.instances)
+    assert results[0].correct == {"add": True, "proj2d": True, "5cm5deg": True}
+    assert results[1].correct["add"] is False and results[1].correct["5cm5deg"] is True
+    assert results[1].errors["add_m"] == pytest.approx(0.02)
+    assert all(not any(r.correct.values()) for r in results[2:])  # no estimate: wrong
+    table = summarise(results, {o.obj_id: o.name for o in objects})
+    assert 0.0 <= table["add"]["Mean"] <= 100.0
