@@ -569,7 +569,8 @@ class LiveNodeEstimator:
 
     Starts ``command`` (the pose_node executable) with the ``--ros-args`` a launch file would
     pass: a unique node name, ``image``/``camera_info`` remapped to private topics with
-    reliable QoS (``qos_overrides`` parameters), TF/markers/overlay off. Each call publishes
+    reliable QoS (``qos_overrides`` parameters), TF/markers/overlay off, and the score and
+    keypoint thresholds of the in-process pipeline, so both paths give the same poses. Each call publishes
     camera_info then the image and blocks until ``~/objects`` arrives with the image's stamp,
     so no frame is dropped by the node's one-slot queue; the measured time is the round trip
     (conversion, inference and DDS both ways). ``objects`` are the models the node's weights
@@ -616,7 +617,10 @@ class LiveNodeEstimator:
         from hrpose_ros.msg import ObjectPoseArray
         from hrpose_ros.pipeline import PosePipeline
 
-        objects = PosePipeline.from_pretrained(weights, backend=backend, device=device).objects
+        # The same weights in-process give the object models to score against and the thresholds
+        # the node must use to answer as the in-process pipeline would.
+        reference = PosePipeline.from_pretrained(weights, backend=backend, device=device)
+        objects = reference.objects
         name = f"hrpose_replay_{os.getpid()}"
         ns = f"/{name}"
         argv = shlex.split(command)
@@ -629,6 +633,8 @@ class LiveNodeEstimator:
             "publish_markers:=false",
             "publish_overlay:=false",
             "image_is_rectified:=false",
+            f"score_threshold:={reference.thresholds.min_score}",
+            f"keypoint_threshold:={reference.codec.config.peak_threshold}",
             f"qos_overrides.{ns}/image.subscription.reliability:=reliable",
             f"qos_overrides.{ns}/camera_info.subscription.reliability:=reliable",
             *([f"model_path:={weights}"] if weights is not None else []),
