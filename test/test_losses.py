@@ -74,3 +74,15 @@ def test_mismatched_shapes_raise_value_error():
         map_mse(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 5))
     with pytest.raises(ValueError, match="teacher_features"):
         feature_similarity_loss(torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 4, 4))
+
+
+def test_positive_weight_scales_errors_on_targets_only():
+    target = torch.zeros(1, 1, 2, 2)
+    target[0, 0, 0, 0] = 0.5
+    predicted = torch.full((1, 1, 2, 2), 0.1)
+    # Errors: (0.1 - 0.5)^2 = 0.16 on the target pixel (weight 1 + 20 * 0.5 = 11), 0.01 on three others.
+    assert map_mse(predicted, target).item() == pytest.approx(0.16 + 0.03)
+    assert map_mse(predicted, target, positive_weight=20.0).item() == pytest.approx(11 * 0.16 + 0.03)
+    vectors = torch.zeros(1, 2, 1, 1)
+    vectors[0, :, 0, 0] = torch.tensor([0.6, 0.8])  # |v| = 1 -> weight 21 on both channels
+    assert map_mse(torch.zeros(1, 2, 1, 1), vectors, 2, positive_weight=20.0).item() == pytest.approx(21.0)

@@ -35,7 +35,7 @@ echo "teacher + student: $(( $(date +%s) - start )) s" | tee "$OUT/times.txt"
 steps=$(python -c "from hrpose_ros.runtime import load_checkpoint as l; print(l('$OUT/student/last.pt').history['steps'])")
 start=$(date +%s)
 python -m training.train_hrpose --stage student_kd "${common[@]}" --epochs "$STUDENT_EPOCHS" --threads 2 \
-    --max-steps "$steps" --teacher "$OUT/teacher/last.pt" --out "$OUT/student_kd" > "$OUT/student_kd.log" 2>&1
+    --max-steps "$steps" --max-minutes "$MINUTES" --teacher "$OUT/teacher/last.pt" --out "$OUT/student_kd" > "$OUT/student_kd.log" 2>&1
 echo "student_kd: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
 
 python -m training.evaluate --split test="$TEST" --max-frames "$EVAL_FRAMES" \

@@ -184,7 +184,15 @@ def train(
             output = type(output)(*(t.float() for t in output))
             if teacher_output is not None:
                 teacher_output = type(teacher_output)(*(t.float() for t in teacher_output))
-            terms = total_loss(output, belief, vectors, teacher_output, config.lambda_od, config.lambda_fs)
+            terms = total_loss(
+                output,
+                belief,
+                vectors,
+                teacher_output,
+                config.lambda_od,
+                config.lambda_fs,
+                positive_weight=config.positive_weight,
+            )
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
             optimizer.step()
@@ -257,6 +265,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lambda-od", type=float)
     parser.add_argument("--lambda-fs", type=float)
     parser.add_argument("--crop-size", type=int)
+    parser.add_argument("--positive-weight", type=float, help="0 = the paper's Eq. 3 (cpu recipe: 20)")
     parser.add_argument("--image-scale", type=float, help="scale applied to the frames (cpu recipe: 0.5)")
     parser.add_argument("--input-width", type=int)
     parser.add_argument("--input-height", type=int)
