@@ -100,10 +100,6 @@ def pose_node_command(tmp_dir: Path, params_file: Path | None = None, **paramete
             "-r", f"camera_info:={camera}/{defaults['camera_info_topic']}"]
 
 
-def run_to_exit(command: list[str], timeout: float = 90.0) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-
-
 # -- the node under test and a listener ----------------------------------------------------------
 
 class Listener(Node):
@@ -380,29 +376,44 @@ def test_diagnostics_are_periodic_with_rates_latencies_and_counters(listener, po
     assert np.median(np.diff(stamps)) == pytest.approx(0.5, abs=0.1)
 
 
-@pytest.mark.parametrize(
-    "parameters, expected",
-    [({"model_path": "/nonexistent/hrpose.pt"}, "/nonexistent/hrpose.pt: checkpoint file not found"),
-     ({"model_path": "CORRUPT"}, "not a readable HRPose checkpoint"),
-     ({"score_threshold": 1.5}, "parameter 'score_threshold'"),
-     ({"backend": "tensorflow"}, "parameter 'backend': expected one of torch, onnxruntime, got 'tensorflow'"),
-     ({"params_file": {"sync_queue_size": 2.5}}, "parameter 'sync_queue_size'")],
-    ids=["missing-model", "corrupt-model", "out-of-range", "bad-choice", "bad-type"],
-)
-def test_unusable_model_or_parameter_stops_the_node_with_a_clear_message(tmp_path, parameters, expected):
-    if parameters.get("model_path") == "CORRUPT":
-        corrupt = tmp_path / "corrupt.pt"
-        corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint" * 10)
-        parameters = {"model_path": str(corrupt)}
-    if "params_file" in parameters:  # a user's own params file (launch argument params_file)
-        values = yaml.safe_load((REPO / "config" / "pose_node.yaml").read_text())
-        values["/**"]["ros__parameters"].update(parameters["params_file"])
-        parameters = {"params_file": tmp_path / "my_params.yaml"}
-        parameters["params_file"].write_text(yaml.safe_dump(values))
-    result = run_to_exit(pose_node_command(tmp_path, **parameters))
-    assert result.returncode == 1
-    output = result.stdout + result.stderr
-    assert "cannot start" in output and expected in output, output
+STARTUP_FAILURES = {
+    "missing-model": ({"model_path": "/nonexistent/hrpose.pt"},
+                      "/nonexistent/hrpose.pt: checkpoint file not found"),
+    "corrupt-model": ({"model_path": "CORRUPT"}, "not a readable HRPose checkpoint"),
+    "out-of-range": ({"score_threshold": 1.5}, "parameter 'score_threshold'"),
+    "bad-choice": ({"backend": "tensorflow"},
+                   "parameter 'backend': expected one of torch, onnxruntime, got 'tensorflow'"),
+    "bad-type": ({"params_file": {"sync_queue_size": 2.5}}, "parameter 'sync_queue_size'"),
+}
+
+
+@pytest.fixture(scope="module")
+def startup_failures(tmp_path_factory) -> dict[str, tuple[int, str]]:
+    """Start pose_node once per STARTUP_FAILURES case, all at once; return {case: (exit code, output)}."""
+    tmp = tmp_path_factory.mktemp("startup")
+    processes = {}
+    for case, (parameters, _) in STARTUP_FAILURES.items():
+        folder = tmp / case
+        folder.mkdir()
+        if parameters.get("model_path") == "CORRUPT":
+            corrupt = folder / "corrupt.pt"
+            corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint" * 10)
+            parameters = {"model_path": str(corrupt)}
+        if "params_file" in parameters:  # a user's own params file (launch argument params_file)
+            values = yaml.safe_load((REPO / "config" / "pose_node.yaml").read_text())
+            values["/**"]["ros__parameters"].update(parameters["params_file"])
+            parameters = {"params_file": folder / "my_params.yaml"}
+            parameters["params_file"].write_text(yaml.safe_dump(values))
+        processes[case] = subprocess.Popen(pose_node_command(folder, **parameters), stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, text=True)
+    return {case: (process.wait(timeout=120), process.stdout.read()) for case, process in processes.items()}
+
+
+@pytest.mark.parametrize("case", sorted(STARTUP_FAILURES))
+def test_unusable_model_or_parameter_stops_the_node_with_a_clear_message(startup_failures, case):
+    returncode, output = startup_failures[case]
+    assert returncode == 1, output
+    assert "cannot start" in output and STARTUP_FAILURES[case][1] in output, output
 
 
 # -- rendered objects at known poses (shipped weights and object set) ---------------------------
