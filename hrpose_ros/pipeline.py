@@ -174,6 +174,29 @@ class PosePipeline:
         instances = self.codec.decode(belief_maps, vector_fields)
         return [replace(i, keypoints=scale_points(i.keypoints, 1.0 / box.scale)) for i in instances]
 
+    def _pnp(self, points_2d: np.ndarray, points_3d: np.ndarray, camera: CameraModel):
+        """Return geometry.solve_pnp's solution, or None for degenerate keypoints.
+
+        OpenCV's SQPnP asserts (cv2.error) when a RANSAC sample of nearly coincident keypoints
+        has too little spread; the whole set is then solved without RANSAC.
+        """
+        th = self.thresholds
+        dist = camera.dist if not camera.is_rectified else None
+        try:
+            return solve_pnp(
+                points_2d, points_3d, camera.K, dist, ransac=th.ransac, ransac_threshold=th.ransac_threshold
+            )
+        except cv2.error as exc:
+            logger.debug("RANSAC PnP failed (%s); solving without RANSAC", exc)
+        except ValueError as exc:  # collinear keypoints: no pose for this instance
+            logger.debug("instance skipped: %s", exc)
+            return None
+        try:
+            return solve_pnp(points_2d, points_3d, camera.K, dist, ransac=False)
+        except (ValueError, cv2.error) as exc:
+            logger.debug("instance skipped: %s", exc)
+            return None
+
     def solve(self, instances: list[DecodedInstance], camera: CameraModel) -> list[ObjectPose]:
         """Return an ObjectPose per instance whose PnP succeeds within the thresholds, best score first."""
         th = self.thresholds
@@ -184,18 +207,7 @@ class PosePipeline:
             ids = np.flatnonzero(instance.found)
             points_2d = instance.keypoints[ids]
             points_3d = self.keypoints_3d[instance.class_index][ids]
-            try:
-                solution = solve_pnp(
-                    points_2d,
-                    points_3d,
-                    camera.K,
-                    camera.dist if not camera.is_rectified else None,
-                    ransac=th.ransac,
-                    ransac_threshold=th.ransac_threshold,
-                )
-            except ValueError as exc:  # degenerate (collinear) keypoints: no pose for this instance
-                logger.debug("instance skipped: %s", exc)
-                continue
+            solution = self._pnp(points_2d, points_3d, camera)
             if solution is None or solution.reprojection_error > th.max_reprojection_error:
                 continue
             obj = self.objects[instance.class_index]

@@ -100,3 +100,14 @@ def test_bad_files_and_arguments_raise_value_error(tiny_pt, tmp_path):
     pipeline = PosePipeline.from_pretrained(tiny_pt)
     with pytest.raises(ValueError, match="camera"):
         pipeline(np.zeros((100, 100, 3), np.uint8), TOY_CAMERA)
+
+
+def test_degenerate_keypoints_give_no_pose_instead_of_an_opencv_error():
+    # All keypoints within 1e-4 px: OpenCV's SQPnP asserts on such point sets (cv2.error).
+    objects = toy_objects()
+    keypoints = np.array([100.0, 80.0]) + np.random.default_rng(0).normal(scale=1e-4, size=(9, 2))
+    instance = DecodedInstance(class_index=0, score=0.9, keypoints=keypoints, found=np.ones(9, bool))
+    pipeline = PosePipeline(
+        engine=None, codec=KeypointCodec(CodecConfig(num_classes=2)), objects=objects, input_size=(320, 256)
+    )
+    assert pipeline.solve([instance], TOY_CAMERA) == []
