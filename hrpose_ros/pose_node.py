@@ -240,7 +240,6 @@ class PoseNode(Node):
             self._sync = message_filters.ApproximateTimeSynchronizer([image_sub, info_sub], queue, slop)
             self._sync.registerCallback(self._on_pair)
             self._image_topic, self._info_topic = image_sub.sub.topic_name, info_sub.sub.topic_name
-            self._image_subscription = image_sub.sub
             return
         self._sync = ApproximateTimeSynchronizer(2, queue, slop, callback=self._on_pair)
 
@@ -255,7 +254,6 @@ class PoseNode(Node):
         image_sub = self.create_subscription(Image, "image", on_image, **options)
         info_sub = self.create_subscription(CameraInfo, "camera_info", on_info, **options)
         self._image_topic, self._info_topic = image_sub.topic_name, info_sub.topic_name
-        self._image_subscription = image_sub
 
     # -- input ------------------------------------------------------------------------------------
 
@@ -366,18 +364,19 @@ class PoseNode(Node):
         now, timeout = time.monotonic(), self.config.camera_info_timeout
         images_flowing = self._last_image_time is not None and now - self._last_image_time < timeout
         waiting = now - max(self._last_pair_time or self._start_time, self._start_time)
+        infos_flowing = self._last_info_time is not None and now - self._last_info_time < timeout
         if not images_flowing:
             since = now - (self._last_image_time or self._start_time)
             if since < timeout:
                 return []
-            publishers = self._image_subscription.get_publisher_count()
-            if publishers == 0:
+            if not infos_flowing:
                 return [("", f"no images on {self._image_topic} for {since:.1f} s")]
-            # Seen with Fast DDS: large images on best-effort QoS can be lost whole.
-            return [("lost-images", f"{publishers} publisher(s) on {self._image_topic} but no image received "
-                     f"for {since:.1f} s; if the images are large, try reliable QoS: qos_overrides."
-                     f"{self._image_topic}.subscription.reliability: reliable")]
-        if self._last_info_time is None or now - self._last_info_time >= timeout:
+            # The camera is alive (camera_info arrives) but its images do not: seen with Fast DDS,
+            # which loses large messages whole on best-effort links.
+            return [("lost-images", f"camera_info arrives on {self._info_topic} but no image on "
+                     f"{self._image_topic} for {since:.1f} s; large images may be lost on best-effort QoS: "
+                     f"set qos_overrides.{self._image_topic}.subscription.reliability: reliable")]
+        if not infos_flowing:
             return [("no-camera-info", f"images arrive on {self._image_topic} but no camera_info on "
                      f"{self._info_topic} for {waiting:.1f} s: poses need the intrinsics")]
         if waiting >= timeout:

@@ -27,7 +27,7 @@ from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import Log
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker, MarkerArray
@@ -134,8 +134,8 @@ class Listener(Node):
         return record
 
     def subscribe_overlay(self):
-        self.overlay_sub = self.create_subscription(Image, "/pose_node/overlay", self._recorder("overlay"),
-                                                    qos_profile_sensor_data)
+        # Reliable, as config/bin_picking.rviz: Fast DDS loses large images on best-effort links.
+        self.overlay_sub = self.create_subscription(Image, "/pose_node/overlay", self._recorder("overlay"), 1)
 
     def messages(self, name: str) -> list:
         with self.lock:
@@ -328,6 +328,19 @@ def test_missing_camera_info_warns_and_the_node_recovers(listener, pose_node):
     good = new_stamp()
     send(listener, image_message(blank_frame(), good), info_message(good))
     assert pose_node.poll() is None
+
+
+def test_camera_info_without_images_suggests_reliable_qos(listener, pose_node):
+    start = len(listener.messages("rosout"))
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:  # a live camera whose images never arrive
+        listener.info_pub.publish(info_message(new_stamp()))
+        time.sleep(0.1)
+    log = rosout_after(listener, start, "camera_info arrives on /camera/camera_info but no image")
+    assert log.level == Log.WARN
+    assert "qos_overrides./camera/image_raw.subscription.reliability: reliable" in log.msg
+    good = new_stamp()
+    send(listener, image_message(blank_frame(), good), info_message(good))
 
 
 def diagnostics_values(msg: DiagnosticArray) -> dict[str, str]:
