@@ -111,3 +111,17 @@ def test_degenerate_keypoints_give_no_pose_instead_of_an_opencv_error():
         engine=None, codec=KeypointCodec(CodecConfig(num_classes=2)), objects=objects, input_size=(320, 256)
     )
     assert pipeline.solve([instance], TOY_CAMERA) == []
+
+
+def test_shipped_default_loads_with_the_default_objects():
+    from hrpose_ros.data.objects import load_default_objects
+
+    pipeline = PosePipeline.from_pretrained()
+    assert [o.name for o in pipeline.objects] == [
+        o.name for o in sorted(load_default_objects(), key=lambda o: o.obj_id)
+    ]
+    assert pipeline.input_size == (320, 256)
+    camera = CameraModel(K=np.array([[600.0, 0, 319.5], [0, 600.0, 239.5], [0, 0, 1]]), width=640, height=480)
+    poses = pipeline(np.zeros((480, 640, 3), np.uint8), camera)
+    assert all(p.obj_id in {o.obj_id for o in pipeline.objects} for p in poses)
+    assert set(pipeline.last_timings) == {"preprocess", "inference", "decode", "pnp"}
