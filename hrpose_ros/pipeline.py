@@ -74,12 +74,13 @@ def letterbox(
 
 @dataclass(frozen=True)
 class PoseThresholds:
-    """Pose acceptance: minimum instance score, maximum PnP reprojection error (px), RANSAC in PnP."""
+    """Pose acceptance: minimum score, maximum PnP reprojection error (px), RANSAC, instances per image."""
 
     min_score: float = 0.1
     max_reprojection_error: float = 10.0
     ransac: bool = True
     ransac_threshold: float = 5.0  # px, in the input image
+    max_instances: int = 20  # PnP only for the best-scoring instances (bounds latency in clutter)
 
 
 class PosePipeline:
@@ -112,7 +113,7 @@ class PosePipeline:
         """Return a pipeline for the checkpoint (.pt) or ONNX file at ``path`` (None = shipped default).
 
         ``thresholds``: PoseThresholds fields (min_score, max_reprojection_error, ransac,
-        ransac_threshold) and codec decoding fields (peak_threshold, angle_threshold_deg,
+        ransac_threshold, max_instances) and codec decoding fields (peak_threshold, angle_threshold_deg,
         min_keypoints). A missing or corrupt file raises ValueError naming it.
         """
         path = Path(path) if path is not None else DEFAULT_WEIGHTS
@@ -201,9 +202,8 @@ class PosePipeline:
         """Return an ObjectPose per instance whose PnP succeeds within the thresholds, best score first."""
         th = self.thresholds
         poses = []
-        for instance in sorted(instances, key=lambda i: -i.score):
-            if instance.score < th.min_score:
-                continue
+        ranked = [i for i in sorted(instances, key=lambda i: -i.score) if i.score >= th.min_score]
+        for instance in ranked[: th.max_instances]:
             ids = np.flatnonzero(instance.found)
             points_2d = instance.keypoints[ids]
             points_3d = self.keypoints_3d[instance.class_index][ids]
