@@ -49,17 +49,27 @@ from hrpose_ros.metrics import Thresholds
 from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
 
 __all__ = [
+    "DEFAULT_START_NS",
     "EvalResult",
+    "Estimator",
     "FrameResult",
     "InstanceScore",
+    "LiveNodeError",
+    "LiveNodeEstimator",
+    "ObjectSummary",
     "bop_scene_to_bag",
+    "bop_to_bag_main",
     "evaluate_bag",
     "evaluate_frames",
     "latency_stats",
     "match_frame",
+    "metrics_dict",
     "pose_errors",
+    "read_scores_csv",
     "recalls",
+    "replay_eval_main",
     "summarize",
+    "symmetric_ground_truth",
 ]
 
 _log = logging.getLogger(__name__)
