@@ -231,14 +231,16 @@ def same_stamp(msg, stamp) -> bool:
 def send(listener, image: Image, info: CameraInfo | None, timeout: float = 30.0) -> ObjectPoseArray:
     """Publish image (+ camera_info) and return the ObjectPoseArray for its stamp.
 
-    The node subscribes with best-effort QoS, so a lost pair is sent again (same stamp).
+    Image first, then camera_info, as image_transport's CameraPublisher does (the other order
+    let camera_info lag by seconds behind images in a node busy in Python: rclpy + GIL). A
+    pair that got lost is sent again with the same stamp.
     """
     stamp = (image.header.stamp.sec, image.header.stamp.nanosec)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        listener.image_pub.publish(image)
         if info is not None:
             listener.info_pub.publish(info)
-        listener.image_pub.publish(image)
         resend = time.monotonic() + 3.0
         while time.monotonic() < min(resend, deadline):
             found = [m for m in listener.messages("objects") if same_stamp(m, stamp)]
@@ -303,8 +305,8 @@ def test_bad_input_is_logged_and_the_node_keeps_serving(listener, pose_node, cor
     elif corrupt == "frame_ids":
         info.header.frame_id = "other_frame"
     start = len(listener.messages("rosout"))
-    listener.info_pub.publish(info)
     listener.image_pub.publish(image)
+    listener.info_pub.publish(info)
     log = rosout_after(listener, start, expected_log)
     assert log.level == Log.ERROR
     assert not [m for m in listener.messages("objects") if same_stamp(m, stamp)]
@@ -351,8 +353,8 @@ def test_burst_keeps_only_the_newest_frame_and_counts_the_dropped(listener, pose
     before = diagnostics_values(wait_for(lambda: listener.messages("diagnostics"), 5, "diagnostics")[-1])
     stamps = [new_stamp() for _ in range(8)]
     for stamp in stamps:  # back to back: far faster than the network runs
-        listener.info_pub.publish(info_message(stamp))
         listener.image_pub.publish(image_message(blank_frame(), stamp))
+        listener.info_pub.publish(info_message(stamp))
     wait_for(lambda: [m for m in listener.messages("objects") if same_stamp(m, stamps[-1])], 30,
              "the last frame")
     served = [s for s in stamps if any(same_stamp(m, s) for m in listener.messages("objects"))]
@@ -368,8 +370,8 @@ def test_burst_keeps_only_the_newest_frame_and_counts_the_dropped(listener, pose
 def test_diagnostics_are_periodic_with_rates_latencies_and_counters(listener, pose_node):
     start = len(listener.messages("diagnostics"))
     bad = new_stamp()
-    listener.info_pub.publish(info_message(bad, frame="other_frame"))
     listener.image_pub.publish(image_message(blank_frame(), bad))
+    listener.info_pub.publish(info_message(bad, frame="other_frame"))
     for _ in range(5):
         stamp = new_stamp()
         send(listener, image_message(blank_frame(), stamp), info_message(stamp))
@@ -491,7 +493,7 @@ def test_objects_poses_tf_and_markers_carry_the_image_stamp_and_frame(listener, 
     rgb, truth, objects = scene
     stamp = new_stamp()
     msg = send(listener, image_message(rgb, stamp), info_message(stamp))
-    assert msg.header.frame_id == FRAME and len(msg.objects) >= len(truth)
+    assert msg.header.frame_id == FRAME and msg.objects  # how many and how well: the tests below
     poses = wait_for(lambda: [m for m in listener.messages("poses") if same_stamp(m, stamp)], 5,
                      "PoseArray")[0]
     assert poses.header.frame_id == FRAME
