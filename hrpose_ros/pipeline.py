@@ -183,6 +183,9 @@ class PosePipeline:
         """
         th = self.thresholds
         dist = camera.dist if not camera.is_rectified else None
+        # solvePnPRansac draws from OpenCV's global RNG, whose state depends on every earlier call:
+        # a fixed seed per instance makes a pose depend on its keypoints only (reproducible runs).
+        cv2.setRNGSeed(0)
         try:
             return solve_pnp(
                 points_2d, points_3d, camera.K, dist, ransac=th.ransac, ransac_threshold=th.ransac_threshold
