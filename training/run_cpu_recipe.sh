@@ -38,7 +38,7 @@ python -m training.train_hrpose --stage student_kd "${common[@]}" --epochs "$STU
     --max-steps "$steps" --max-minutes "$MINUTES" --teacher "$OUT/teacher/last.pt" --out "$OUT/student_kd" > "$OUT/student_kd.log" 2>&1
 echo "student_kd: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
 
-python -m training.evaluate --split test="$TEST" --max-frames "$EVAL_FRAMES" \
+python -m training.evaluate --threads 1 --split test="$TEST" --max-frames "$EVAL_FRAMES" \
     --model Teacher="$OUT/teacher/last.pt" --model HRPose="$OUT/student/last.pt" \
     --model HRPose+KD="$OUT/student_kd/last.pt" --out "$OUT/eval" > "$OUT/eval.log" 2>&1
 python -m training.export_onnx "$OUT/student_kd/last.pt" --out "$OUT/student_kd/hrpose_student_kd.onnx" \
