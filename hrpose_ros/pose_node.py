@@ -26,6 +26,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import traceback
 from collections import defaultdict
 from dataclasses import replace
 
@@ -289,7 +290,7 @@ class PoseNode(Node):
         image, info, received = pair
         try:
             self._process(image, info, received)
-        except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the node
+        except Exception as exc:  # one frame the pipeline cannot handle must not stop the node
             self._report_failure(exc)
 
     def _process(self, image: Image, info: CameraInfo, received: float) -> None:
@@ -353,7 +354,8 @@ class PoseNode(Node):
             self._stats.period_rejected += 1
             self._stats.last_error = f"{type(exc).__name__}: {exc}"
         if self._throttle.ready("failure:" + type(exc).__name__):
-            self.get_logger().error(f"frame failed in the pipeline: {type(exc).__name__}: {exc}")
+            self.get_logger().error(f"frame failed in the pipeline: {type(exc).__name__}: {exc}\n"
+                                    f"{traceback.format_exc()}")
 
     def _warn(self, kind: str, message: str) -> None:
         if self._throttle.ready(kind):
