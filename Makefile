@@ -14,6 +14,11 @@ test: bootstrap
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): the suite is broken"; fi; \
 	exit $$rc
 
+# README command 1: replay the bundled bin-picking bag through the shipped model; prints
+# accuracy and fps, writes out/demo/ (report.html, overlay, results CSV, plots).
+demo: bootstrap
+	$(ENV) && hrpose-replay-eval demo/bin_demo --out out/demo
+
 lint: bootstrap
 	$(ENV) && ruff check hrpose_ros training test
 
