@@ -65,7 +65,7 @@ base_paths="$REPO"
 if ! "$VENV/bin/python" -c "import tf2_msgs.msg" 2>/dev/null; then
   base_paths="$base_paths $REPO/fallback/tf2_msgs"
 fi
-build_hash=$(fingerprint CMakeLists.txt package.xml setup.cfg cmake/write_launchers.py msg/*.msg \
+build_hash=$(fingerprint CMakeLists.txt package.xml setup.cfg cmake/write_launchers.py msg/*.msg launch/* config/* \
   fallback/tf2_msgs/* fallback/tf2_msgs/msg/*; echo "$base_paths")
 if ! stamp_ok colcon "$build_hash" || [ ! -f "$BUILD/install/setup.sh" ]; then
   say "colcon build (interfaces + Python package) in $BUILD"
