@@ -298,6 +298,18 @@ def pipeline():
 
 
 @pytest.fixture(scope="module")
+def loose_pipeline():
+    """The shipped weights with permissive thresholds: many real estimates, right or wrong, to score.
+
+    The shipped CPU-trained weights accept few poses at their default thresholds (see the
+    model card); checking the report against the metric functions needs matched estimates.
+    """
+    from hrpose_ros.pipeline import PosePipeline
+
+    return PosePipeline.from_pretrained(min_score=0.0, peak_threshold=0.02, max_reprojection_error=50.0)
+
+
+@pytest.fixture(scope="module")
 def scene_bag(tmp_path_factory, pipeline):
     """A bag made by the converter from a rendered bin scene (the demo's pile) of the pipeline's objects."""
     from hrpose_ros.data.objects import load_default_objects
@@ -306,26 +318,25 @@ def scene_bag(tmp_path_factory, pipeline):
     known = {o.obj_id for o in pipeline.objects}
     objects = [o for o in load_default_objects() if o.obj_id in known]  # with meshes, for the renderer
     root = tmp_path_factory.mktemp("replay")
-    render_bin_scene(
-        root / "000000", objects, n_frames=N_FRAMES, seed=DEMO_SEED
-    )  # 640x480: 2 frames per chunk
+    # 640x480 raw frames: two per 1 MB mcap chunk, so a truncated copy keeps whole chunks
+    render_bin_scene(root / "000000", objects, n_frames=N_FRAMES, seed=DEMO_SEED)
     names = {o.obj_id: o.name for o in pipeline.objects}
     replay.bop_scene_to_bag(root / "000000", root / "bag", names=names, progress=False)
     return root / "bag"
 
 
 def test_bag_round_trips_through_the_evaluator_with_the_report_numbers_of_the_metric_functions(
-    tmp_path, scene_bag, pipeline
+    tmp_path, scene_bag, loose_pipeline
 ):
     out = tmp_path / "out"
-    result = replay.evaluate_bag(scene_bag, out, pipeline, progress=False)
+    result = replay.evaluate_bag(scene_bag, out, loose_pipeline, progress=False)
     assert result.complete and len(result.frames) == N_FRAMES
-    objects = {o.obj_id: o for o in pipeline.objects}
+    objects = {o.obj_id: o for o in loose_pipeline.objects}
     data = _check_report_numbers(scene_bag, out, objects)
     assert data["complete"] and data["frames"] == N_FRAMES
     assert (
-        data["objects"][-1]["found"] >= 1
-    )  # the comparison above covered matched estimates, not only misses
+        data["objects"][-1]["found"] >= N_FRAMES
+    )  # the comparison covered matched estimates, not only misses
     assert data["fps"] == pytest.approx(1000.0 / data["latency_ms"]["total"]["mean_ms"])
     assert set(data["latency_ms"]) >= {"preprocess", "inference", "decode", "pnp", "total"}
     for name in (
