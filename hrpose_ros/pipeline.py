@@ -219,7 +219,8 @@ class PosePipeline:
                 ObjectPose(
                     class_name=obj.name,
                     obj_id=obj.obj_id,
-                    instance_id=len(poses),
+                    # numbered within its class, as ObjectPose.msg and the TF frame names say
+                    instance_id=sum(p.obj_id == obj.obj_id for p in poses),
                     score=instance.score,
                     R=solution.R,
                     t=solution.t,

@@ -63,6 +63,24 @@ def test_solve_recovers_the_pose_from_keypoints_with_distortion():
     assert pose.reprojection_error < 1e-4 and 2 not in pose.keypoint_ids and len(pose.keypoint_ids) == 8
 
 
+def test_instances_are_numbered_within_their_class_best_score_first():
+    camera = CameraModel(K=np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]]), width=640, height=480)
+    objects = toy_objects()
+    instances = []
+    for class_index, score, x in ((0, 0.5, -0.1), (1, 0.9, 0.0), (0, 0.7, 0.1)):
+        uv = project(keypoints_3d(objects[class_index].points), np.eye(3), np.array([x, 0.0, 0.6]), camera.K)
+        instances.append(
+            DecodedInstance(class_index=class_index, score=score, keypoints=uv, found=np.ones(9, bool))
+        )
+    pipeline = PosePipeline(
+        engine=None, codec=KeypointCodec(CodecConfig(num_classes=2)), objects=objects, input_size=(320, 256)
+    )
+    poses = pipeline.solve(instances, camera)
+    assert [(p.class_name, p.instance_id, p.score) for p in poses] == [
+        ("box2", 0, 0.9), ("box1", 0, 0.7), ("box1", 1, 0.5)]
+    assert [round(float(p.t[0]), 6) for p in poses] == [0.0, 0.1, -0.1]
+
+
 def test_decode_stage_undoes_the_letterbox():
     objects = toy_objects()
     codec = KeypointCodec(CodecConfig(num_classes=2))
