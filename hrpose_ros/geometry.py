@@ -13,6 +13,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from hrpose_ros.types import checked_array as _array
+
 __all__ = [
     "NUM_KEYPOINTS",
     "PnPSolution",
@@ -35,26 +37,6 @@ NUM_KEYPOINTS = 9
 
 # Ratio of the second to the first eigenvalue of the scatter matrix below which points count as collinear.
 _COLLINEAR_TOL = 1e-12
-
-
-def _array(value, name: str, shape: tuple, allow_batch: bool = False) -> np.ndarray:
-    """Return ``value`` as a finite float64 array of ``shape`` (-1 = any length)."""
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        got = type(value).__name__
-        raise ValueError(f"{name}: expected a numeric array of shape {shape}, got {got}") from exc
-    core = array.shape[array.ndim - len(shape):] if array.ndim >= len(shape) else None
-    if (
-        core is None
-        or (not allow_batch and array.ndim != len(shape))
-        or any(s not in (-1, a) for s, a in zip(shape, core))
-    ):
-        expected = f"(..., {', '.join(map(str, shape))})" if allow_batch else str(shape)
-        raise ValueError(f"{name}: expected shape {expected} (-1 = any), got {array.shape}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    return array
 
 
 def _vector(value, name: str, size: int) -> np.ndarray:

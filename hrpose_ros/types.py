@@ -10,19 +10,36 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CameraModel", "Detection", "ObjectModel", "ObjectPose"]
+__all__ = ["CameraModel", "Detection", "ObjectModel", "ObjectPose", "checked_array"]
 
 
-def _as_array(value, name: str, shape: tuple, dtype=np.float64) -> np.ndarray:
-    """Return ``value`` as a read-only finite array of ``shape`` (-1 = any length)."""
+def checked_array(value, name: str, shape: tuple, allow_batch: bool = False) -> np.ndarray:
+    """Return ``value`` as a finite float64 array of ``shape`` (-1 = any length); ValueError naming ``name``.
+
+    With ``allow_batch`` leading batch dimensions are accepted: ``shape`` is then the trailing
+    shape. The one input checker of the core (types, geometry).
+    """
     try:
-        array = np.array(value, dtype=dtype)
+        array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: expected a numeric array of shape {shape}, got {value!r}") from exc
-    if array.ndim != len(shape) or any(s not in (-1, a) for s, a in zip(shape, array.shape)):
-        raise ValueError(f"{name}: expected shape {shape}, got {array.shape}")
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        got = type(value).__name__
+        raise ValueError(f"{name}: expected a numeric array of shape {shape}, got {got}") from exc
+    core = array.shape[array.ndim - len(shape):] if array.ndim >= len(shape) else None
+    if (
+        core is None
+        or (not allow_batch and array.ndim != len(shape))
+        or any(s not in (-1, a) for s, a in zip(shape, core))
+    ):
+        expected = f"(..., {', '.join(map(str, shape))})" if allow_batch else str(shape)
+        raise ValueError(f"{name}: expected shape {expected} (-1 = any), got {array.shape}")
+    if not np.all(np.isfinite(array)):
         raise ValueError(f"{name}: contains NaN or infinite values")
+    return array
+
+
+def _frozen_array(value, name: str, shape: tuple) -> np.ndarray:
+    """Return a read-only copy of :func:`checked_array` (dataclass fields must not change under the user)."""
+    array = np.array(checked_array(value, name, shape))
     array.setflags(write=False)
     return array
 
@@ -41,7 +58,7 @@ class CameraModel:
     dist: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self):
-        K = _as_array(self.K, "K", (3, 3))
+        K = _frozen_array(self.K, "K", (3, 3))
         if K[0, 0] <= 0 or K[1, 1] <= 0:
             raise ValueError(f"K: focal lengths must be positive, got fx={K[0, 0]}, fy={K[1, 1]}")
         if not np.allclose(K[2], [0.0, 0.0, 1.0]) or K[1, 0] != 0 or abs(K[0, 1]) > 1e-6 * K[0, 0]:
@@ -51,7 +68,7 @@ class CameraModel:
         object.__setattr__(self, "K", K)
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
-        object.__setattr__(self, "dist", _as_array(self.dist, "dist", (-1,)))
+        object.__setattr__(self, "dist", _frozen_array(self.dist, "dist", (-1,)))
 
     @property
     def is_rectified(self) -> bool:
@@ -87,8 +104,8 @@ class ObjectModel:
     mesh_path: str = ""
 
     def __post_init__(self):
-        points = _as_array(self.points, f"{self.name}.points", (-1, 3))
-        symmetries = _as_array(self.symmetries, f"{self.name}.symmetries", (-1, 4, 4))
+        points = _frozen_array(self.points, f"{self.name}.points", (-1, 3))
+        symmetries = _frozen_array(self.symmetries, f"{self.name}.symmetries", (-1, 4, 4))
         object.__setattr__(self, "points", points)
         object.__setattr__(self, "symmetries", symmetries)
         if len(self.points) < 4:
