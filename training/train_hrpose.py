@@ -153,7 +153,10 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(
         optimizer, step_size=config.lr_step_epochs, gamma=config.lr_gamma
-    )
+    ) if config.lr_schedule == "step" else None
+    total_steps = config.epochs * len(loader)
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
 
     csv_path = out_dir / "log.csv"
     with open(csv_path, "w", newline="") as f:
@@ -173,6 +176,8 @@ def train(
         model.train()
         bar = tqdm(loader, desc=f"{config.stage} epoch {epoch + 1}/{config.epochs}", leave=False)
         for images, belief, vectors in bar:
+            if scheduler is None:
+                _set_cosine_lr(optimizer, config, step / total_steps, start)
             images = images.to(device).contiguous(memory_format=memory_format)
             belief, vectors = belief.to(device), vectors.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
@@ -211,7 +216,8 @@ def train(
             bar.set_postfix(loss=f"{values[0]:.3f}", mse=f"{values[1]:.3f}")
             if _budget_spent(config, step, start):
                 break
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
         wall = time.perf_counter() - start
         checkpoint = Checkpoint(
             model_config=model_config,
@@ -234,6 +240,20 @@ def train(
             logger.info("step/time budget reached after %d steps", step)
             break
     return out_dir / "last.pt"
+
+
+def _set_cosine_lr(optimizer, config: TrainConfig, step_fraction: float, start: float) -> None:
+    """Set lr = lr0 * (1 + cos(pi * progress)) / 2, progress = the larger of the step and wall-time fractions.
+
+    torch's CosineAnnealingLR counts steps only; a run bounded by ``max_minutes`` must anneal
+    by the clock, so the few lines are written here.
+    """
+    progress = step_fraction
+    if config.max_minutes:
+        progress = max(progress, (time.perf_counter() - start) / (60.0 * config.max_minutes))
+    lr = config.lr * 0.5 * (1.0 + np.cos(np.pi * min(progress, 1.0)))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def _budget_spent(config: TrainConfig, step: int, start: float) -> bool:
@@ -262,6 +282,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--lr-step-epochs", type=int)
+    parser.add_argument("--lr-schedule", choices=("step", "cosine"), help="paper: step; cpu recipe: cosine")
     parser.add_argument("--lambda-od", type=float)
     parser.add_argument("--lambda-fs", type=float)
     parser.add_argument("--crop-size", type=int)
