@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import maximum_filter
 
 __all__ = ["CodecConfig", "DecodedInstance", "KeypointCodec"]
 
@@ -166,35 +165,61 @@ class KeypointCodec:
         refined by fitting a parabola to the log of the 3x3 neighbourhood along each axis,
         which is exact for a sampled Gaussian (Eq. 1).
         """
+        belief_map = np.asarray(belief_map, dtype=np.float64)
+        if belief_map.ndim != 2:
+            raise ValueError(f"belief_map: expected (h, w), got shape {belief_map.shape}")
+        return self.find_all_peaks(belief_map[None])[1]
+
+    def find_all_peaks(self, belief_maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (channels (P,) int, peaks (P, 3) x, y, value) of every (M, h, w) map at once.
+
+        Peaks as :meth:`find_peaks` finds them per map, ordered by channel, then strongest first
+        (ties in row-major order). Only pixels above the threshold are tested for being the
+        window's maximum, so the cost grows with the objects in view, not with the map size.
+        """
         cfg = self.config
-        m = np.asarray(belief_map, dtype=np.float64)
-        is_peak = (m == maximum_filter(m, size=cfg.peak_window, mode="constant", cval=-np.inf)) & (
-            m > cfg.peak_threshold
-        )
-        ys, xs = np.nonzero(is_peak)
-        h, w = m.shape
-        out = []
-        for y, x in zip(ys, xs):
-            centre = np.log(max(m[y, x], 1e-12))
-            dx = dy = 0.0
-            if 0 < x < w - 1:
-                left, right = np.log(max(m[y, x - 1], 1e-12)), np.log(max(m[y, x + 1], 1e-12))
-                dx = _parabola_offset(left, centre, right)
-            if 0 < y < h - 1:
-                up, down = np.log(max(m[y - 1, x], 1e-12)), np.log(max(m[y + 1, x], 1e-12))
-                dy = _parabola_offset(up, centre, down)
-            out.append((x + dx, y + dy, m[y, x]))
-        peaks = np.array(out, dtype=np.float64).reshape(-1, 3)
-        return peaks[np.argsort(-peaks[:, 2], kind="stable")]
+        maps = np.asarray(belief_maps)
+        if maps.ndim != 3:
+            raise ValueError(f"belief_maps: expected (M, h, w), got shape {maps.shape}")
+        _, h, w = maps.shape
+        flat = maps.reshape(-1)
+        index = np.flatnonzero(flat > _threshold_for(flat.dtype, cfg.peak_threshold))
+        values = flat[index]
+        y, x = np.divmod(index % (h * w), w)
+        # A candidate stays while no pixel of its window is larger. Window offsets as
+        # scipy.ndimage.maximum_filter(size=peak_window) places them (even sizes too); pixels
+        # outside the map do not count (mode="constant", cval=-inf). Testing one offset at a time
+        # on the survivors, the 4 nearest first, keeps the cost near one pass over the candidates.
+        offsets = np.arange(cfg.peak_window) - cfg.peak_window // 2
+        window = [(dy, dx) for dy in offsets for dx in offsets if dy or dx]
+        for dy, dx in sorted(window, key=lambda o: o[0] ** 2 + o[1] ** 2):
+            inside = (y + dy >= 0) & (y + dy < h) & (x + dx >= 0) & (x + dx < w)
+            keep = ~inside | (flat[np.where(inside, index + (dy * w + dx), index)] <= values)
+            index, values, y, x = index[keep], values[keep], y[keep], x[keep]
+        channel = index // (h * w)
+        values = values.astype(np.float64)
+        order = np.lexsort((-values, channel))  # stable: row-major among equal values
+        channel, y, x, values = channel[order], y[order], x[order], values[order]
+
+        def log_at(yy, xx):
+            return np.log(np.maximum(maps[channel, yy, xx].astype(np.float64), 1e-12))
+
+        centre = np.log(np.maximum(values, 1e-12))
+        xl, xr = np.maximum(x - 1, 0), np.minimum(x + 1, w - 1)
+        yu, yd = np.maximum(y - 1, 0), np.minimum(y + 1, h - 1)
+        ox = _parabola_offsets(log_at(y, xl), centre, log_at(y, xr), (x > 0) & (x < w - 1))
+        oy = _parabola_offsets(log_at(yu, x), centre, log_at(yd, x), (y > 0) & (y < h - 1))
+        return channel, np.column_stack([x + ox, y + oy, values])
 
     def decode(self, belief_maps: np.ndarray, vector_fields: np.ndarray) -> list[DecodedInstance]:
         """Return the instances found in one image's maps, keypoints in input pixels.
 
         ``belief_maps`` (C*K, h, w) and ``vector_fields`` (C*(K-1)*2, h, w). Each centroid peak
-        starts an instance; each vertex peak goes to the centroid whose direction from the vertex
-        is closest to the predicted vector there (within ``angle_threshold_deg``); a centroid keeps
-        the vertex with the smallest angle per keypoint. Instances with fewer than
-        ``min_keypoints`` keypoints are dropped.
+        starts an instance; each vertex peak goes to the centroid of its class whose direction from
+        the vertex is closest to the predicted vector there (within ``angle_threshold_deg``); a
+        centroid keeps the vertex with the smallest angle per keypoint (the strongest peak on
+        ties). Instances with fewer than ``min_keypoints`` keypoints are dropped. Order: by class,
+        then by centroid belief, strongest first.
         """
         cfg = self.config
         K = cfg.num_keypoints
@@ -207,53 +232,89 @@ class KeypointCodec:
                 f"vector_fields: expected ({self.vector_channels}, "
                 f"{belief_maps.shape[1]}, {belief_maps.shape[2]}), got {vector_fields.shape}"
             )
-        cos_limit = np.cos(np.deg2rad(cfg.angle_threshold_deg))
         h, w = belief_maps.shape[1:]
-        instances = []
-        for c in range(cfg.num_classes):
-            centroids = self.find_peaks(belief_maps[c * K + K - 1])
-            if len(centroids) == 0:
-                continue
-            keypoints = np.full((len(centroids), K, 2), np.nan)
-            scores = np.zeros((len(centroids), K))
-            best_cos = np.full((len(centroids), K), -np.inf)
-            keypoints[:, K - 1] = centroids[:, :2]
-            scores[:, K - 1] = centroids[:, 2]
-            for k in range(K - 1):
-                j = c * (K - 1) + k
-                for x, y, value in self.find_peaks(belief_maps[c * K + k]):
-                    xi, yi = min(max(int(round(x)), 0), w - 1), min(max(int(round(y)), 0), h - 1)
-                    predicted = vector_fields[2 * j : 2 * j + 2, yi, xi].astype(np.float64)
-                    norm = np.linalg.norm(predicted)
-                    if norm < 1e-6:
-                        continue
-                    to_centroids = centroids[:, :2] - (x, y)
-                    lengths = np.linalg.norm(to_centroids, axis=1)
-                    cos = to_centroids @ predicted / np.maximum(lengths * norm, 1e-12)
-                    cos[lengths < 1e-6] = 1.0  # vertex on top of the centroid: any direction fits
-                    i = int(np.argmax(cos))
-                    if cos[i] >= cos_limit and cos[i] > best_cos[i, k]:
-                        best_cos[i, k] = cos[i]
-                        keypoints[i, k] = (x, y)
-                        scores[i, k] = value
-            for i in range(len(centroids)):
-                found = np.all(np.isfinite(keypoints[i]), axis=1)
-                if found.sum() < cfg.min_keypoints:
-                    continue
-                instances.append(
-                    DecodedInstance(
-                        class_index=c,
-                        score=float(scores[i, found].mean()),
-                        keypoints=keypoints[i] * cfg.stride,
-                        found=found,
-                    )
-                )
-        return instances
+        channel, peaks = self.find_all_peaks(belief_maps)
+        peak_class, peak_keypoint = np.divmod(channel, K)
+        is_centroid = peak_keypoint == K - 1
+        centroids, centroid_class = peaks[is_centroid], peak_class[is_centroid]  # by class, strongest first
+        if len(centroids) == 0:
+            return []
+        vertices, vertex_class, vertex_keypoint = (
+            peaks[~is_centroid],
+            peak_class[~is_centroid],
+            peak_keypoint[~is_centroid],
+        )
+
+        # The predicted vector at each vertex peak's nearest pixel (np.rint rounds half to even, as round()).
+        xi = np.clip(np.rint(vertices[:, 0]).astype(np.int64), 0, w - 1)
+        yi = np.clip(np.rint(vertices[:, 1]).astype(np.int64), 0, h - 1)
+        field = 2 * (vertex_class * (K - 1) + vertex_keypoint)
+        predicted = np.stack(
+            [vector_fields[field, yi, xi], vector_fields[field + 1, yi, xi]], axis=1
+        ).astype(np.float64)
+        norm = np.sqrt(np.sum(predicted**2, axis=1))
+
+        # Cosine between each vertex's predicted vector and its direction to every centroid (V, N).
+        to_centroids = centroids[None, :, :2] - vertices[:, None, :2]
+        lengths = np.sqrt(np.sum(to_centroids**2, axis=2))
+        cos = np.einsum("vnd,vd->vn", to_centroids, predicted) / np.maximum(lengths * norm[:, None], 1e-12)
+        cos[lengths < 1e-6] = 1.0  # vertex on top of the centroid: any direction fits
+        cos[vertex_class[:, None] != centroid_class[None, :]] = -np.inf
+        owner = np.argmax(cos, axis=1)
+        best = cos[np.arange(len(vertices)), owner]
+        cos_limit = np.cos(np.deg2rad(cfg.angle_threshold_deg))
+        accepted = np.flatnonzero(~(norm < 1e-6) & (best >= cos_limit))
+
+        # Per (centroid, keypoint): the vertex with the largest cosine, the first (strongest) on ties.
+        slot = owner[accepted] * K + vertex_keypoint[accepted]
+        order = np.lexsort((-best[accepted], slot))  # stable: peak order (strongest first) on ties
+        slot = slot[order]
+        first = np.ones(len(slot), dtype=bool)
+        first[1:] = slot[1:] != slot[:-1]
+        chosen = accepted[order][first]
+
+        keypoints = np.full((len(centroids), K, 2), np.nan)
+        scores = np.zeros((len(centroids), K))
+        keypoints[:, K - 1], scores[:, K - 1] = centroids[:, :2], centroids[:, 2]
+        keypoints[owner[chosen], vertex_keypoint[chosen]] = vertices[chosen, :2]
+        scores[owner[chosen], vertex_keypoint[chosen]] = vertices[chosen, 2]
+        found = np.all(np.isfinite(keypoints), axis=2)
+        count = found.sum(axis=1)
+        mean_score = np.where(found, scores, 0.0).sum(axis=1) / count
+        keypoints *= cfg.stride
+        return [
+            DecodedInstance(
+                class_index=int(centroid_class[i]),
+                score=float(mean_score[i]),
+                keypoints=keypoints[i],
+                found=found[i],
+            )
+            for i in np.flatnonzero(count >= cfg.min_keypoints)
+        ]
 
 
-def _parabola_offset(left: float, centre: float, right: float) -> float:
-    """Return the vertex offset in (-0.5, 0.5) of the parabola through (-1, left), (0, centre), (1, right)."""
+def _threshold_for(dtype: np.dtype, threshold: float):
+    """Return a ``dtype`` scalar t such that v > t iff float(v) > ``threshold``, for any value v of ``dtype``.
+
+    Comparing float32 maps with a float64 threshold converts every pixel; rounding the threshold to
+    float32 instead would change the result for pixels equal to the rounded threshold.
+    """
+    if not np.issubdtype(dtype, np.floating) or np.dtype(dtype).itemsize >= 8:
+        return np.float64(threshold)
+    rounded = np.asarray(threshold, dtype=dtype)[()]
+    if float(rounded) > threshold:  # v > threshold  <=>  v >= rounded  <=>  v > the float below it
+        return np.nextafter(rounded, dtype.type(-np.inf))
+    return rounded
+
+
+def _parabola_offsets(
+    left: np.ndarray, centre: np.ndarray, right: np.ndarray, valid: np.ndarray
+) -> np.ndarray:
+    """Return (P,) vertex offsets in [-0.5, 0.5] of the parabolas through (-1, left), (0, centre), (1, right).
+
+    0 where ``valid`` is False or the parabola does not open downward (no maximum).
+    """
     curvature = left - 2.0 * centre + right
-    if curvature >= 0:
-        return 0.0
-    return float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
+    has_max = valid & ~(curvature >= 0)
+    safe = np.where(has_max, curvature, -1.0)
+    return np.where(has_max, np.clip(0.5 * (left - right) / safe, -0.5, 0.5), 0.0)
