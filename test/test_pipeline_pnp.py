@@ -1,0 +1,66 @@
+"""PosePipeline's PnP stage: RANSAC runs only when the plain solution leaves a keypoint off."""
+
+import numpy as np
+
+from hrpose_ros.codec import CodecConfig, DecodedInstance, KeypointCodec
+from hrpose_ros.geometry import keypoints_3d, project, solve_pnp
+from hrpose_ros.pipeline import PosePipeline, PoseThresholds
+from hrpose_ros.types import CameraModel
+from training.toy_data import toy_objects
+
+CAMERA = CameraModel(
+    K=np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]]),
+    width=640,
+    height=480,
+    dist=np.array([0.05, -0.02, 0.0, 0.0, 0.0]),
+)
+R_TRUE = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, 0.8, -0.6], [0, 0.6, 0.8]])
+T_TRUE = np.array([0.03, -0.02, 0.4])
+
+
+def _pipeline(ransac: bool) -> PosePipeline:
+    return PosePipeline(
+        engine=None,
+        codec=KeypointCodec(CodecConfig(num_classes=2)),
+        objects=toy_objects(),
+        input_size=(320, 256),
+        thresholds=PoseThresholds(ransac=ransac, ransac_threshold=5.0, max_reprojection_error=50.0),
+    )
+
+
+def _instance(keypoints: np.ndarray) -> DecodedInstance:
+    return DecodedInstance(class_index=1, score=0.9, keypoints=keypoints, found=np.ones(9, bool))
+
+
+def test_keypoints_within_the_ransac_threshold_keep_the_plain_solution():
+    points_3d = keypoints_3d(toy_objects()[1].points)
+    # +-2 px on every keypoint: RMS * sqrt(9) > 5 px, yet every residual < 5 px, so the bound
+    # does not decide and the keypoints are projected again.
+    noise = 2.0 * np.array([[1, -1], [-1, 1], [1, 1], [-1, -1], [1, -1], [-1, 1], [1, 1], [-1, -1], [0, 1]])
+    keypoints = project(points_3d, R_TRUE, T_TRUE, CAMERA.K, CAMERA.dist) + noise
+    plain = solve_pnp(keypoints, points_3d, CAMERA.K, CAMERA.dist)
+    reprojected = project(points_3d, plain.R, plain.t, CAMERA.K, CAMERA.dist)
+    residuals = np.linalg.norm(reprojected - keypoints, axis=1)
+    assert plain.reprojection_error * 3 > 5.0 and residuals.max() < 5.0
+
+    (with_ransac,) = _pipeline(ransac=True).solve([_instance(keypoints)], CAMERA)
+    (without,) = _pipeline(ransac=False).solve([_instance(keypoints)], CAMERA)
+    assert np.array_equal(with_ransac.R, without.R) and np.array_equal(with_ransac.t, without.t)
+    assert with_ransac.keypoint_ids.tolist() == list(range(9))
+    assert with_ransac.reprojection_error == plain.reprojection_error
+
+
+def test_keypoints_off_by_more_than_the_threshold_go_through_ransac():
+    points_3d = keypoints_3d(toy_objects()[1].points)
+    keypoints = project(points_3d, R_TRUE, T_TRUE, CAMERA.K, CAMERA.dist)
+    keypoints[[2, 6]] += [[40.0, -30.0], [-35.0, 45.0]]  # two wrong keypoints
+
+    (with_ransac,) = _pipeline(ransac=True).solve([_instance(keypoints)], CAMERA)
+    assert with_ransac.keypoint_ids.tolist() == [0, 1, 3, 4, 5, 7, 8]
+    assert np.allclose(with_ransac.R, R_TRUE, atol=1e-6) and np.allclose(with_ransac.t, T_TRUE, atol=1e-7)
+    assert with_ransac.reprojection_error < 1e-4
+
+    (without,) = _pipeline(ransac=False).solve([_instance(keypoints)], CAMERA)
+    assert without.keypoint_ids.tolist() == list(range(9))
+    angle = np.degrees(np.arccos(np.clip((np.trace(without.R.T @ R_TRUE) - 1) / 2, -1, 1)))
+    assert angle > 2.0 and without.reprojection_error > 5.0
