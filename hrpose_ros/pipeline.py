@@ -108,16 +108,19 @@ class PosePipeline:
 
     @classmethod
     def from_pretrained(
-        cls, path=None, backend: str = "torch", device: str = "cpu", **thresholds
+        cls, path=None, backend: str = "torch", device: str = "cpu", precision: str = "fp32", **thresholds
     ) -> PosePipeline:
         """Return a pipeline for the checkpoint (.pt) or ONNX file at ``path`` (None = shipped default).
 
-        ``thresholds``: PoseThresholds fields (min_score, max_reprojection_error, ransac,
-        ransac_threshold, max_instances) and codec decoding fields (peak_threshold, angle_threshold_deg,
-        min_keypoints). A missing or corrupt file raises ValueError naming it.
+        ``backend``, ``device`` and ``precision`` ("fp32" | "bf16" | "int8" | "auto") choose the
+        engine (:func:`hrpose_ros.runtime.create_engine`); ``pipeline.engine.precision`` is the
+        precision actually used. ``thresholds``: PoseThresholds fields (min_score,
+        max_reprojection_error, ransac, ransac_threshold, max_instances) and codec decoding fields
+        (peak_threshold, angle_threshold_deg, min_keypoints). A missing or corrupt file raises
+        ValueError naming it.
         """
         path = Path(path) if path is not None else DEFAULT_WEIGHTS
-        engine, checkpoint = create_engine(backend, path, device)
+        engine, checkpoint = create_engine(backend, path, device, precision)
         pose_fields = set(PoseThresholds.__dataclass_fields__)
         codec_fields = {"peak_threshold", "angle_threshold_deg", "min_keypoints"}
         unknown = set(thresholds) - pose_fields - codec_fields
