@@ -27,7 +27,17 @@ class PoseNodeConfig:
         "", "Weights file of the pose network (.pt for torch, .onnx for onnxruntime); "
             "empty = the default shipped in hrpose_ros/assets/weights")
     backend: str = _param("torch", "Inference engine", choices=("torch", "onnxruntime"))
-    device: str = _param("cpu", "Device for inference: cpu, cuda or cuda:N (torch backend)")
+    device: str = _param("cpu", "Device for inference: cpu, cuda or cuda:N (onnxruntime on cuda: the "
+                                "TensorRT and CUDA providers installed, in that order)")
+    # Default auto: bf16 where the hardware computes it natively (AMX / AVX-512 BF16 CPUs, bf16 GPUs),
+    # 3.4x torch fp32 on this project's CPU, and the numerics the shipped student was trained in
+    # (bf16 autocast + channels_last, MODEL_CARD); fp32 elsewhere. auto never picks int8 (issue 8:
+    # only if it costs <= 1 point of ADD(-S) recall, not measured yet).
+    precision: str = _param(
+        "auto", "Inference precision: fp32; bf16 (torch: autocast + channels_last, fp32 on CPUs without "
+                "bf16 units); int8 (onnxruntime: the QDQ <model>.int8.onnx next to model_path); auto (bf16 "
+                "for torch where the hardware has bf16, else fp32; never int8)",
+        choices=("fp32", "bf16", "int8", "auto"))
     objects_dir: str = _param(
         "", "BOP models directory (models_info.json + obj_XXXXXX.ply) holding the meshes of the objects "
             "the network knows, for mesh markers; empty = no meshes")
@@ -76,6 +86,11 @@ class PoseNodeConfig:
                                  f"{meta['high']}], got {value!r}")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"parameter 'device': expected cpu, cuda or cuda:N, got {self.device!r}")
+        if self.precision == "int8" and self.backend != "onnxruntime":
+            raise ValueError(f"parameter 'precision': int8 needs backend onnxruntime (a QDQ .int8.onnx "
+                             f"model), got backend {self.backend}")
+        if self.precision == "bf16" and self.backend != "torch":
+            raise ValueError(f"parameter 'precision': bf16 needs backend torch, got backend {self.backend}")
         if (self.input_width == 0) != (self.input_height == 0):
             raise ValueError(f"parameters 'input_width'/'input_height': set both or neither, got "
                              f"{self.input_width}x{self.input_height}")

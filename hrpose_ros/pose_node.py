@@ -23,6 +23,7 @@ Parameters: :class:`hrpose_ros.node_config.PoseNodeConfig`; defaults in config/p
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -80,7 +81,7 @@ def load_pipeline(config: PoseNodeConfig):
     from hrpose_ros.pipeline import PosePipeline
 
     pipeline = PosePipeline.from_pretrained(
-        config.model_path or None, backend=config.backend, device=config.device,
+        config.model_path or None, backend=config.backend, device=config.device, precision=config.precision,
         min_score=config.score_threshold, peak_threshold=config.keypoint_threshold)
     if config.input_size is not None:
         pipeline = PosePipeline(pipeline.engine, pipeline.codec, pipeline.objects, config.input_size,
@@ -97,6 +98,11 @@ def load_pipeline(config: PoseNodeConfig):
         where = "input_width/input_height" if config.input_size else "the model's input size"
         raise ValueError(f"{where}: the model fails on a {width}x{height} input: {exc}") from exc
     return pipeline
+
+
+def _engine_description(engine) -> str:
+    """Return the engine's one-line summary (backend, precision actually used, device or providers)."""
+    return getattr(engine, "description", type(engine).__name__)
 
 
 def display_objects(config: PoseNodeConfig, objects: list[ObjectModel]) -> dict[int, ObjectModel]:
@@ -167,7 +173,8 @@ class PoseNode(Node):
             self.objects = display_objects(self.config, self.pipeline.objects)
         except (ValueError, OSError) as exc:
             raise StartupError(f"cannot load the pose model (model_path={self.config.model_path!r}, "
-                               f"backend={self.config.backend}, device={self.config.device}): {exc}") from exc
+                               f"backend={self.config.backend}, device={self.config.device}, "
+                               f"precision={self.config.precision}): {exc}") from exc
         if self.config.marker_mesh and not any(o.mesh_path for o in self.objects.values()):
             self.get_logger().warning("marker_mesh is set but objects_dir names no meshes: no mesh markers")
 
@@ -202,7 +209,8 @@ class PoseNode(Node):
         self._subscribe(io_group)
         self.create_timer(self.config.diagnostics_period, self._publish_diagnostics, callback_group=io_group)
         self.get_logger().info(
-            f"ready: {self.config.backend} on {self.config.device}, objects "
+            f"ready: {_engine_description(self.pipeline.engine)} (precision parameter "
+            f"{self.config.precision}), objects "
             f"{', '.join(o.name for o in self.objects.values())}; listening on {self._image_topic} + "
             f"{self._info_topic} ({'rectified: P' if self.config.image_is_rectified else 'raw: K + D'})")
 
@@ -428,6 +436,10 @@ class PoseNode(Node):
 
 def main(args=None) -> int:
     """Run pose_node until shutdown; return the exit code (1 when it cannot start)."""
+    # OpenMP (torch's CPU threads) reads this once, when torch loads, which happens later, in
+    # load_pipeline. PASSIVE: idle threads sleep instead of spinning, leaving the shared cores to
+    # the decoding, PnP and ROS threads between frames (the ORT engine does the same, allow_spinning 0).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     rclpy.init(args=args)
     try:
         node = PoseNode()

@@ -4,7 +4,7 @@
 
 pose_node subscribes <camera_namespace>/<image_topic> and <camera_namespace>/<camera_info_topic>.
 Parameters come from params_file (default config/pose_node.yaml); the arguments model,
-backend, device and use_sim_time override it. For rectified input (image_rect*) set
+backend, device, precision and use_sim_time override it. For rectified input (image_rect*) set
 image_is_rectified: true in the params file.
 """
 
@@ -34,6 +34,8 @@ def generate_launch_description():
                               description="Weights file (.pt or .onnx); empty = shipped default"),
         DeclareLaunchArgument("backend", default_value="torch", description="torch | onnxruntime"),
         DeclareLaunchArgument("device", default_value="cpu", description="cpu | cuda | cuda:N"),
+        DeclareLaunchArgument("precision", default_value="auto",
+                              description="fp32 | bf16 (torch) | int8 (onnxruntime) | auto"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock (bag replay)"),
         DeclareLaunchArgument("rviz", default_value="false",
                               description="Start RViz with config/bin_picking.rviz"),
@@ -51,6 +53,7 @@ def generate_launch_description():
                 "model_path": ParameterValue(LaunchConfiguration("model"), value_type=str),
                 "backend": ParameterValue(LaunchConfiguration("backend"), value_type=str),
                 "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
+                "precision": ParameterValue(LaunchConfiguration("precision"), value_type=str),
                 "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
             },
         ],

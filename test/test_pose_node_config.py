@@ -46,6 +46,9 @@ def test_input_size():
      ({"score_threshold": 1.5}, r"parameter 'score_threshold': expected a value in \[0.0, 1.0\], got 1.5"),
      ({"sync_queue_size": 0}, r"parameter 'sync_queue_size': expected a value in \[1, 100\]"),
      ({"device": "gpu"}, "parameter 'device': expected cpu, cuda or cuda:N, got 'gpu'"),
+     ({"precision": "fp16"}, "parameter 'precision': expected one of fp32, bf16, int8, auto, got 'fp16'"),
+     ({"precision": "int8"}, "parameter 'precision': int8 needs backend onnxruntime .*got backend torch"),
+     ({"precision": "bf16", "backend": "onnxruntime"}, "parameter 'precision': bf16 needs backend torch"),
      ({"publish_tf": "yes"}, "parameter 'publish_tf': expected bool, got 'yes'"),
      ({"input_width": 640}, "parameters 'input_width'/'input_height': set both or neither"),
      ({"frame_prefix": "/hrpose/"}, "parameter 'frame_prefix'"),
@@ -54,3 +57,12 @@ def test_input_size():
 def test_invalid_values_name_the_parameter(values, message):
     with pytest.raises(ValueError, match=message):
         PoseNodeConfig(**values)
+
+
+def test_precision_defaults_to_auto_and_accepts_each_backends_own_precisions():
+    assert PoseNodeConfig().precision == "auto"
+    assert PoseNodeConfig(backend="onnxruntime", precision="int8").precision == "int8"
+    assert PoseNodeConfig(backend="onnxruntime", precision="auto").precision == "auto"
+    assert PoseNodeConfig(backend="torch", precision="bf16").precision == "bf16"
+    specs = {name: choices for name, *_, choices in parameter_specs()}
+    assert specs["precision"] == ("fp32", "bf16", "int8", "auto")
