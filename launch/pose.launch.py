@@ -34,7 +34,7 @@ def generate_launch_description():
                               description="Weights file (.pt or .onnx); empty = shipped default"),
         DeclareLaunchArgument("backend", default_value="torch", description="torch | onnxruntime"),
         DeclareLaunchArgument("device", default_value="cpu", description="cpu | cuda | cuda:N"),
-        DeclareLaunchArgument("precision", default_value="auto",
+        DeclareLaunchArgument("precision", default_value="fp32",
                               description="fp32 | bf16 (torch) | int8 (onnxruntime) | auto"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock (bag replay)"),
         DeclareLaunchArgument("rviz", default_value="false",

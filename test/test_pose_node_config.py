@@ -59,8 +59,8 @@ def test_invalid_values_name_the_parameter(values, message):
         PoseNodeConfig(**values)
 
 
-def test_precision_defaults_to_auto_and_accepts_each_backends_own_precisions():
-    assert PoseNodeConfig().precision == "auto"
+def test_precision_defaults_to_fp32_and_accepts_each_backends_own_precisions():
+    assert PoseNodeConfig().precision == "fp32"
     assert PoseNodeConfig(backend="onnxruntime", precision="int8").precision == "int8"
     assert PoseNodeConfig(backend="onnxruntime", precision="auto").precision == "auto"
     assert PoseNodeConfig(backend="torch", precision="bf16").precision == "bf16"
