@@ -446,9 +446,13 @@ class TorchEngine:
 
     @property
     def description(self) -> str:
-        """Return a one-line summary for logs, e.g. ``torch bf16 (autocast, channels_last) on cpu``."""
+        """Return a one-line summary for logs, e.g. ``torch bf16 (autocast, channels_last) on cpu (AVX512)``.
+
+        On the CPU, the parenthesis is torch's kernel instruction set (``get_cpu_capability``).
+        """
         how = " (autocast, channels_last)" if self.autocast_dtype is not None else ""
-        return f"torch {self.precision}{how} on {self.device}"
+        isa = f" ({torch.backends.cpu.get_cpu_capability()})" if self.device.type == "cpu" else ""
+        return f"torch {self.precision}{how} on {self.device}{isa}"
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return (belief_maps (B, C*K, H/4, W/4), vector_fields (B, C*(K-1)*2, H/4, W/4)) float32."""
