@@ -49,8 +49,6 @@ import platform
 import random
 import resource
 import shlex
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -67,6 +65,7 @@ from tqdm import tqdm
 from hrpose_ros.codec import CodecConfig, KeypointCodec
 from hrpose_ros.geometry import box_corners_3d, keypoints_3d, project
 from hrpose_ros.networks import BACKBONES, HRPose, HRPoseConfig
+from hrpose_ros.node_driver import NodeDriver, NodeDriverError, pose_node_command
 from hrpose_ros.pipeline import DEFAULT_WEIGHTS, PosePipeline, letterbox, scale_points
 from hrpose_ros.runtime import (
     Checkpoint,
@@ -529,7 +528,7 @@ class RosSide:
 
         header = Header(frame_id="camera_color_optical_frame")
         header.stamp.sec, header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
-        return ros_conversions.rgb_to_image(rgb, header), camera_info_msg(camera, header)
+        return ros_conversions.rgb_to_image(rgb, header), ros_conversions.camera_info_msg(camera, header)
 
     def publish(self, poses, header) -> None:
         """Build and publish ObjectPoseArray, PoseArray, TF and markers for ``poses`` (as pose_node)."""
@@ -550,24 +549,6 @@ class RosSide:
         self.node.destroy_node()
         self.listener.destroy_node()
         rclpy.shutdown(context=self.context)
-
-
-def camera_info_msg(camera: CameraModel, header):
-    """Return the sensor_msgs/CameraInfo of a raw image from ``camera`` (plumb_bob, P = [K | 0])."""
-    from sensor_msgs.msg import CameraInfo
-
-    dist = np.zeros(5) if camera.dist.size == 0 else np.asarray(camera.dist, dtype=np.float64)
-    P = np.hstack([camera.K, np.zeros((3, 1))])
-    return CameraInfo(
-        header=header,
-        width=camera.width,
-        height=camera.height,
-        distortion_model="rational_polynomial" if dist.size > 5 else "plumb_bob",
-        d=dist.tolist(),
-        k=camera.K.reshape(-1).tolist(),
-        r=np.eye(3).reshape(-1).tolist(),
-        p=P.reshape(-1).tolist(),
-    )
 
 
 # ------------------------------------------------------------------------------------ measurements
@@ -700,57 +681,29 @@ def measure_input_sizes(checkpoint: Checkpoint, out_dir: Path, settings: Setting
 class NodeRun:
     """A pose_node subprocess driven over DDS: images in, the time to its ~/poses PoseArray out.
 
-    Image and camera_info go out reliable (the node's inputs are overridden to reliable through
-    its qos_overrides parameters), so no frame is lost on the way: a closed loop waits for each
+    Built on :class:`hrpose_ros.node_driver.NodeDriver` (the replay evaluation's driver): image and
+    camera_info go out reliable (the node's inputs are overridden to reliable through its
+    qos_overrides parameters), so no frame is lost on the way: a closed loop waits for each
     answer. ``transport`` sets Fast DDS's builtin transports (FASTDDS_BUILTIN_TRANSPORTS) for
     both processes: "SHM" (shared memory only) or "" (Fast DDS's default: shared memory and
     UDP). The node's own per-stage latencies are read from its /diagnostics.
     """
 
     def __init__(self, executable: Sequence[str], params: dict[str, str], timeout: float, transport: str):
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, QoSReliabilityPolicy
-        from sensor_msgs.msg import CameraInfo, Image
 
         tag = f"bench_{os.getpid()}_{random.randrange(10**6)}"
         self.node_name = f"pose_node_{tag}"
-        ns = f"/{tag}"
-        args = ["--ros-args", "-r", f"__node:={self.node_name}", "-r", f"image:={ns}/image"]
-        args += ["-r", f"camera_info:={ns}/camera_info"]
-        params = {
-            f"qos_overrides.{ns}/image.subscription.reliability": "reliable",
-            f"qos_overrides.{ns}/camera_info.subscription.reliability": "reliable",
-            **params,
-        }
-        for key, value in params.items():
-            args += ["-p", f"{key}:={value}"]
-        self.command = [*executable, *args]
-        previous = os.environ.get("FASTDDS_BUILTIN_TRANSPORTS")
-        _set_env("FASTDDS_BUILTIN_TRANSPORTS", transport or None)
-        try:
-            self.process = subprocess.Popen(
-                self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-            )
-            self.context = rclpy.Context()
-            rclpy.init(context=self.context)
-            self.driver = rclpy.create_node(f"driver_{tag}", context=self.context)
-        finally:
-            _set_env("FASTDDS_BUILTIN_TRANSPORTS", previous)
+        transports = {"FASTDDS_BUILTIN_TRANSPORTS": transport or None}
+        self.driver = NodeDriver(executable, self.node_name, params, timeout, env=transports)
+        self.command = self.driver.command
+        self.process = self.driver.process
         self.timeout = timeout
-        reliable = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
-        self.info_pub = self.driver.create_publisher(CameraInfo, f"{ns}/camera_info", reliable)
-        self.image_pub = self.driver.create_publisher(Image, f"{ns}/image", reliable)
         self.received: dict[int, float] = {}
-        self.poses_sub = self.driver.create_subscription(
-            PoseArray, f"/{self.node_name}/poses", self._on_poses, reliable
-        )
+        self.driver.subscribe(PoseArray, f"/{self.node_name}/poses", self._on_poses)
         self.node_latency: dict[str, list[float]] = {}
-        self.driver.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.driver)
+        self.driver.subscribe(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos=10, output=False)
 
     def _on_diagnostics(self, msg) -> None:
         """Collect the node's "latency <stage> (ms)": "mean M max X" values (one mean per period)."""
@@ -767,33 +720,13 @@ class NodeRun:
             time.perf_counter()
         )
 
-    def spin_until(self, done: Callable[[], bool], seconds: float) -> bool:
-        """Spin the driver until ``done()``; False on timeout or when the node exited."""
-        deadline = time.monotonic() + seconds
-        while not done():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                return False
-            self.executor.spin_once(timeout_sec=0.01)
-        return True
-
-    def failure(self, what: str) -> str:
-        """Return ``what`` with the node's exit code and the tail of its stderr when it has exited."""
-        if self.process.poll() is not None:
-            tail = (self.process.stderr.read() or "").strip().splitlines()[-6:]
-            return f"{what}: pose_node exited with code {self.process.returncode}: " + " | ".join(tail)
-        return what
-
     def wait_ready(self) -> str:
         """Return "" once the node subscribes and publishes, else why not."""
-        ready = self.spin_until(
-            lambda: (
-                self.image_pub.get_subscription_count() > 0
-                and self.info_pub.get_subscription_count() > 0
-                and self.poses_sub.get_publisher_count() > 0
-            ),
-            self.timeout,
-        )
-        return "" if ready else self.failure(f"pose_node not connected within {self.timeout:.0f} s")
+        try:
+            self.driver.wait_ready()
+        except NodeDriverError as exc:
+            return str(exc)
+        return ""
 
     def send(self, messages, stamp_ns: int) -> float:
         """Publish camera_info + image of one frame stamped ``stamp_ns``; return the send time."""
@@ -803,10 +736,7 @@ class NodeRun:
         stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
         image.header.stamp = stamp
         info.header.stamp = stamp
-        sent = time.perf_counter()
-        self.info_pub.publish(info)
-        self.image_pub.publish(image)
-        return sent
+        return self.driver.send(image, info)
 
     def closed_loop(self, messages: Sequence, count: int, warmup: int) -> tuple[list[float], str]:
         """Return (seconds from publish to PoseArray per frame, error): next image after the answer."""
@@ -815,8 +745,9 @@ class NodeRun:
         for i in tqdm(range(-warmup, count), desc="  closed loop", unit="frame", leave=False):
             stamp += 1_000_000
             sent = self.send(messages[i % len(messages)], stamp)
-            if not self.spin_until(lambda s=stamp: s in self.received, self.timeout):
-                return latencies, self.failure(f"no PoseArray for frame {i} within {self.timeout:.0f} s")
+            if not self.driver.spin_until(lambda s=stamp: s in self.received, self.timeout):
+                error = self.driver.failure(f"no PoseArray for frame {i} within {self.timeout:.0f} s")
+                return latencies, str(error)
             if i >= 0:
                 latencies.append(self.received[stamp] - sent)
         return latencies, ""
@@ -836,8 +767,9 @@ class NodeRun:
                 sent_at[stamp] = self.send(messages[i % len(messages)], stamp)
                 i += 1
                 next_send += 1.0 / rate_hz
-            self.executor.spin_once(timeout_sec=max(0.0, min(0.005, next_send - time.perf_counter())))
-        self.spin_until(lambda: False, 1.0)  # collect answers still in flight
+            wait = max(0.0, min(0.005, next_send - time.perf_counter()))
+            self.driver.executor.spin_once(timeout_sec=wait)
+        self.driver.spin_until(lambda: False, 1.0)  # collect answers still in flight
         answered = [s for s in sent_at if s in self.received]
         window = [self.received[s] for s in answered]
         rate = (len(window) - 1) / (max(window) - min(window)) if len(window) > 1 else 0.0
@@ -850,30 +782,7 @@ class NodeRun:
         }
 
     def close(self) -> None:
-        import rclpy
-
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.executor.shutdown()
-        self.driver.destroy_node()
-        rclpy.shutdown(context=self.context)
-
-
-def pose_node_command() -> list[str]:
-    """Return the installed pose_node executable (colcon install space first, then PATH)."""
-    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-        candidate = Path(prefix) / "lib" / "hrpose_ros" / "pose_node"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return [str(candidate)]
-    found = shutil.which("pose_node")
-    if found:
-        return [found]
-    raise ValueError("pose_node: no installed executable (run `make bootstrap`, or colcon build)")
+        self.driver.close()
 
 
 def measure_node(
@@ -909,13 +818,6 @@ def measure_node(
     finally:
         run.close()
     return result
-
-
-def _set_env(name: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from hrpose_ros import bag_io, bop, metrics
 from hrpose_ros.bag_io import BagError, BagFrame, BagTopics
 from hrpose_ros.metrics import Thresholds
+from hrpose_ros.node_driver import NodeDriver, NodeDriverError, pose_node_command
 from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
 
 __all__ = [
@@ -570,39 +571,29 @@ def bop_scene_to_bag(
 # --- live pose_node ---------------------------------------------------------------------------
 
 
-class LiveNodeError(RuntimeError):
-    """The pose_node subprocess did not start or did not answer an image in time."""
+LiveNodeError = NodeDriverError  # the pose_node subprocess did not start or did not answer an image in time
 
 
 class LiveNodeEstimator:
     """The running ``pose_node`` behind the pipeline's call: publish one image, wait for its answer.
 
-    Starts ``command`` (the pose_node executable) with the ``--ros-args`` a launch file would
-    pass: a unique node name, ``image``/``camera_info`` remapped to private topics with
-    reliable QoS (``qos_overrides`` parameters), TF/markers/overlay off, and the score and
-    keypoint thresholds of the in-process pipeline, so both paths give the same poses. Each call publishes
-    camera_info then the image and blocks until ``~/objects`` arrives with the image's stamp,
-    so no frame is dropped by the node's one-slot queue; the measured time is the round trip
-    (conversion, inference and DDS both ways). ``objects`` are the models the node's weights
+    Starts ``command`` (the pose_node executable) through :class:`~hrpose_ros.node_driver.NodeDriver`
+    with the ``--ros-args`` a launch file would pass: a unique node name, ``image``/``camera_info``
+    remapped to private topics with reliable QoS, TF/markers/overlay off, and the score and
+    keypoint thresholds of the in-process pipeline, so both paths give the same poses. Each call
+    publishes camera_info then the image and blocks until ``~/objects`` arrives with the image's
+    stamp, so no frame is dropped by the node's one-slot queue; the measured time is the round
+    trip (conversion, inference and DDS both ways). ``objects`` are the models the node's weights
     name (loaded here from the same weights). Close with :meth:`close`.
     """
 
-    def __init__(self, process, log, node, objects: list[ObjectModel], publishers, timeout: float, context):
-        self._process = process
-        self._log = log  # the node's stdout and stderr
+    def __init__(self, driver: NodeDriver, objects: list[ObjectModel]):
+        self._driver = driver
+        self.objects = objects
         self._calls = 0
         self._stamp_ns = DEFAULT_START_NS
-        self._node = node
-        self.objects = objects
-        self._info_pub, self._image_pub = publishers
-        self._timeout = timeout
-        self._context = context
         self._answers: dict[int, object] = {}
         self.last_timings: dict[str, float] = {}
-        from rclpy.executors import SingleThreadedExecutor
-
-        self._executor = SingleThreadedExecutor(context=context)
-        self._executor.add_node(node)
 
     @classmethod
     def start(
@@ -617,12 +608,6 @@ class LiveNodeEstimator:
         """Return an estimator driving a freshly started pose_node; LiveNodeError if it does not come up."""
         import os
         import shlex
-        import shutil
-        import subprocess
-        import tempfile
-
-        import rclpy
-        from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 
         from hrpose_ros.msg import ObjectPoseArray
         from hrpose_ros.pipeline import PosePipeline
@@ -630,93 +615,38 @@ class LiveNodeEstimator:
         # The same weights in-process give the object models to score against and the thresholds
         # the node must use to answer as the in-process pipeline would.
         reference = PosePipeline.from_pretrained(weights, backend=backend, device=device)
-        objects = reference.objects
-        name = f"hrpose_replay_{os.getpid()}"
-        ns = f"/{name}"
         argv = shlex.split(command)
-        if shutil.which(argv[0]) is None and argv == ["pose_node"]:
-            argv = [sys.executable, "-m", "hrpose_ros.pose_node"]
-        node_params = [
-            f"backend:={backend}",
-            f"device:={device}",
-            "publish_tf:=false",
-            "publish_markers:=false",
-            "publish_overlay:=false",
-            "image_is_rectified:=false",
-            f"score_threshold:={reference.thresholds.min_score}",
-            f"keypoint_threshold:={reference.codec.config.peak_threshold}",
-            f"qos_overrides.{ns}/image.subscription.reliability:=reliable",
-            f"qos_overrides.{ns}/camera_info.subscription.reliability:=reliable",
-            *([f"model_path:={weights}"] if weights is not None else []),
-            *params,
-        ]
-        ros_args = [
-            "--ros-args",
-            "-r",
-            f"__node:={name}",
-            "-r",
-            f"image:={ns}/image",
-            "-r",
-            f"camera_info:={ns}/camera_info",
-        ]
-        for param in node_params:
-            ros_args += ["-p", param]
-        _log.info("starting %s", " ".join(argv + ros_args))
-        # The node's log goes to a file, not a pipe: a full pipe would block the node mid-bag.
-        log = tempfile.TemporaryFile(mode="w+")
-        process = subprocess.Popen(argv + ros_args, stdout=log, stderr=subprocess.STDOUT, text=True)
-
-        context = rclpy.Context()
-        rclpy.init(context=context)
-        node = rclpy.create_node(f"{name}_driver", context=context)
-        reliable = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
-        from sensor_msgs.msg import CameraInfo, Image
-
-        publishers = (
-            node.create_publisher(CameraInfo, f"{ns}/camera_info", reliable),
-            node.create_publisher(Image, f"{ns}/image", reliable),
-        )
-        estimator = cls(process, log, node, objects, publishers, timeout, context)
-        node.create_subscription(ObjectPoseArray, f"{ns}/objects", estimator._on_objects, reliable)
-        estimator._wait_for_node(f"{ns}/objects")
+        if argv == ["pose_node"]:
+            argv = pose_node_command()
+        node_params = {
+            "backend": backend,
+            "device": device,
+            "publish_tf": "false",
+            "publish_markers": "false",
+            "publish_overlay": "false",
+            "image_is_rectified": "false",
+            "score_threshold": reference.thresholds.min_score,
+            "keypoint_threshold": reference.codec.config.peak_threshold,
+            **({"model_path": weights} if weights is not None else {}),
+        }
+        for param in params:
+            key, sep, value = param.partition(":=")
+            if not sep:
+                raise ValueError(f"--node-param: expected NAME:=VALUE, got {param!r}")
+            node_params[key] = value
+        driver = NodeDriver(argv, f"hrpose_replay_{os.getpid()}", node_params, timeout)
+        _log.info("starting %s", " ".join(driver.command))
+        estimator = cls(driver, reference.objects)
+        driver.subscribe(ObjectPoseArray, f"{driver.namespace}/objects", estimator._on_objects)
+        try:
+            driver.wait_ready()
+        except NodeDriverError:
+            driver.close()
+            raise
         return estimator
 
     def _on_objects(self, msg) -> None:
         self._answers[int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)] = msg
-
-    def _node_failure(self, waiting_for: str) -> LiveNodeError:
-        """Return the error for a node that exited or stayed silent while ``waiting_for``, with its output."""
-        if self._process.poll() is not None:
-            what = f"pose_node exited with code {self._process.returncode} while {waiting_for}"
-        else:
-            what = f"pose_node: no answer within {self._timeout} s while {waiting_for}"
-        self._log.seek(0)
-        output = self._log.read().strip()[-2000:]
-        return LiveNodeError(what + (f"; its last output:\n{output}" if output else ""))
-
-    def _spin_until(self, done: Callable[[], bool], seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while not done():
-            if time.monotonic() > deadline or self._process.poll() is not None:
-                return False
-            self._executor.spin_once(timeout_sec=0.05)
-        return True
-
-    def _wait_for_node(self, objects_topic: str) -> None:
-        info_pub, image_pub = self._info_pub, self._image_pub
-        subscription = next(iter(self._node.subscriptions))
-
-        def connected() -> bool:
-            return (
-                info_pub.get_subscription_count() > 0
-                and image_pub.get_subscription_count() > 0
-                and subscription.get_publisher_count() > 0
-            )
-
-        if not self._spin_until(connected, self._timeout):
-            error = self._node_failure(f"starting (subscribing to the images, publishing {objects_topic})")
-            self.close()
-            raise error
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:
         """Return the poses the live node publishes for one image (sent with a fresh stamp)."""
@@ -727,54 +657,21 @@ class LiveNodeEstimator:
         self._stamp_ns += 1_000_000  # a fresh stamp per call: the answer is recognised by it
         header = Header(frame_id=bag_io.CAMERA_FRAME)
         header.stamp.sec, header.stamp.nanosec = divmod(self._stamp_ns, 1_000_000_000)
-        info = _camera_info_msg(camera, header)
+        info = ros_conversions.camera_info_msg(camera, header)
         image = ros_conversions.rgb_to_image(np.ascontiguousarray(image_rgb), header)
         stamp = self._stamp_ns
         self._calls += 1
-        start = time.perf_counter()
-        self._info_pub.publish(info)
-        self._image_pub.publish(image)
-        if not self._spin_until(lambda: stamp in self._answers, self._timeout):
-            raise self._node_failure(f"waiting for its answer to image {self._calls}")
+        start = self._driver.send(image, info)
+        if not self._driver.spin_until(lambda: stamp in self._answers, self._driver.timeout):
+            timeout = self._driver.timeout
+            raise self._driver.failure(f"pose_node: no answer to image {self._calls} within {timeout:.0f} s")
         msg = self._answers.pop(stamp)
         self.last_timings = {"round_trip": time.perf_counter() - start}
         return list(bag_io.poses_from_msg(msg))
 
     def close(self) -> None:
         """Stop the node subprocess and the driver node."""
-        import rclpy
-
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except Exception:  # noqa: BLE001 - it would not stop: end it
-                self._process.kill()
-                self._process.wait()
-        self._log.close()
-        if self._context.ok():
-            self._executor.shutdown()
-            self._node.destroy_node()
-            rclpy.shutdown(context=self._context)
-
-
-def _camera_info_msg(camera: CameraModel, header):
-    """Return a sensor_msgs CameraInfo (rclpy) for the raw image of ``camera``: K, D, P = [K | 0]."""
-    from sensor_msgs.msg import CameraInfo
-
-    dist = np.zeros(5) if camera.dist.size == 0 else np.asarray(camera.dist, dtype=np.float64)
-    P = np.zeros((3, 4))
-    P[:, :3] = camera.K
-    return CameraInfo(
-        header=header,
-        height=camera.height,
-        width=camera.width,
-        distortion_model="rational_polynomial" if dist.size > 5 else "plumb_bob",
-        d=dist.tolist(),
-        k=camera.K.reshape(-1).tolist(),
-        r=np.eye(3).reshape(-1).tolist(),
-        p=P.reshape(-1).tolist(),
-    )
+        self._driver.close()
 
 
 # --- command lines ----------------------------------------------------------------------------

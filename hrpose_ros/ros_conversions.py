@@ -34,6 +34,7 @@ except ImportError:
 
 __all__ = [
     "SUPPORTED_ENCODINGS",
+    "camera_info_msg",
     "camera_model_from_info",
     "check_image_matches_camera_info",
     "image_to_rgb",
@@ -168,6 +169,28 @@ def camera_model_from_info(info: CameraInfo, rectified: bool) -> CameraModel:
         return CameraModel(K=K, width=width, height=height, dist=dist)
     except ValueError as exc:
         raise ValueError(f"camera_info.{'p' if rectified else 'k'}: {exc}") from exc
+
+
+def camera_info_msg(camera: CameraModel, header: Header) -> CameraInfo:
+    """Return the sensor_msgs/CameraInfo of a raw image from ``camera``: K, D, R = I, P = [K | 0].
+
+    Five or fewer coefficients are "plumb_bob" (padded with zeros), more "rational_polynomial";
+    the inverse of :func:`camera_model_from_info` with ``rectified=False``.
+    """
+    dist = np.zeros(5) if camera.dist.size == 0 else np.asarray(camera.dist, dtype=np.float64)
+    if dist.size < 5:
+        dist = np.concatenate([dist, np.zeros(5 - dist.size)])
+    P = np.hstack([camera.K, np.zeros((3, 1))])
+    return CameraInfo(
+        header=header,
+        height=camera.height,
+        width=camera.width,
+        distortion_model="rational_polynomial" if dist.size > 5 else "plumb_bob",
+        d=dist.tolist(),
+        k=camera.K.reshape(-1).tolist(),
+        r=np.eye(3).reshape(-1).tolist(),
+        p=P.reshape(-1).tolist(),
+    )
 
 
 def pose_msg(R: np.ndarray, t: np.ndarray) -> Pose:

@@ -101,6 +101,22 @@ def test_raw_input_uses_k_and_distortion():
     assert (camera.width, camera.height) == (640, 480) and not camera.is_rectified
 
 
+@pytest.mark.parametrize(
+    "dist", [[], [0.1, -0.05, 0.001, 0.002], [0.1, -0.05, 0.001, 0.002, 0.01, 0.2, 0.0, 0.03]]
+)
+def test_camera_info_msg_round_trips_through_camera_model_from_info(dist):
+    camera = CameraModel(K=K, width=640, height=480, dist=dist)
+    header = Header(frame_id="cam_optical")
+    info = rc.camera_info_msg(camera, header)
+    assert info.header.frame_id == "cam_optical"
+    assert info.distortion_model == ("rational_polynomial" if len(dist) > 5 else "plumb_bob")
+    np.testing.assert_array_equal(np.reshape(info.p, (3, 4)), np.hstack([K, np.zeros((3, 1))]))
+    back = rc.camera_model_from_info(info, rectified=False)
+    np.testing.assert_array_equal(back.K, K)
+    np.testing.assert_array_equal(back.dist, np.pad(dist, (0, max(0, 5 - len(dist)))))
+    assert (back.width, back.height) == (640, 480)
+
+
 def test_rectified_input_uses_p_without_distortion():
     camera = rc.camera_model_from_info(camera_info(), rectified=True)
     np.testing.assert_array_equal(camera.K, [[480.0, 0, 318.0], [0, 490.0, 242.0], [0, 0, 1]])
