@@ -72,9 +72,11 @@ from hrpose_ros.runtime import (
     OnnxEngine,
     TorchEngine,
     export_onnx,
+    has_native_bf16,
     load_checkpoint,
     save_checkpoint,
 )
+from hrpose_ros.runtime import cpu_features as runtime_cpu_features
 from hrpose_ros.types import CameraModel, ObjectModel
 from training.quantize_int8 import calibration_images, int8_path_for, quantize_int8
 
@@ -146,24 +148,23 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[
 
 
 def cpu_features() -> dict:
-    """Return the CPU model and the instruction-set flags that matter here (from /proc/cpuinfo)."""
-    flags, model = set(), platform.processor() or platform.machine()
+    """Return the CPU model, logical CPUs and hrpose_ros.runtime.cpu_features()'s flags with summaries."""
+    model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("model name"):
+            if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
-    except OSError:  # not Linux: no flags known, every optional path falls back
+                break
+    except OSError:  # not Linux: the platform's name stays
         pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+    flags = runtime_cpu_features()
     return {
         "model": model,
         "logical_cpus": os.cpu_count(),
-        "flags": {name: name in flags for name in wanted},
-        "bf16_hardware": bool({"avx512_bf16", "amx_bf16"} & flags),
-        "amx": bool({"amx_bf16", "amx_int8"} <= flags),
-        "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
+        "flags": flags,
+        "bf16_hardware": has_native_bf16(flags),
+        "amx": flags["amx_bf16"] and flags["amx_int8"],
+        "vnni": flags["avx512_vnni"] or flags["avx_vnni"],
     }
 
 
@@ -348,55 +349,6 @@ def split_frames(split_dir: Path, objects, codec, input_size, count: int) -> lis
 # ----------------------------------------------------------------------------------------- engines
 
 
-class Bf16ChannelsLastEngine:
-    """torch with bf16 autocast and channels_last tensors (oneDNN uses AMX/AVX-512 BF16 when present).
-
-    Built here from the same checkpoint because hrpose_ros.runtime offers fp32 torch only so
-    far; the conversion happens outside inference_mode (see this-machine.md's pitfalls).
-    """
-
-    name = "torch-bf16"
-
-    def __init__(self, model: HRPose, device: str = "cpu"):
-        self.device = torch.device(device)
-        self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return (belief_maps, vector_fields) float32 numpy, as runtime.TorchEngine."""
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16):
-            out = self.model(x.contiguous(memory_format=torch.channels_last))
-        return out.belief_maps.float().cpu().numpy(), out.vector_fields.float().cpu().numpy()
-
-
-class NoSpinOnnxEngine:
-    """ONNX Runtime with its intra-op threads blocking instead of spinning when idle.
-
-    By default ORT's worker threads spin after each run; on 2 cores that steals the CPU from
-    the single-threaded decode, PnP and ROS work that follow. hrpose_ros.runtime.OnnxEngine has
-    no option for it yet, so this variant is built here to measure the difference.
-    """
-
-    name = "onnxruntime-nospin"
-
-    def __init__(self, path, threads: int):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        available = set(ort.get_available_providers())
-        providers = [p for p in ORT_PROVIDERS if p in available]
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return (belief_maps, vector_fields) float32, as runtime.OnnxEngine."""
-        belief, vectors = self.session.run(
-            ["belief_maps", "vector_fields"], {"image": np.ascontiguousarray(images, dtype=np.float32)}
-        )
-        return belief, vectors
-
-
 class GroundTruthMapsPipeline(PosePipeline):
     """PosePipeline whose decode stage reads ``maps`` (set per frame) instead of the network output.
 
@@ -422,6 +374,7 @@ class Backend:
     rss_increase_mb: float = 0.0
     node_backend: str = ""  # pose_node's `backend` parameter for it ("" = not selectable in the node)
     node_model: str = ""  # pose_node's `model_path` for it
+    node_precision: str = "fp32"  # pose_node's `precision` for it
 
 
 def build_backends(
@@ -443,14 +396,28 @@ def build_backends(
 
     backends = []
 
-    def add(label: str, make: Callable[[], tuple[object, str]], node_backend="", node_model="", skipped=""):
+    def add(
+        label: str,
+        make: Callable[[], tuple[object, str]],
+        node_backend="",
+        node_model="",
+        skipped="",
+        node_precision="fp32",
+    ):
         if skipped:
             backends.append(Backend(label, None, skipped=skipped))
             return
         before = rss_mb()
         engine, detail = make()
         backends.append(
-            Backend(label, wrap(engine), detail, node_backend=node_backend, node_model=node_model)
+            Backend(
+                label,
+                wrap(engine),
+                detail,
+                node_backend=node_backend,
+                node_model=node_model,
+                node_precision=node_precision,
+            )
         )
         backends[-1].rss_increase_mb = rss_mb() - before
 
@@ -464,24 +431,29 @@ def build_backends(
     add(
         "torch bf16+CL",
         lambda: (
-            Bf16ChannelsLastEngine(checkpoint.build_model(), device),
+            TorchEngine(checkpoint.build_model(), device, precision="bf16"),
             f"autocast bf16, channels_last{' (AMX)' if cpu['amx'] and device == 'cpu' else ''}",
         ),
+        "torch",
+        str(checkpoint_path),
+        node_precision="bf16",
         skipped=""
         if bf16_ok
         else "skipped: this CPU has no bf16 units (avx512_bf16/amx_bf16); emulated bf16 is slower than fp32",
     )
 
-    def ort(path: Path, what: str):
-        engine = OnnxEngine(path, providers=ORT_PROVIDERS, threads=threads)
+    def ort(path: Path, what: str, spinning: bool = False):
+        # hrpose_ros.runtime's default: idle intra-op threads block instead of spinning (on 2 cores
+        # spinning workers steal the CPU from the decode, PnP and ROS work that follows a run).
+        engine = OnnxEngine(path, providers=ORT_PROVIDERS, threads=threads, spinning=spinning)
         return engine, f"{what}, {engine.session.get_providers()[0]}"
 
     add("ORT fp32", lambda: ort(onnx_path, "ONNX Runtime fp32"), "onnxruntime", str(onnx_path))
     if int8_path is not None:
         add("ORT int8", lambda: ort(int8_path, "static QDQ U8S8 per-channel"), "onnxruntime", str(int8_path))
         add(
-            "ORT int8 nospin",
-            lambda: (NoSpinOnnxEngine(int8_path, threads), "as ORT int8, session.intra_op.allow_spinning=0"),
+            "ORT int8 spinning",
+            lambda: ort(int8_path, "as ORT int8 with ORT's default allow_spinning=1", spinning=True),
         )
     else:
         add("ORT int8", None, skipped="skipped: --no-int8")
@@ -656,7 +628,7 @@ def measure_input_sizes(checkpoint: Checkpoint, out_dir: Path, settings: Setting
     codec = KeypointCodec(checkpoint.codec_config)
     engines = {"torch fp32": TorchEngine(checkpoint.build_model(), device)}
     if device != "cpu" or cpu["bf16_hardware"]:
-        engines["torch bf16+CL"] = Bf16ChannelsLastEngine(checkpoint.build_model(), device)
+        engines["torch bf16+CL"] = TorchEngine(checkpoint.build_model(), device, precision="bf16")
     results = {}
     for width, height in tqdm(settings.input_sizes, desc="input sizes", unit="size"):
         x = np.random.default_rng(0).random((1, 3, height, width), dtype=np.float32)
@@ -664,7 +636,7 @@ def measure_input_sizes(checkpoint: Checkpoint, out_dir: Path, settings: Setting
         if settings.with_ort_sizes:
             sized = replace(checkpoint, input_size=(width, height))
             path = export_onnx(sized, out_dir / f"size_{width}x{height}.onnx")
-            engine = OnnxEngine(path, providers=ORT_PROVIDERS, threads=args.threads)
+            engine = OnnxEngine(path, providers=ORT_PROVIDERS, threads=args.threads)  # no spinning
             row["ORT fp32"] = time_calls(lambda e=engine, x=x: e(x), repeats)
             del engine
         pipeline = PosePipeline(None, codec, objects, (width, height))
@@ -797,7 +769,12 @@ def measure_node(
 ) -> dict:
     """Return end-to-end latencies, rates, the node's own stage means and its resident memory."""
     messages = [ros.messages(f.image, f.camera, 0) for f in frames]
-    params = {"backend": backend.node_backend, "model_path": backend.node_model, "device": "cpu"}
+    params = {
+        "backend": backend.node_backend,
+        "model_path": backend.node_model,
+        "precision": backend.node_precision,
+        "device": "cpu",
+    }
     result: dict = {"backend": backend.label, "transport": transport or "default", "params": params}
     try:
         run = NodeRun(pose_node_command(), params, timeout, transport)
@@ -932,7 +909,7 @@ class Settings:
     repeats: int = 50
     size_repeats: int = 10
     calib_frames: int = 16
-    node_backends: tuple[str, ...] = ("torch fp32", "ORT fp32", "ORT int8")
+    node_backends: tuple[str, ...] = ("torch fp32", "torch bf16+CL", "ORT fp32", "ORT int8")
     with_ort_sizes: bool = True
     transport_check_frames: int = 10  # closed-loop frames of one node with the other DDS transport
     input_sizes: tuple[tuple[int, int], ...] = INPUT_SIZES
