@@ -602,6 +602,7 @@ class LiveNodeEstimator:
         weights: Path | None = None,
         backend: str = "torch",
         device: str = "cpu",
+        precision: str = "fp32",
         params: Sequence[str] = (),
         timeout: float = 60.0,
     ) -> LiveNodeEstimator:
@@ -614,13 +615,14 @@ class LiveNodeEstimator:
 
         # The same weights in-process give the object models to score against and the thresholds
         # the node must use to answer as the in-process pipeline would.
-        reference = PosePipeline.from_pretrained(weights, backend=backend, device=device)
+        reference = PosePipeline.from_pretrained(weights, backend=backend, device=device, precision=precision)
         argv = shlex.split(command)
         if argv == ["pose_node"]:
             argv = pose_node_command()
         node_params = {
             "backend": backend,
             "device": device,
+            "precision": precision,
             "publish_tf": "false",
             "publish_markers": "false",
             "publish_overlay": "false",
@@ -692,6 +694,12 @@ def _replay_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "int8", "auto"),
+        help="inference precision (hrpose_ros.runtime; int8 needs --backend onnxruntime and a .int8.onnx)",
+    )
+    parser.add_argument(
         "--image-topic", default=None, help="default: the bag's only Image/CompressedImage topic"
     )
     parser.add_argument("--camera-info-topic", default=None, help="default: the bag's only CameraInfo topic")
@@ -740,15 +748,18 @@ def replay_eval_main(argv: Sequence[str] | None = None) -> int:
                 weights=args.weights,
                 backend=args.backend,
                 device=args.device,
+                precision=args.precision,
                 params=args.node_param,
                 timeout=args.node_timeout,
             )
-            mode = f"live pose_node ({args.backend}, {args.device})"
+            mode = f"live pose_node ({args.backend}, {args.precision}, {args.device})"
         else:
             from hrpose_ros.pipeline import PosePipeline
 
-            estimator = PosePipeline.from_pretrained(args.weights, backend=args.backend, device=args.device)
-            mode = f"pipeline ({args.backend}, {args.device})"
+            estimator = PosePipeline.from_pretrained(
+                args.weights, backend=args.backend, device=args.device, precision=args.precision
+            )
+            mode = f"pipeline ({args.backend}, {args.precision}, {args.device})"
     except ValueError as exc:
         print(f"hrpose-replay-eval: error: {exc}", file=sys.stderr)
         return 1
