@@ -135,6 +135,55 @@ def test_pnp_rejects_bad_input():
         solve_pnp(uv, points[:, :2], K)
 
 
+
+def test_pnp_rejects_bad_float64_arrays_with_the_same_messages():
+    # Float64 arrays take solve_pnp's fast path; each failed check there must still name the problem.
+    points = keypoints_3d(CUBE)
+    uv = project(points, np.eye(3), [0.02, -0.01, 0.5], K)
+    flat_uv = np.column_stack([np.linspace(100.0, 200.0, 9), np.linspace(50.0, 90.0, 9)])
+    inf_points = points.copy()
+    inf_points[4, 1] = np.inf
+    skewed_K = K.copy()
+    skewed_K[2, 0] = 1e-3
+    nan_K = K.copy()
+    nan_K[0, 2] = np.nan
+    cases = [
+        ((flat_uv, points, K), "points_2d: the image points are collinear"),
+        ((flat_uv.tolist(), points.tolist(), K.tolist()), "points_2d: the image points are collinear"),
+        ((uv, inf_points, K), "points_3d: contains NaN or infinite values"),
+        ((uv, points, skewed_K), r"K: expected last row \[0, 0, 1\]"),
+        ((uv, points, nan_K), "K: contains NaN or infinite values"),
+        ((uv, points, K, np.array([0.1, np.nan, 0.0, 0.0])), "dist: expected OpenCV distortion coefficients"),
+        ((uv, points, K, np.array([0.1, 0.2, 0.3])), "dist: expected 0, 4, 5, 8, 12 or 14"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            solve_pnp(*args)
+
+
+def test_pnp_gives_the_same_pose_for_lists_read_only_arrays_and_zero_distortion():
+    # Lists are converted and checked one by one, float64 arrays take the fast path: same numbers.
+    points = keypoints_3d(CUBE)
+    R, t = random_pose(11)
+    uv = project(points, R, t, K) + np.random.default_rng(11).normal(0.0, 1.0, (9, 2))
+    reference = solve_pnp(uv, points, K)
+    read_only = [a.copy() for a in (uv, points, K)]
+    for array in read_only:
+        array.setflags(write=False)  # as CameraModel.K and .dist are
+    for args in [
+        (uv.tolist(), points.tolist(), K.tolist()),
+        tuple(read_only),
+        (uv, points, K, np.zeros(5)),  # all-zero coefficients mean no distortion
+        (uv, points, K, np.zeros(0)),
+    ]:
+        solution = solve_pnp(*args)
+        np.testing.assert_array_equal(solution.R, reference.R)
+        np.testing.assert_array_equal(solution.t, reference.t)
+        np.testing.assert_array_equal(solution.inliers, reference.inliers)
+        assert solution.reprojection_error == reference.reprojection_error
+    assert 0.3 < reference.reprojection_error < 2.5
+    assert rotation_error_deg(reference.R, R) < 2.0
+
 def test_quaternion_round_trip_and_known_value():
     # 90 degrees about z: q = (0, 0, sin 45, cos 45) in x, y, z, w order.
     Rz = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
