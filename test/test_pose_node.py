@@ -393,7 +393,7 @@ def test_diagnostics_are_periodic_with_rates_latencies_and_counters(listener, po
 
 STARTUP_FAILURES = {
     "missing-model": ({"model_path": "/nonexistent/hrpose.pt"},
-                      "/nonexistent/hrpose.pt: checkpoint file not found"),
+                      "/nonexistent/hrpose.pt: model file not found"),
     "corrupt-model": ({"model_path": "CORRUPT"}, "not a readable HRPose checkpoint"),
     "out-of-range": ({"score_threshold": 1.5}, "parameter 'score_threshold'"),
     "bad-choice": ({"backend": "tensorflow"},

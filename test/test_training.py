@@ -1,6 +1,7 @@
 """Training: a short run lowers the loss; distillation trains the student against a frozen teacher."""
 
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
@@ -153,3 +154,26 @@ def test_evaluation_matches_estimates_to_ground_truth_and_scores_them(toy_split)
     assert all(not any(r.correct.values()) for r in results[2:])  # no estimate: wrong
     table = summarise(results, {o.obj_id: o.name for o in objects})
     assert 0.0 <= table["add"]["Mean"] <= 100.0
+
+
+def test_warm_start_continues_from_the_checkpoint_and_refuses_other_objects(toy_split, tmp_path):
+    root, objects = toy_split
+    common = dict(stage="student", network="tiny", train_dir=str(root / "train"), batch_size=2, crop_size=64)
+    first = train(recipe("quick", out_dir=str(tmp_path / "a"), max_steps=3, **common), objects=objects)
+    # lr 0: the warm-started run must keep the first run's weights exactly (and count its steps).
+    second = train(
+        recipe("quick", out_dir=str(tmp_path / "b"), max_steps=2, lr=1e-12, init_checkpoint=str(first),
+               **common),
+        objects=objects,
+    )
+    a, b = load_checkpoint(first), load_checkpoint(second)
+    for name, value in a.state_dict.items():
+        if value.is_floating_point() and "running" not in name:  # BN running stats move without lr
+            torch.testing.assert_close(b.state_dict[name], value, atol=1e-9, rtol=0)
+    assert a.history["steps"] > 0 and b.history["steps"] > 0
+    assert b.history["total_steps"] == a.history["steps"] + b.history["steps"]
+    assert b.history["init_checkpoint"] == str(first)
+    renamed = [dataclasses.replace(o, name=f"other{o.obj_id}") for o in objects]
+    with pytest.raises(ValueError, match="init_checkpoint .*objects"):
+        train(recipe("quick", out_dir=str(tmp_path / "c"), init_checkpoint=str(first), **common),
+              objects=renamed)

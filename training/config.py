@@ -31,6 +31,9 @@ class TrainConfig:
     train_dir: str = "data/train"
     objects_dir: str = ""  # BOP models dir; "" = the shipped default object set
     teacher_checkpoint: str = ""  # needed by student_kd
+    # Warm start: initial weights from a checkpoint of the same network and objects (e.g. to
+    # continue a CPU run in another sitting, or fine-tune the shipped weights); "" = random init.
+    init_checkpoint: str = ""
     out_dir: str = "runs"
     epochs: int = 120
     batch_size: int = 32

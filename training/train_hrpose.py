@@ -78,6 +78,25 @@ def _load_teacher(config: TrainConfig, model_config: HRPoseConfig, device) -> HR
     return teacher.eval()
 
 
+def _warm_start(model: HRPose, config: TrainConfig, objects: Sequence[ObjectModel]) -> dict:
+    """Load ``config.init_checkpoint``'s weights into ``model``; return that checkpoint's history.
+
+    The checkpoint must hold the same network variant and the same objects (names, in order):
+    anything else raises ValueError naming the file and what differs.
+    """
+    checkpoint = load_checkpoint(config.init_checkpoint)
+    where = f"init_checkpoint {config.init_checkpoint}"
+    if checkpoint.model_config != model.config:
+        raise ValueError(f"{where}: network {checkpoint.model_config} differs from this run's {model.config}")
+    names, ours = [o.name for o in checkpoint.objects], [o.name for o in objects]
+    if names != ours:
+        raise ValueError(f"{where}: objects {names} differ from this run's {ours}")
+    model.load_state_dict({k: v.float() for k, v in checkpoint.state_dict.items()})
+    logger.info("warm start from %s (%s steps before)", config.init_checkpoint,
+                checkpoint.history.get("steps"))
+    return dict(checkpoint.history)
+
+
 def plot_losses(csv_path: Path, png_path: Path) -> None:
     """Write a PNG of the loss terms per step from the training CSV log."""
     import matplotlib
@@ -145,6 +164,7 @@ def train(
     )
 
     model = HRPose(model_config).to(device)
+    previous = _warm_start(model, config, objects) if config.init_checkpoint else {}
     teacher = _load_teacher(config, model_config, device) if config.uses_teacher else None
     if config.bf16:
         # Convert before any inference_mode: converted parameters must stay trainable tensors.
@@ -231,6 +251,12 @@ def train(
                 "steps": step,
                 "wall_time_s": round(wall, 1),
                 "frames": len(frames),
+                # Warm-started runs carry the earlier runs' totals: the model card reports all of it.
+                "total_steps": step + previous.get("total_steps", previous.get("steps", 0)),
+                "total_wall_time_s": round(
+                    wall + previous.get("total_wall_time_s", previous.get("wall_time_s", 0.0)), 1
+                ),
+                "init_checkpoint": config.init_checkpoint,
             },
         )
         save_checkpoint(out_dir / "last.pt", checkpoint)
@@ -277,6 +303,11 @@ def main(argv=None) -> None:
     parser.add_argument("--train-dir", help="BOP split with the training frames (default data/train)")
     parser.add_argument("--objects-dir", help="BOP models dir (default: the shipped object set)")
     parser.add_argument("--teacher", dest="teacher_checkpoint", help="teacher checkpoint (student_kd)")
+    parser.add_argument(
+        "--init",
+        dest="init_checkpoint",
+        help="start from this checkpoint's weights (same network and objects) instead of random ones",
+    )
     parser.add_argument("--out", dest="out_dir", required=True)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
