@@ -86,3 +86,23 @@ def test_positive_weight_scales_errors_on_targets_only():
     vectors = torch.zeros(1, 2, 1, 1)
     vectors[0, :, 0, 0] = torch.tensor([0.6, 0.8])  # |v| = 1 -> weight 21 on both channels
     assert map_mse(torch.zeros(1, 2, 1, 1), vectors, 2, positive_weight=20.0).item() == pytest.approx(21.0)
+
+
+def test_distillation_weights_come_from_the_ground_truth_not_the_teacher():
+    student = torch.zeros(1, 1, 2, 2)
+    teacher = torch.zeros(1, 1, 2, 2)
+    teacher[0, 0, 1, 1] = 50.0  # a wild teacher output where the ground truth is background
+    truth = torch.zeros(1, 1, 2, 2)
+    truth[0, 0, 0, 0] = 1.0
+    t_vec = torch.zeros(1, 2, 2, 2)
+    # Weights from the truth: the wild pixel counts once (2500), not 1 + 20 * 50 times.
+    loss = output_distillation_loss(student, t_vec, teacher, t_vec, 20.0, (truth, t_vec))
+    assert loss.item() == pytest.approx(2500.0)
+    teacher_weighted = output_distillation_loss(student, t_vec, teacher, t_vec, 20.0)
+    assert teacher_weighted.item() == pytest.approx(1001 * 2500.0)
+    with pytest.raises(ValueError, match="weight_target"):
+        map_mse(student, teacher, 1, 20.0, torch.zeros(1, 1, 2, 3))
+    # total_loss passes the ground truth: a teacher equal to the truth adds nothing.
+    out = HRPoseOutput(truth, t_vec, torch.ones(1, 4, 2, 2))
+    terms = total_loss(out, truth, t_vec, out, 0.5, 0.0, positive_weight=20.0)
+    assert terms.od.item() == 0.0 and terms.mse.item() == 0.0

@@ -35,7 +35,12 @@ scratch for a few hundred steps (the CPU recipe), the network settles on predict
 on 8 frames of the project's data, 60 steps left the belief at ground-truth peaks at 0.015
 with plain Eq. 3, and at 0.59 (background 0.03) with pixels weighted by 1 + 20 * |target|.
 The cpu recipe therefore uses positive_weight = 20 for L_mse and, so Eq. 7 keeps its balance,
-for L_od (weights from the teacher's outputs); the paper recipe keeps 0, i.e. Eq. 3 and 4.
+for L_od; the paper recipe keeps 0, i.e. Eq. 3 and 4. L_od's weights come from the ground-truth
+targets, not from the teacher's outputs: weights of 1 + 20 |teacher| grow with the teacher's
+error, and an under-trained teacher's occasional large outputs (up to ~50 on crops with black
+borders) made L_od spike to 3e5 and swamp L_mse (CPU run of session 2: the student + KD's L_mse
+stayed at ~300 where the student's alone fell to 140). With target weights, L_od weighs the
+same pixels as L_mse.
 """
 
 
@@ -49,24 +54,34 @@ class LossTerms(NamedTuple):
 
 
 def map_mse(
-    predicted: torch.Tensor, target: torch.Tensor, channels_per_map: int = 1, positive_weight: float = 0.0
+    predicted: torch.Tensor,
+    target: torch.Tensor,
+    channels_per_map: int = 1,
+    positive_weight: float = 0.0,
+    weight_target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return the mean over maps and batch of each map's summed squared error ||A - B||_2^2.
 
     ``predicted``/``target`` (B, M * channels_per_map, h, w); a vector field is one map of 2
     channels, so its squared norm sums both components (Eq. 3's ||L_j - L~_j||^2).
     ``positive_weight`` w > 0 weights each pixel by 1 + w * |target| (not in the paper; see
-    POSITIVE_WEIGHT_NOTE); 0 is exactly Eq. 3.
+    POSITIVE_WEIGHT_NOTE); 0 is exactly Eq. 3. ``weight_target`` (default ``target``) is the map
+    the weights are taken from (L_od: the ground truth, while ``target`` is the teacher's output).
     """
     if predicted.shape != target.shape:
         raise ValueError(f"target: expected shape {tuple(predicted.shape)}, got {tuple(target.shape)}")
+    weight_target = target if weight_target is None else weight_target
+    if weight_target.shape != target.shape:
+        raise ValueError(
+            f"weight_target: expected shape {tuple(target.shape)}, got {tuple(weight_target.shape)}"
+        )
     squared = (predicted - target).pow(2)
     if positive_weight:
         if channels_per_map == 1:
-            magnitude = target.abs()
+            magnitude = weight_target.abs()
         else:
-            shape = (target.shape[0], -1, channels_per_map, *target.shape[-2:])
-            magnitude = target.reshape(shape).norm(dim=2).repeat_interleave(channels_per_map, dim=1)
+            shape = (weight_target.shape[0], -1, channels_per_map, *weight_target.shape[-2:])
+            magnitude = weight_target.reshape(shape).norm(dim=2).repeat_interleave(channels_per_map, dim=1)
         squared = squared * (1.0 + positive_weight * magnitude)
     per_channel = squared.sum(dim=(-2, -1))  # (B, channels)
     maps = per_channel.shape[1] // channels_per_map
@@ -74,20 +89,42 @@ def map_mse(
 
 
 def mse_loss(
-    belief_maps, vector_fields, target_belief_maps, target_vector_fields, positive_weight: float = 0.0
+    belief_maps,
+    vector_fields,
+    target_belief_maps,
+    target_vector_fields,
+    positive_weight: float = 0.0,
+    weight_targets: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Return L_mse (Eq. 3): belief-map term averaged over I maps plus vector-field term over J fields."""
-    return map_mse(belief_maps, target_belief_maps, 1, positive_weight) + map_mse(
-        vector_fields, target_vector_fields, 2, positive_weight
+    """Return L_mse (Eq. 3): belief-map term averaged over I maps plus vector-field term over J fields.
+
+    ``weight_targets`` (belief, vectors): the maps ``positive_weight`` is taken from (default the targets).
+    """
+    weight_belief, weight_vectors = weight_targets or (None, None)
+    return map_mse(belief_maps, target_belief_maps, 1, positive_weight, weight_belief) + map_mse(
+        vector_fields, target_vector_fields, 2, positive_weight, weight_vectors
     )
 
 
 def output_distillation_loss(
-    student_belief, student_vectors, teacher_belief, teacher_vectors, positive_weight: float = 0.0
+    student_belief,
+    student_vectors,
+    teacher_belief,
+    teacher_vectors,
+    positive_weight: float = 0.0,
+    weight_targets: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Return L_od (Eq. 4): Eq. 3 with the (detached) teacher's outputs as targets."""
+    """Return L_od (Eq. 4): Eq. 3 with the (detached) teacher's outputs as targets.
+
+    With ``positive_weight``, pass the ground-truth maps as ``weight_targets`` (POSITIVE_WEIGHT_NOTE).
+    """
     return mse_loss(
-        student_belief, student_vectors, teacher_belief.detach(), teacher_vectors.detach(), positive_weight
+        student_belief,
+        student_vectors,
+        teacher_belief.detach(),
+        teacher_vectors.detach(),
+        positive_weight,
+        weight_targets,
     )
 
 
@@ -155,6 +192,7 @@ def total_loss(
             teacher_output.belief_maps,
             teacher_output.vector_fields,
             positive_weight,
+            (target_belief, target_vectors),
         )
     if teacher_output is not None and lambda_fs > 0:
         fs = feature_similarity_loss(student_output.features, teacher_output.features, fs_pool)
