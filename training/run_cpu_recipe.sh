@@ -5,6 +5,7 @@
 #
 #   nice -n 10 bash training/run_cpu_recipe.sh data/train data/test runs/cpu
 #
+# SPLITS (default "cutpaste=000000 bin=000001") names the test scenes evaluated as separate tables.
 # Step and wall-time budgets come from the environment (defaults sized for ~1 h 45 min on 2
 # otherwise idle cores: teacher 2400 steps at ~1.0 s and student 4000 at ~0.55 s in parallel with
 # one thread each, then student + KD with two threads). The cosine lr decays over each budget.
@@ -40,9 +41,18 @@ python -m training.train_hrpose --stage student_kd "${common[@]}" --threads 2 \
     --max-steps "$steps" --max-minutes "$MINUTES" --teacher "$OUT/teacher/last.pt" --out "$OUT/student_kd" > "$OUT/student_kd.log" 2>&1
 echo "student_kd: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
 
-python -m training.evaluate --threads 1 --split test="$TEST" --max-frames "$EVAL_FRAMES" \
+# One table per scene kind: `hrpose-make-data --kind cutpaste,bin` writes scene 000000 (cut-and-paste)
+# and 000001 (bin); each becomes a split folder holding a symlink to its scene.
+split_args=()
+for pair in ${SPLITS:-cutpaste=000000 bin=000001}; do
+    name=${pair%%=*}; scene=${pair#*=}
+    mkdir -p "$OUT/splits/$name"
+    ln -sfn "$(realpath "$TEST/$scene")" "$OUT/splits/$name/$scene"
+    split_args+=(--split "$name=$OUT/splits/$name")
+done
+python -m training.evaluate --threads 2 "${split_args[@]}" --max-frames "$EVAL_FRAMES" \
     --model Teacher="$OUT/teacher/last.pt" --model HRPose="$OUT/student/last.pt" \
     --model HRPose+KD="$OUT/student_kd/last.pt" --out "$OUT/eval" > "$OUT/eval.log" 2>&1
 python -m training.export_onnx "$OUT/student_kd/last.pt" --out "$OUT/student_kd/hrpose_student_kd.onnx" \
-    --parity-split "$TEST" --parity-frames 20 > "$OUT/parity.json" 2> "$OUT/export.log"
+    --parity-split "$OUT/splits/cutpaste" --parity-frames 20 > "$OUT/parity.json" 2> "$OUT/export.log"
 echo "done: $OUT/eval/results.md, $OUT/parity.json"
