@@ -28,6 +28,7 @@ from training.quantize_int8 import (
     calibration_images,
     compare_accuracy,
     int8_path_for,
+    int8_verdict,
     output_agreement,
     quantize_int8,
     read_accuracy,
@@ -216,7 +217,7 @@ def test_accuracy_comparison_scores_both_models_on_a_bop_split(maps_models, tmp_
         assert accuracy.add_recall == pytest.approx(5 / 6)
         assert accuracy.proj2d_recall == pytest.approx(5 / 6)
     assert comparison.add_drop_points == pytest.approx(0.0)
-    assert comparison.int8_acceptable
+    assert comparison.int8_acceptable, comparison.verdict
 
     assert read_accuracy(int8_path) is None
     record_accuracy(int8_path, comparison)
@@ -245,3 +246,12 @@ def test_bad_inputs_are_value_errors_naming_them(tmp_path):
         ImageCalibrationReader([], (64, 64))
     with pytest.raises(ValueError, match="count"):
         calibration_images(tmp_path, 0)
+
+
+def test_int8_verdict_needs_a_measurable_fp32_recall_and_a_small_drop():
+    assert int8_verdict(0.80, 0.795) == (True, "drop 0.5 points is within the limit of 1")
+    accepted, why = int8_verdict(0.80, 0.75)
+    assert not accepted and why == "drop 5.0 points exceeds the limit of 1"
+    # An under-trained model (0.5 %) cannot lose more than 0.5 points: no verdict, no int8 default.
+    accepted, why = int8_verdict(0.005, 0.0)
+    assert not accepted and why.startswith("not judged: fp32 ADD(-S) recall 0.5 % is below 10 %")
