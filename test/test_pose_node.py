@@ -10,6 +10,7 @@ module; the test process publishes rendered images and camera_info and listens t
 from __future__ import annotations
 
 import ast
+import itertools
 import signal
 import subprocess
 import threading
@@ -46,6 +47,7 @@ LAUNCH_FILE = REPO / "launch" / "pose.launch.py"
 FRAME = "camera_color_optical_frame"
 WIDTH, HEIGHT = 640, 480
 K = DEFAULT_CAMERA.K  # the training data's camera
+DEMO_BAG = Path(__file__).resolve().parents[1] / "demo" / "bin_demo"
 # Settings of this test only, on top of the launch defaults: quicker diagnostics and warnings, and
 # reliable inputs: Fast DDS loses whole 640x480 images on best-effort QoS (the node's default,
 # which matches any publisher), so, as config/pose_node.yaml advises, the QoS is overridden.
@@ -441,7 +443,22 @@ def rotation(rx: float, ry: float, rz: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def scene():
-    return render_scene()
+    """Return the RGB of a bundled demo-bag frame in which the shipped weights find objects.
+
+    These tests check what the node publishes, not how well: the three objects of
+    :func:`render_scene` are for the 1 cm / 5 deg tests of issue 6, and the shipped CPU-trained
+    weights find none of them yet (model card). The demo frames use the same camera (K, no
+    distortion), so info_message() describes them.
+    """
+    from hrpose_ros.bag_io import read_frames
+    from hrpose_ros.pipeline import PosePipeline
+
+    pipeline = PosePipeline.from_pretrained()
+    for frame in itertools.islice(read_frames(DEMO_BAG), 10):
+        assert np.allclose(frame.camera.K, K) and not np.any(frame.camera.dist)
+        if pipeline(frame.image, frame.camera):
+            return frame.image
+    raise AssertionError(f"the shipped weights find no object in the first 10 frames of {DEMO_BAG}")
 
 
 def render_scene():
@@ -469,7 +486,7 @@ def render_scene():
 
 
 def test_objects_poses_tf_and_markers_carry_the_image_stamp_and_frame(listener, pose_node, scene):
-    rgb, truth, objects = scene
+    rgb = scene
     stamp = new_stamp()
     msg = send(listener, image_message(rgb, stamp), info_message(stamp))
     assert msg.header.frame_id == FRAME and msg.objects  # how many and how well: the tests below
@@ -489,7 +506,7 @@ def test_objects_poses_tf_and_markers_carry_the_image_stamp_and_frame(listener, 
 
 
 def test_objects_leaving_the_view_empty_the_arrays_and_delete_markers(listener, pose_node, scene):
-    rgb, _, _ = scene
+    rgb = scene
     seen = new_stamp()
     assert send(listener, image_message(rgb, seen), info_message(seen)).objects
     gone = new_stamp()
@@ -501,7 +518,7 @@ def test_objects_leaving_the_view_empty_the_arrays_and_delete_markers(listener, 
 
 
 def test_overlay_is_drawn_only_while_subscribed(listener, pose_node, scene):
-    rgb, _, _ = scene
+    rgb = scene
     quiet = new_stamp()
     send(listener, image_message(rgb, quiet), info_message(quiet))
     time.sleep(1.2)
