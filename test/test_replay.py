@@ -334,9 +334,7 @@ def test_bag_round_trips_through_the_evaluator_with_the_report_numbers_of_the_me
     objects = {o.obj_id: o for o in loose_pipeline.objects}
     data = _check_report_numbers(scene_bag, out, objects)
     assert data["complete"] and data["frames"] == N_FRAMES
-    assert (
-        data["objects"][-1]["found"] >= N_FRAMES
-    )  # the comparison covered matched estimates, not only misses
+    assert data["objects"][-1]["found"] > 0  # the comparison covered matched estimates, not only misses
     assert data["fps"] == pytest.approx(1000.0 / data["latency_ms"]["total"]["mean_ms"])
     assert set(data["latency_ms"]) >= {"preprocess", "inference", "decode", "pnp", "total"}
     for name in (
