@@ -581,7 +581,7 @@ class LiveNodeEstimator:
     with the ``--ros-args`` a launch file would pass: a unique node name, ``image``/``camera_info``
     remapped to private topics with reliable QoS, TF/markers/overlay off, and the score and
     keypoint thresholds of the in-process pipeline, so both paths give the same poses. Each call
-    publishes camera_info then the image and blocks until ``~/objects`` arrives with the image's
+    publishes the image then its camera_info and blocks until ``~/objects`` arrives with the image's
     stamp, so no frame is dropped by the node's one-slot queue; the measured time is the round
     trip (conversion, inference and DDS both ways). ``objects`` are the models the node's weights
     name (loaded here from the same weights). Close with :meth:`close`.
