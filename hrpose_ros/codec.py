@@ -215,11 +215,12 @@ class KeypointCodec:
         """Return the instances found in one image's maps, keypoints in input pixels.
 
         ``belief_maps`` (C*K, h, w) and ``vector_fields`` (C*(K-1)*2, h, w). Each centroid peak
-        starts an instance; each vertex peak goes to the centroid of its class whose direction from
-        the vertex is closest to the predicted vector there (within ``angle_threshold_deg``); a
-        centroid keeps the vertex with the smallest angle per keypoint (the strongest peak on
-        ties). Instances with fewer than ``min_keypoints`` keypoints are dropped. Order: by class,
-        then by centroid belief, strongest first.
+        starts an instance; each vertex peak goes to the nearest centroid of its class among those
+        whose direction from the vertex is within ``angle_threshold_deg`` of the predicted vector
+        there (the paper: "assign the detected vertex to the closest object centroid within a
+        certain angular threshold", as DOPE's decoder); a centroid keeps the nearest vertex per
+        keypoint (the strongest peak on ties). Instances with fewer than ``min_keypoints``
+        keypoints are dropped. Order: by class, then by centroid belief, strongest first.
         """
         cfg = self.config
         K = cfg.num_keypoints
@@ -259,15 +260,16 @@ class KeypointCodec:
         lengths = np.sqrt(np.sum(to_centroids**2, axis=2))
         cos = np.einsum("vnd,vd->vn", to_centroids, predicted) / np.maximum(lengths * norm[:, None], 1e-12)
         cos[lengths < 1e-6] = 1.0  # vertex on top of the centroid: any direction fits
-        cos[vertex_class[:, None] != centroid_class[None, :]] = -np.inf
-        owner = np.argmax(cos, axis=1)
-        best = cos[np.arange(len(vertices)), owner]
         cos_limit = np.cos(np.deg2rad(cfg.angle_threshold_deg))
-        accepted = np.flatnonzero(~(norm < 1e-6) & (best >= cos_limit))
+        candidate = (cos >= cos_limit) & (vertex_class[:, None] == centroid_class[None, :])
+        distance = np.where(candidate, lengths, np.inf)
+        owner = np.argmin(distance, axis=1)  # the first (strongest) centroid on ties
+        nearest = distance[np.arange(len(vertices)), owner]
+        accepted = np.flatnonzero(~(norm < 1e-6) & np.isfinite(nearest))
 
-        # Per (centroid, keypoint): the vertex with the largest cosine, the first (strongest) on ties.
+        # Per (centroid, keypoint): the nearest vertex, the first (strongest) on ties.
         slot = owner[accepted] * K + vertex_keypoint[accepted]
-        order = np.lexsort((-best[accepted], slot))  # stable: peak order (strongest first) on ties
+        order = np.lexsort((nearest[accepted], slot))  # stable: peak order (strongest first) on ties
         slot = slot[order]
         first = np.ones(len(slot), dtype=bool)
         first[1:] = slot[1:] != slot[:-1]

@@ -45,6 +45,9 @@ class PoseNodeConfig:
     score_threshold: float = _param(0.1, "Minimum score of a published object instance", 0.0, 1.0)
     keypoint_threshold: float = _param(0.1, "Minimum belief-map peak for a keypoint to count as found",
                                        0.0, 1.0)
+    min_depth: float = _param(0.05, "Nearest published object origin along the optical axis (m)", 0.0, 100.0)
+    max_depth: float = _param(5.0, "Farthest published object origin along the optical axis (m); PnP fits "
+                                   "keypoints bunched within a few pixels far away", 0.0, 100.0)
     input_width: int = _param(0, "Network input width in pixels; images are letterboxed into it "
                                  "(0 = the model's trained input size)", 0, 4096)
     input_height: int = _param(0, "Network input height in pixels (0 = the model's trained input size)",
@@ -92,6 +95,9 @@ class PoseNodeConfig:
                              f"model), got backend {self.backend}")
         if self.precision == "bf16" and self.backend != "torch":
             raise ValueError(f"parameter 'precision': bf16 needs backend torch, got backend {self.backend}")
+        if self.min_depth >= self.max_depth:
+            raise ValueError(f"parameters 'min_depth'/'max_depth': expected min_depth < max_depth, got "
+                             f"{self.min_depth}/{self.max_depth}")
         if (self.input_width == 0) != (self.input_height == 0):
             raise ValueError(f"parameters 'input_width'/'input_height': set both or neither, got "
                              f"{self.input_width}x{self.input_height}")

@@ -84,7 +84,8 @@ def load_pipeline(config: PoseNodeConfig):
 
     pipeline = PosePipeline.from_pretrained(
         config.model_path or None, backend=config.backend, device=config.device, precision=config.precision,
-        min_score=config.score_threshold, peak_threshold=config.keypoint_threshold)
+        min_score=config.score_threshold, peak_threshold=config.keypoint_threshold,
+        min_depth=config.min_depth, max_depth=config.max_depth)
     if config.input_size is not None:
         pipeline = PosePipeline(pipeline.engine, pipeline.codec, pipeline.objects, config.input_size,
                                 pipeline.thresholds)

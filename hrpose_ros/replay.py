@@ -629,6 +629,8 @@ class LiveNodeEstimator:
             "image_is_rectified": "false",
             "score_threshold": reference.thresholds.min_score,
             "keypoint_threshold": reference.codec.config.peak_threshold,
+            "min_depth": reference.thresholds.min_depth,
+            "max_depth": reference.thresholds.max_depth,
             **({"model_path": weights} if weights is not None else {}),
         }
         for param in params:

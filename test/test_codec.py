@@ -198,7 +198,33 @@ def test_vertex_goes_to_the_centroid_its_vector_points_at_not_the_nearest():
     assert inst_b.score == pytest.approx((0.9 + 3 * 0.7 + 0.6) / 5, abs=1e-6)
 
 
-def test_angle_threshold_and_the_smallest_angle_per_keypoint():
+def test_vertex_goes_to_the_nearest_centroid_within_the_angle_not_the_best_aligned():
+    # The paper's rule (and DOPE's): of the centroids within the angular threshold, the closest.
+    # Two class-0 centroids: the vertex's vector points exactly at the far one and 18 degrees
+    # off the near one; both are within 30 degrees, so the near one takes it.
+    config = CodecConfig(num_classes=1, num_keypoints=5, min_keypoints=4, angle_threshold_deg=30)
+    codec = KeypointCodec(config)
+    near, far = (30.0, 20.0), (30.0, 50.0)
+    corners = ((-5, -5), (5, -5), (-5, 5), (5, 5))
+    blobs = [(0, 4, *near, 1.0, None), (0, 4, *far, 0.9, None)]
+    for k, (dx, dy) in enumerate(corners):
+        for centre in (near, far):
+            point = (centre[0] + dx, centre[1] + dy)
+            if (k, centre) != (0, near):
+                blobs.append((0, k, *point, 0.7, _towards(point, centre)))
+    vertex = (24.0, 8.0)  # above both: 13 px from near, 42 px from far, 18 degrees between them
+    to_near, to_far = np.subtract(near, vertex), np.subtract(far, vertex)
+    angle = np.degrees(np.arccos(to_near @ to_far / np.linalg.norm(to_near) / np.linalg.norm(to_far)))
+    assert 15 < angle < 30 and np.linalg.norm(to_near) < np.linalg.norm(to_far)
+    blobs.append((0, 0, *vertex, 0.6, _towards(vertex, far)))
+    near_instance, far_instance = codec.decode(*_blob_maps(codec, 64, 60, blobs))
+    assert near_instance.found.all()
+    assert np.allclose(near_instance.keypoints[0], np.array(vertex) * 4, atol=1e-4)
+    # The far centroid keeps its own first vertex: nearer than the one that pointed at it.
+    assert np.allclose(far_instance.keypoints[0], np.array([25.0, 45.0]) * 4, atol=1e-4)
+
+
+def test_angle_threshold_and_the_nearest_vertex_per_keypoint():
     config = CodecConfig(num_classes=1, num_keypoints=5, min_keypoints=4, angle_threshold_deg=30)
     codec = KeypointCodec(config)
     centroid = (30.0, 30.0)
@@ -206,9 +232,10 @@ def test_angle_threshold_and_the_smallest_angle_per_keypoint():
     blobs = [(0, 4, *centroid, 1.0, None)]
     blobs.append((0, 0, *vertices[0], 0.8, _towards(vertices[0], centroid, 25.0)))  # within 30 deg: kept
     blobs.append((0, 1, *vertices[1], 0.8, _towards(vertices[1], centroid, -35.0)))  # beyond: dropped
-    # Keypoint 2 twice: the weaker peak points straight at the centroid, the stronger 20 deg off.
-    blobs.append((0, 2, *vertices[2], 0.5, _towards(vertices[2], centroid)))
-    blobs.append((0, 2, 30.0, 44.0, 0.9, _towards((30.0, 44.0), centroid, 20.0)))
+    # Keypoint 2 twice: the weaker peak 11.3 px from the centroid, 20 deg off; the stronger one
+    # 14 px away, pointing straight at it. The nearer wins (DOPE keeps the smallest distance).
+    blobs.append((0, 2, *vertices[2], 0.5, _towards(vertices[2], centroid, 20.0)))
+    blobs.append((0, 2, 30.0, 44.0, 0.9, _towards((30.0, 44.0), centroid)))
     blobs.append((0, 3, *vertices[3], 0.8, _towards(vertices[3], centroid)))
     (instance,) = codec.decode(*_blob_maps(codec, 60, 60, blobs))
     assert instance.found.tolist() == [True, False, True, True, True]

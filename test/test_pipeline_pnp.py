@@ -1,6 +1,7 @@
-"""PosePipeline's PnP stage: RANSAC runs only when the plain solution leaves a keypoint off."""
+"""PosePipeline's PnP stage: RANSAC only when the plain solution leaves a keypoint off; the depth range."""
 
 import numpy as np
+import pytest
 
 from hrpose_ros.codec import CodecConfig, DecodedInstance, KeypointCodec
 from hrpose_ros.geometry import keypoints_3d, project, solve_pnp
@@ -18,13 +19,15 @@ R_TRUE = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [
 T_TRUE = np.array([0.03, -0.02, 0.4])
 
 
-def _pipeline(ransac: bool) -> PosePipeline:
+def _pipeline(ransac: bool, **thresholds) -> PosePipeline:
     return PosePipeline(
         engine=None,
         codec=KeypointCodec(CodecConfig(num_classes=2)),
         objects=toy_objects(),
         input_size=(320, 256),
-        thresholds=PoseThresholds(ransac=ransac, ransac_threshold=5.0, max_reprojection_error=50.0),
+        thresholds=PoseThresholds(
+            ransac=ransac, ransac_threshold=5.0, max_reprojection_error=50.0, **thresholds
+        ),
     )
 
 
@@ -64,3 +67,23 @@ def test_keypoints_off_by_more_than_the_threshold_go_through_ransac():
     assert without.keypoint_ids.tolist() == list(range(9))
     angle = np.degrees(np.arccos(np.clip((np.trace(without.R.T @ R_TRUE) - 1) / 2, -1, 1)))
     assert angle > 2.0 and without.reprojection_error > 5.0
+
+
+@pytest.mark.parametrize(
+    "depth, thresholds, kept",
+    [(0.4, {}, True), (4.9, {}, True), (8.0, {}, False), (8.0, {"max_depth": 10.0}, True),
+     (0.4, {"min_depth": 0.5}, False)],
+)
+def test_poses_outside_the_depth_range_are_dropped(depth, thresholds, kept):
+    points_3d = keypoints_3d(toy_objects()[1].points)
+    t = np.array([0.0, 0.0, depth])
+    keypoints = project(points_3d, R_TRUE, t, CAMERA.K, CAMERA.dist)
+    poses = _pipeline(ransac=True, **thresholds).solve([_instance(keypoints)], CAMERA)
+    assert len(poses) == int(kept)
+    if kept:
+        assert np.allclose(poses[0].t, t, atol=1e-6 * depth)
+
+
+def test_depth_range_must_be_ordered():
+    with pytest.raises(ValueError, match="expected 0 <= min_depth < max_depth, got 1.0/0.5"):
+        PoseThresholds(min_depth=1.0, max_depth=0.5)

@@ -51,6 +51,8 @@ def test_input_size():
      ({"precision": "bf16", "backend": "onnxruntime"}, "parameter 'precision': bf16 needs backend torch"),
      ({"publish_tf": "yes"}, "parameter 'publish_tf': expected bool, got 'yes'"),
      ({"input_width": 640}, "parameters 'input_width'/'input_height': set both or neither"),
+     ({"min_depth": 2.0, "max_depth": 1.0},
+      "parameters 'min_depth'/'max_depth': expected min_depth < max_depth, got 2.0/1.0"),
      ({"frame_prefix": "/hrpose/"}, "parameter 'frame_prefix'"),
      ({"frame_prefix": "my prefix"}, "parameter 'frame_prefix'")],
 )
