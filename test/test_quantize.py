@@ -87,6 +87,35 @@ def test_int8_tiny_hrpose_runs_and_keeps_outputs_and_metadata(toy_split, tmp_pat
     assert set(pipeline.last_timings) >= {"preprocess", "inference", "decode", "pnp"}
 
 
+def test_fp32_head_keeps_the_three_output_convolutions_in_float(toy_split, tmp_path):
+    split, objects = toy_split
+    torch.manual_seed(0)
+    config = HRPoseConfig(variant="tiny", num_classes=len(objects), head_channels=32)
+    checkpoint = Checkpoint(
+        config, CodecConfig(num_classes=len(objects)), (128, 96), objects, HRPose(config).state_dict()
+    )
+    fp32_path = export_onnx(checkpoint, tmp_path / "tiny.onnx")
+    images = calibration_images(split, 4)
+    int8_path = quantize_int8(fp32_path, images, tmp_path / "head" / "tiny.int8.onnx", fp32_head=True)
+    model = onnx.load(str(int8_path))
+    produced_by = {out: n for n in model.graph.node for out in n.output}
+    float_weights = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    head = [n for n in model.graph.node if n.op_type == "Conv" and "/regressor/" in n.name]
+    assert len(head) == 3
+    for conv in head:  # weight straight from a float initializer, no DequantizeLinear in between
+        assert conv.input[1] in float_weights and conv.input[1] not in produced_by
+    others = [n for n in model.graph.node if n.op_type == "Conv" and n not in head]
+    assert others and all(produced_by[n.input[1]].op_type == "DequantizeLinear" for n in others)
+    assert PosePipeline.from_pretrained(int8_path, backend="onnxruntime").engine is not None
+
+    renamed = onnx.load(str(fp32_path))
+    for node in renamed.graph.node:
+        node.name = node.name.replace("regressor", "head")
+    onnx.save(renamed, str(tmp_path / "renamed.onnx"))
+    with pytest.raises(ValueError, match="renamed.onnx: fp32_head: no Conv node named"):
+        quantize_int8(tmp_path / "renamed.onnx", images, tmp_path / "renamed.int8.onnx", fp32_head=True)
+
+
 class MapsFromPixels(nn.Module):
     """A network whose output is the belief maps / vector fields stored in the image's pixels.
 
