@@ -52,14 +52,19 @@ def _int8_weights(model: onnx.ModelProto) -> int:
     return sum(t.data_type in eight_bit for t in model.graph.initializer)
 
 
-def test_int8_tiny_hrpose_runs_and_keeps_outputs_and_metadata(toy_split, tmp_path):
-    split, objects = toy_split
+def _tiny_onnx(objects, path):
+    """Export a tiny HRPose (random weights, seed 0) for ``objects`` at 128x96 to ``path``."""
     torch.manual_seed(0)
     config = HRPoseConfig(variant="tiny", num_classes=len(objects), head_channels=32)
     checkpoint = Checkpoint(
         config, CodecConfig(num_classes=len(objects)), (128, 96), objects, HRPose(config).state_dict()
     )
-    fp32_path = export_onnx(checkpoint, tmp_path / "tiny.onnx")
+    return export_onnx(checkpoint, path)
+
+
+def test_int8_tiny_hrpose_runs_and_keeps_outputs_and_metadata(toy_split, tmp_path):
+    split, objects = toy_split
+    fp32_path = _tiny_onnx(objects, tmp_path / "tiny.onnx")
     images = calibration_images(split, 6)
     int8_path = quantize_int8(fp32_path, images[:4])
     assert int8_path == tmp_path / "tiny.int8.onnx" == int8_path_for(fp32_path)
@@ -89,12 +94,7 @@ def test_int8_tiny_hrpose_runs_and_keeps_outputs_and_metadata(toy_split, tmp_pat
 
 def test_fp32_head_keeps_the_three_output_convolutions_in_float(toy_split, tmp_path):
     split, objects = toy_split
-    torch.manual_seed(0)
-    config = HRPoseConfig(variant="tiny", num_classes=len(objects), head_channels=32)
-    checkpoint = Checkpoint(
-        config, CodecConfig(num_classes=len(objects)), (128, 96), objects, HRPose(config).state_dict()
-    )
-    fp32_path = export_onnx(checkpoint, tmp_path / "tiny.onnx")
+    fp32_path = _tiny_onnx(objects, tmp_path / "tiny.onnx")
     images = calibration_images(split, 4)
     int8_path = quantize_int8(fp32_path, images, tmp_path / "head" / "tiny.int8.onnx", fp32_head=True)
     model = onnx.load(str(int8_path))
