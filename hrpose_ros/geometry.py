@@ -243,7 +243,7 @@ def solve_pnp(
     """Return the pose R (3, 3), t (3,) metres projecting (N, 3) ``points_3d`` onto (N, 2) ``points_2d`` px.
 
     Returns a :class:`PnPSolution` (RMS reprojection error in px over the inliers), or None
-    when OpenCV finds no pose, RANSAC keeps fewer than 5 inliers (4 of 4), or the pose puts the
+    when OpenCV finds no pose, RANSAC keeps fewer than 4 inliers, or the pose puts the
     object behind the camera. ``points_2d`` are raw image pixels when ``dist`` is given.
 
     Method, chosen by measurement (9 HRPose keypoints of a 10 cm box at 0.5 m, 1 px noise,
@@ -251,9 +251,8 @@ def solve_pnp(
     globally optimal) 45 us, median 0.46 deg / p95 0.86 deg; EPnP 77 us, 0.54 / 0.94 deg;
     ITERATIVE 143 us, 0.45 / 0.85 deg. A Levenberg-Marquardt refinement of the reprojection
     error after SQPnP (+~100 us) lowers the p95 to 0.81 deg. With 2 of 9 points off by
-    30-80 px every plain solver is off by 12-20 deg (median); ``solvePnPRansac`` (AP3P
-    hypotheses, then SQPnP + LM on the inliers) brings it back to 0.55 deg (p95 1.0 deg) at
-    ~0.4 ms, so RANSAC is opt-in (``ransac=True``).
+    30-80 px every plain solver is off by 12-20 deg (median); ``solvePnPRansac`` with SQPnP
+    brings it back to 0.5 deg (p95 1.0 deg) at ~1.2 ms, so RANSAC is opt-in (``ransac=True``).
     Float64 arrays of the right shapes take a fast path through the input checks (~12 us);
     other inputs (lists, float32, ...) are converted and checked one by one (~25-35 us).
     A call without RANSAC then costs ~0.13 ms under load, three quarters of it in OpenCV
@@ -273,30 +272,22 @@ def solve_pnp(
     obj = np.ascontiguousarray(points_3d).reshape(-1, 1, 3)
     img = np.ascontiguousarray(points_2d).reshape(-1, 1, 2)
     if ransac:
-        # RANSAC only chooses the inliers, from AP3P hypotheses (4-point samples); SQPnP then solves
-        # the pose on them. Measured (9 keypoints of a 10 cm box, 1 px noise, 100 poses): RANSAC
-        # with SQPnP hypotheses (5-point samples) took 0.9 ms with 2 outliers and 4.1 ms when no
-        # consensus exists (all 100 iterations, the common case for wrong groupings), AP3P
-        # 0.24 / 1.2 ms; a 4-point sample is also clean more often (1 outlier of 6 keypoints:
-        # no consensus 6 times in 100 with SQPnP samples, 0 with AP3P). A consensus needs 5
-        # keypoints (all of them when there are 4), as with SQPnP's 5-point samples: 4 random
-        # points agree with some AP3P hypothesis too often (22 of 300 random sets of 9).
-        ok, _, _, inliers = cv2.solvePnPRansac(
+        ok, rvec, tvec, inliers = cv2.solvePnPRansac(
             obj, img, K, dist,
             iterationsCount=int(ransac_iterations),
             reprojectionError=float(ransac_threshold),
             confidence=float(ransac_confidence),
-            flags=cv2.SOLVEPNP_AP3P,
+            flags=cv2.SOLVEPNP_SQPNP,
         )
-        if not ok or inliers is None or len(inliers) < min(5, len(obj)):
+        if not ok or inliers is None or len(inliers) < 4:
             return None
         inliers = np.sort(inliers.ravel().astype(np.int64))
         obj, img = obj[inliers], img[inliers]
     else:
+        ok, rvec, tvec = cv2.solvePnP(obj, img, K, dist, flags=cv2.SOLVEPNP_SQPNP)
+        if not ok:
+            return None
         inliers = np.arange(len(points_3d), dtype=np.int64)
-    ok, rvec, tvec = cv2.solvePnP(obj, img, K, dist, flags=cv2.SOLVEPNP_SQPNP)
-    if not ok:
-        return None
     if refine:
         rvec, tvec = cv2.solvePnPRefineLM(obj, img, K, dist, rvec, tvec)
     rvec, tvec = np.asarray(rvec, np.float64).ravel(), np.asarray(tvec, np.float64).ravel()

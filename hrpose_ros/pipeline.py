@@ -198,9 +198,9 @@ class PosePipeline:
 
         With ``ransac``, the plain solution comes first: when it reprojects every keypoint within
         ``ransac_threshold``, RANSAC's consensus would be all keypoints and its final fit the same
-        solver on the same set, so RANSAC (~0.4 ms with outliers, ~1.2 ms when no 5 keypoints
-        agree) only runs when a keypoint is off. OpenCV asserts (cv2.error) when nearly
-        coincident keypoints have too little spread; the plain solution is then kept.
+        solver on the same set, so RANSAC (~0.1 ms per instance, ~1 ms with outliers) only runs
+        when a keypoint is off. OpenCV's SQPnP asserts (cv2.error) when a RANSAC sample of nearly
+        coincident keypoints has too little spread; the plain solution is then kept.
         """
         th = self.thresholds
         dist = camera.dist if not camera.is_rectified else None
