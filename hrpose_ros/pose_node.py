@@ -183,8 +183,7 @@ class PoseNode(Node):
 
         self._throttle = _Throttle(self.config.log_throttle_period)
         self._stats = _Stats()
-        self._slot_lock = threading.Lock()
-        self._slot_filled = threading.Condition(self._slot_lock)
+        self._slot_filled = threading.Condition()  # guards _slot and _stopping
         self._slot: tuple[Image, CameraInfo, float] | None = None
         self._stopping = False
         self._shown_markers: frozenset = frozenset()
