@@ -17,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import rclpy
@@ -433,22 +432,16 @@ def test_unusable_model_or_parameter_stops_the_node_with_a_clear_message(startup
     assert "cannot start" in output and STARTUP_FAILURES[case][1] in output, output
 
 
-# -- rendered objects at known poses (shipped weights and object set) ---------------------------
-
-def rotation(rx: float, ry: float, rz: float) -> np.ndarray:
-    """Return R = Rz @ Ry @ Rx for angles in degrees."""
-    return cv2.Rodrigues(np.radians([0.0, 0.0, rz]))[0] @ cv2.Rodrigues(np.radians([0.0, ry, 0.0]))[0] \
-        @ cv2.Rodrigues(np.radians([rx, 0.0, 0.0]))[0]
-
+# -- a frame with objects (shipped weights) ----------------------------------------------------
 
 @pytest.fixture(scope="module")
 def scene():
     """Return the RGB of a bundled demo-bag frame in which the shipped weights find objects.
 
-    These tests check what the node publishes, not how well: the three objects of
-    :func:`render_scene` are for the 1 cm / 5 deg tests of issue 6, and the shipped CPU-trained
-    weights find none of them yet (model card). The demo frames use the same camera (K, no
-    distortion), so info_message() describes them.
+    These tests check what the node publishes, not how well: the three rendered objects of the
+    1 cm / 5 deg tests of issue 6 (render_scene in df7383d, out of the suite until trained weights
+    exist) are found by none of the shipped CPU-trained weights yet (model card). The demo frames
+    use the same camera (K, no distortion), so info_message() describes them.
     """
     from hrpose_ros.bag_io import read_frames
     from hrpose_ros.pipeline import PosePipeline
@@ -459,30 +452,6 @@ def scene():
         if pipeline(frame.image, frame.camera):
             return frame.image
     raise AssertionError(f"the shipped weights find no object in the first 10 frames of {DEMO_BAG}")
-
-
-def render_scene():
-    """Return (rgb (H, W, 3), [(obj_id, R, t)], {obj_id: ObjectModel}): three unoccluded objects.
-
-    Rendered with the shipped object set and the training data's camera, on one of the
-    training data's kind of backgrounds (a photograph or texture).
-    """
-    from hrpose_ros.data.backgrounds import BackgroundSource
-    from hrpose_ros.data.objects import load_default_objects
-    from hrpose_ros.render import Renderer
-
-    objects = {o.obj_id: o for o in load_default_objects()}
-    by_name = {o.name: o.obj_id for o in objects.values()}
-    ids = [by_name["duck"], by_name["lego"], by_name["mug"]]
-    truth = [(ids[0], rotation(20, 30, 0), np.array([-0.13, 0.02, 0.55])),
-             (ids[1], rotation(-15, 0, 40), np.array([0.0, -0.03, 0.5])),
-             (ids[2], rotation(0, -35, 10), np.array([0.13, 0.03, 0.6]))]
-    renderer = Renderer([objects[i] for i in ids], WIDTH, HEIGHT)
-    out = renderer.render(K, truth)
-    renderer.release()
-    background = BackgroundSource(WIDTH, HEIGHT)(np.random.default_rng(1))
-    rgb = np.where((out.depth > 0)[..., None], out.rgb, background)
-    return rgb, truth, objects
 
 
 def test_objects_poses_tf_and_markers_carry_the_image_stamp_and_frame(listener, pose_node, scene):

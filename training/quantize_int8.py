@@ -197,9 +197,8 @@ def quantize_int8(
         # dynamic batch axis and then dumps a temporary model into the working directory.
         quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
         excluded = []
-        if fp32_head:
-            graph = onnx.load(str(prepared)).graph
-            excluded = [n.name for n in graph.node if n.op_type == "Conv" and "/regressor/" in n.name]
+        if fp32_head:  # pre-processing keeps the node names of the export
+            excluded = [n.name for n in source.graph.node if n.op_type == "Conv" and "/regressor/" in n.name]
             if not excluded:
                 raise ValueError(
                     f"{onnx_path}: fp32_head: no Conv node named */regressor/* (not an HRPose export)"
@@ -391,10 +390,15 @@ def compare_accuracy(
         frames=len(frames),
         fp32=fp32,
         int8=int8,
-        add_drop_points=100.0 * (fp32.add_recall - int8.add_recall),
+        add_drop_points=_drop_points(fp32.add_recall, int8.add_recall),
         int8_acceptable=acceptable,
         verdict=verdict,
     )
+
+
+def _drop_points(fp32_recall: float, int8_recall: float) -> float:
+    """Return the ADD(-S) recall lost by int8, in percentage points."""
+    return 100.0 * (fp32_recall - int8_recall)
 
 
 def int8_verdict(fp32_recall: float, int8_recall: float) -> tuple[bool, str]:
@@ -403,7 +407,7 @@ def int8_verdict(fp32_recall: float, int8_recall: float) -> tuple[bool, str]:
     Acceptable when the drop is at most MAX_RECALL_DROP_POINTS and fp32 reaches
     MIN_FP32_RECALL_FOR_VERDICT, so that the limit can tell a good int8 copy from a broken one.
     """
-    drop = 100.0 * (fp32_recall - int8_recall)
+    drop = _drop_points(fp32_recall, int8_recall)
     if fp32_recall < MIN_FP32_RECALL_FOR_VERDICT:
         return False, (
             f"not judged: fp32 ADD(-S) recall {100 * fp32_recall:.1f} % is below "
