@@ -35,7 +35,10 @@ class CodecConfig:
     stride: int = 4
     sigma: float = 2.0
     vector_radius: float = 3.0
-    peak_threshold: float = 0.1  # belief value a local peak must exceed
+    # Belief value a local peak must exceed. 0.1 (DOPE's) for a new model; choose a trained model's
+    # own on its test split (training/evaluate.py --peak-threshold) and store it in its checkpoint:
+    # the shipped one uses 0.5 (MODEL_CARD.md).
+    peak_threshold: float = 0.1
     angle_threshold_deg: float = 30.0  # vertex-to-centroid direction vs predicted vector
     min_keypoints: int = 5  # keypoints (centroid included) an instance needs to be kept
     peak_window: int = 3  # local-maximum window (map pixels)

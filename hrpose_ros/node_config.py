@@ -43,8 +43,8 @@ class PoseNodeConfig:
         "", "BOP models directory (models_info.json + obj_XXXXXX.ply) holding the meshes of the objects "
             "the network knows, for mesh markers; empty = no meshes")
     score_threshold: float = _param(0.1, "Minimum score of a published object instance", 0.0, 1.0)
-    keypoint_threshold: float = _param(0.1, "Minimum belief-map peak for a keypoint to count as found",
-                                       0.0, 1.0)
+    keypoint_threshold: float = _param(0.0, "Minimum belief-map peak for a keypoint to count as found "
+                                            "(0 = the model's own, chosen on its test split)", 0.0, 1.0)
     min_depth: float = _param(0.05, "Nearest published object origin along the optical axis (m)", 0.0, 100.0)
     max_depth: float = _param(5.0, "Farthest published object origin along the optical axis (m); PnP fits "
                                    "keypoints bunched within a few pixels far away", 0.0, 100.0)

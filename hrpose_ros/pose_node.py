@@ -82,10 +82,11 @@ def load_pipeline(config: PoseNodeConfig):
     # wrong parameter should fail at once.
     from hrpose_ros.pipeline import PosePipeline
 
+    # keypoint_threshold 0 keeps the checkpoint's own peak threshold (its codec config).
+    peak = {"peak_threshold": config.keypoint_threshold} if config.keypoint_threshold > 0 else {}
     pipeline = PosePipeline.from_pretrained(
         config.model_path or None, backend=config.backend, device=config.device, precision=config.precision,
-        min_score=config.score_threshold, peak_threshold=config.keypoint_threshold,
-        min_depth=config.min_depth, max_depth=config.max_depth)
+        min_score=config.score_threshold, min_depth=config.min_depth, max_depth=config.max_depth, **peak)
     if config.input_size is not None:
         pipeline = PosePipeline(pipeline.engine, pipeline.codec, pipeline.objects, config.input_size,
                                 pipeline.thresholds)

@@ -539,6 +539,22 @@ def test_input_size_and_thresholds_reach_the_pipeline(tiny_checkpoint):
     assert set(pipeline.last_timings) == {"preprocess", "inference", "decode", "pnp"}  # warmed up
 
 
+def test_keypoint_threshold_zero_keeps_the_models_own(tiny_checkpoint, tmp_path):
+    from dataclasses import replace
+
+    from hrpose_ros.node_config import PoseNodeConfig
+    from hrpose_ros.pose_node import load_pipeline
+    from hrpose_ros.runtime import load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    own = save_checkpoint(tmp_path / "own.pt", replace(
+        checkpoint, codec_config=replace(checkpoint.codec_config, peak_threshold=0.45)))
+    assert PoseNodeConfig().keypoint_threshold == 0.0  # the default: the model's own
+    assert load_pipeline(PoseNodeConfig(model_path=str(own))).codec.config.peak_threshold == 0.45
+    pipeline = load_pipeline(PoseNodeConfig(model_path=str(own), keypoint_threshold=0.2))
+    assert pipeline.codec.config.peak_threshold == 0.2
+
+
 def test_objects_dir_gives_mesh_files_for_markers(tiny_checkpoint):
     from hrpose_ros.data.objects import default_object_set_dir
     from hrpose_ros.node_config import PoseNodeConfig

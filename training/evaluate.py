@@ -167,6 +167,9 @@ def main(argv=None) -> None:
     parser.add_argument("--baseline", default="HRPose", help="model the KD gain is measured against")
     parser.add_argument("--distilled", default="HRPose+KD")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--peak-threshold", type=float, default=None,
+                        help="belief-map peak threshold for every model (default: each model's own); "
+                             "to choose a model's threshold, evaluate a few and store the best in it")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -183,7 +186,8 @@ def main(argv=None) -> None:
         summaries, timing = {}, {}
         rows = []
         for model_name, path in models.items():
-            pipeline = PosePipeline.from_pretrained(path, backend=args.backend)
+            overrides = {} if args.peak_threshold is None else {"peak_threshold": args.peak_threshold}
+            pipeline = PosePipeline.from_pretrained(path, backend=args.backend, **overrides)
             names = {o.obj_id: o.name for o in pipeline.objects}
             result = evaluate_split(pipeline, frames, desc=f"{split_name} {model_name}")
             summaries[model_name] = summarise(result["instances"], names)
@@ -205,6 +209,7 @@ def main(argv=None) -> None:
         markdown.append(
             "Median seconds per frame (whole pipeline, "
             + args.backend
+            + (f", peak threshold {args.peak_threshold}" if args.peak_threshold is not None else "")
             + "): "
             + ", ".join(f"{k} {v:.3f}" for k, v in timing.items())
             + "\n"
