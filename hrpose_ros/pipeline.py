@@ -29,7 +29,15 @@ from hrpose_ros.geometry import keypoints_3d, project, solve_pnp
 from hrpose_ros.runtime import create_engine
 from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
 
-__all__ = ["DEFAULT_WEIGHTS", "Letterbox", "PoseThresholds", "PosePipeline", "letterbox", "scale_points"]
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "Letterbox",
+    "NetworkMaps",
+    "PoseThresholds",
+    "PosePipeline",
+    "letterbox",
+    "scale_points",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +78,16 @@ def letterbox(
     out = np.zeros((height, width, 3), np.uint8)
     out[:new_h, :new_w] = resized[:height, :width]
     return out, Letterbox(scale=float(scale), width=width, height=height)
+
+
+@dataclass(frozen=True)
+class NetworkMaps:
+    """One image's network output: belief maps (C*K, h, w), vector fields, its letterbox, stage seconds."""
+
+    belief_maps: np.ndarray
+    vector_fields: np.ndarray
+    box: Letterbox
+    timings: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -154,6 +172,17 @@ class PosePipeline:
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:
         """Return the object poses found in ``image_rgb`` (H, W, 3) uint8 seen by ``camera`` (metres)."""
+        maps = self.estimate_maps(image_rgb, camera)
+        poses, timings = self.poses_from_maps(maps, camera)
+        self.last_timings = {**maps.timings, **timings}
+        return poses
+
+    def estimate_maps(self, image_rgb: np.ndarray, camera: CameraModel) -> NetworkMaps:
+        """Return the network's maps of ``image_rgb`` (stages preprocess + inference), sizes checked.
+
+        With :meth:`poses_from_maps` this is ``__call__`` in two halves, so a caller can run the
+        network on one frame while another thread decodes the previous one (pose_node does).
+        """
         image_rgb = np.asarray(image_rgb)
         if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
             raise ValueError(f"image_rgb: expected (H, W, 3) uint8, got {image_rgb.shape} {image_rgb.dtype}")
@@ -162,19 +191,22 @@ class PosePipeline:
                 f"camera: size {camera.width}x{camera.height} differs from the image's "
                 f"{image_rgb.shape[1]}x{image_rgb.shape[0]}"
             )
-        timings = {}
         t0 = time.perf_counter()
         batch, box = self.preprocess(image_rgb)
         t1 = time.perf_counter()
         belief, vectors = self.estimate(batch)
         t2 = time.perf_counter()
-        instances = self.decode(belief[0], vectors[0], box)
-        t3 = time.perf_counter()
+        return NetworkMaps(belief[0], vectors[0], box, {"preprocess": t1 - t0, "inference": t2 - t1})
+
+    def poses_from_maps(
+        self, maps: NetworkMaps, camera: CameraModel
+    ) -> tuple[list[ObjectPose], dict[str, float]]:
+        """Return (the poses in ``maps``, seconds of the stages decode and pnp)."""
+        t0 = time.perf_counter()
+        instances = self.decode(maps.belief_maps, maps.vector_fields, maps.box)
+        t1 = time.perf_counter()
         poses = self.solve(instances, camera)
-        t4 = time.perf_counter()
-        timings.update(preprocess=t1 - t0, inference=t2 - t1, decode=t3 - t2, pnp=t4 - t3)
-        self.last_timings = timings
-        return poses
+        return poses, {"decode": t1 - t0, "pnp": time.perf_counter() - t1}
 
     def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """Return (batch (1, 3, h, w) float32 in [0, 1], Letterbox) for the network input size."""

@@ -93,6 +93,34 @@ def test_decode_stage_undoes_the_letterbox():
     assert np.max(np.abs(instance.keypoints - uv)) < 1.0  # 0.5 px at input resolution, x2 scale
 
 
+def test_two_halves_give_the_whole_calls_poses():
+    # pose_node runs estimate_maps and poses_from_maps in two threads; together they are __call__.
+    objects = toy_objects()
+    codec = KeypointCodec(CodecConfig(num_classes=2))
+    R, t = np.eye(3), np.array([0.02, -0.01, 0.5])
+    uv = project(keypoints_3d(objects[1].points), R, t, TOY_CAMERA.K)
+    _, box = letterbox(np.zeros((240, 320, 3), np.uint8), 160, 128)
+    belief, vectors = codec.encode(scale_points(uv, box.scale)[None], np.array([1]), 128, 160)
+
+    def ground_truth_maps(batch):  # the network's place: the maps of the known pose
+        assert batch.shape == (1, 3, 128, 160)
+        return belief[None], vectors[None]
+
+    pipeline = PosePipeline(ground_truth_maps, codec, objects, (160, 128))
+    image = np.zeros((TOY_CAMERA.height, TOY_CAMERA.width, 3), np.uint8)
+    maps = pipeline.estimate_maps(image, TOY_CAMERA)
+    assert set(maps.timings) == {"preprocess", "inference"} and maps.box == box
+    poses, timings = pipeline.poses_from_maps(maps, TOY_CAMERA)
+    assert set(timings) == {"decode", "pnp"}
+    (whole,) = pipeline(image, TOY_CAMERA)
+    (pose,) = poses
+    assert pose.class_name == whole.class_name == objects[1].name
+    np.testing.assert_allclose(pose.t, whole.t)
+    np.testing.assert_allclose(pose.t, t, atol=2e-3)
+    with pytest.raises(ValueError, match="camera: size 320x240 differs from the image's 160x120"):
+        pipeline.estimate_maps(image[:120, :160], TOY_CAMERA)
+
+
 def test_whole_call_returns_poses_and_stage_timings(tiny_pt):
     pipeline = PosePipeline.from_pretrained(tiny_pt, backend="torch")
     assert isinstance(pipeline.engine, TorchEngine)
