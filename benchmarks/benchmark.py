@@ -1071,6 +1071,10 @@ def evaluate_goals(summary: dict, random_weights: bool) -> list[tuple[bool | Non
             f"end to end >= {GOAL_FPS:g} fps: {fps:.1f} fps ({node['backend']} node, {how}), "
             f"{fps / GOAL_FPS:.2f}x the goal"
         )
+        default = next((n for n in usable if n["backend"] == "torch fp32"), None)
+        if default is not None and default is not node:
+            # Say it when the best is not what pose_node runs without parameters (torch fp32).
+            text += f"; the node's default backend (torch fp32): {node_fps(default):.1f} fps"
         if random_weights:
             with_decode = 1e3 / (1e3 / fps + decode_pnp["total"].median_ms)
             text += (

@@ -10,7 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.benchmark import CAMERA, Stats, cpu_features, encode_maps, paint_scene, scene_instances
+from benchmarks.benchmark import (
+    CAMERA,
+    Stats,
+    cpu_features,
+    encode_maps,
+    evaluate_goals,
+    paint_scene,
+    scene_instances,
+)
 from hrpose_ros.codec import CodecConfig, KeypointCodec
 from hrpose_ros.pipeline import PosePipeline, letterbox
 from training.toy_data import toy_objects
@@ -60,3 +68,25 @@ def test_cpu_features_are_consistent_with_cpuinfo():
     assert set(cpu["flags"]) >= {"avx2", "avx512_bf16", "amx_bf16", "amx_int8"}
     assert cpu["amx"] == (cpu["flags"]["amx_bf16"] and cpu["flags"]["amx_int8"])
     assert cpu["bf16_hardware"] == (cpu["flags"]["avx512_bf16"] or cpu["flags"]["amx_bf16"])
+
+
+def test_fps_goal_names_the_best_node_and_the_default_one():
+    ms = lambda value: Stats(value, value, 100)  # noqa: E731
+    frame = {"frame": ms(50.0), "message → image": ms(1.0), "message build + publish": ms(1.0)}
+    summary = {
+        "stages": {"ORT int8": frame},
+        "inference_s": {"torch fp32": 0.08, "ORT fp32": 0.04, "ORT int8": 0.03},
+        "instances": {"10": {"decode": ms(1.0), "pnp": ms(1.0), "total": ms(2.0)}},
+        "nodes": [
+            {"backend": "torch fp32", "closed_loop": ms(200.0), "open_loop": {"output_hz": 5.0}},
+            {"backend": "ORT int8", "closed_loop": ms(45.0), "open_loop": {"output_hz": 24.0}},
+        ],
+    }
+    (met, text), *others = evaluate_goals(summary, random_weights=False)
+    assert met is True
+    assert text.startswith("end to end >= 20 fps: 24.0 fps (ORT int8 node, output rate at 30 Hz input)")
+    assert text.endswith("; the node's default backend (torch fp32): 5.0 fps")
+    assert [m for m, _ in others] == [True, True, True]  # ORT 2x torch, 2 ms decode + PnP, 4 % ROS
+    summary["nodes"] = summary["nodes"][:1]
+    (met, text), *_ = evaluate_goals(summary, random_weights=False)
+    assert met is False and "default backend" not in text
