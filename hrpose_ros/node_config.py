@@ -26,7 +26,8 @@ class PoseNodeConfig:
     model_path: str = _param(
         "", "Weights file of the pose network (.pt for torch, .onnx for onnxruntime); "
             "empty = the default shipped in hrpose_ros/assets/weights")
-    backend: str = _param("torch", "Inference engine", choices=("torch", "onnxruntime"))
+    backend: str = _param("onnxruntime", "Inference engine (onnxruntime: a .pt model is exported to ONNX "
+                                         "once, cached)", choices=("torch", "onnxruntime"))
     device: str = _param("cpu", "Device for inference: cpu, cuda or cuda:N (onnxruntime on cuda: the "
                                 "TensorRT and CUDA providers installed, in that order)")
     # Default fp32: the numerics of PosePipeline.from_pretrained's default, of the evaluated numbers

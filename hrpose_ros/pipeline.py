@@ -141,19 +141,27 @@ class PosePipeline:
 
     @classmethod
     def from_pretrained(
-        cls, path=None, backend: str = "torch", device: str = "cpu", precision: str = "fp32", **thresholds
+        cls,
+        path=None,
+        backend: str = "torch",
+        device: str = "cpu",
+        precision: str = "fp32",
+        input_size: tuple[int, int] | None = None,
+        **thresholds,
     ) -> PosePipeline:
         """Return a pipeline for the checkpoint (.pt) or ONNX file at ``path`` (None = shipped default).
 
         ``backend``, ``device`` and ``precision`` ("fp32" | "bf16" | "int8" | "auto") choose the
         engine (:func:`hrpose_ros.runtime.create_engine`); ``pipeline.engine.precision`` is the
-        precision actually used. ``thresholds``: PoseThresholds fields (min_score,
-        max_reprojection_error, ransac, ransac_threshold, max_instances, min_depth, max_depth) and
+        precision actually used. ``input_size`` (W, H) letterboxes images into another network
+        input than the model's trained one (the ONNX export is made for it). ``thresholds``:
+        PoseThresholds fields (min_score, max_reprojection_error, ransac, ransac_threshold,
+        max_instances, min_depth, max_depth) and
         codec decoding fields (peak_threshold, angle_threshold_deg, min_keypoints). A missing or
         corrupt file raises ValueError naming it.
         """
         path = Path(path) if path is not None else DEFAULT_WEIGHTS
-        engine, checkpoint = create_engine(backend, path, device, precision)
+        engine, checkpoint = create_engine(backend, path, device, precision, input_size)
         pose_fields = set(PoseThresholds.__dataclass_fields__)
         codec_fields = {"peak_threshold", "angle_threshold_deg", "min_keypoints"}
         unknown = set(thresholds) - pose_fields - codec_fields
@@ -167,7 +175,11 @@ class PosePipeline:
         )
         pose_thresholds = PoseThresholds(**{k: v for k, v in thresholds.items() if k in pose_fields})
         return cls(
-            engine, KeypointCodec(codec_config), checkpoint.objects, checkpoint.input_size, pose_thresholds
+            engine,
+            KeypointCodec(codec_config),
+            checkpoint.objects,
+            input_size if input_size is not None else checkpoint.input_size,
+            pose_thresholds,
         )
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:

@@ -95,10 +95,8 @@ def load_pipeline(config: PoseNodeConfig):
     peak = {"peak_threshold": config.keypoint_threshold} if config.keypoint_threshold > 0 else {}
     pipeline = PosePipeline.from_pretrained(
         config.model_path or None, backend=config.backend, device=config.device, precision=config.precision,
-        min_score=config.score_threshold, min_depth=config.min_depth, max_depth=config.max_depth, **peak)
-    if config.input_size is not None:
-        pipeline = PosePipeline(pipeline.engine, pipeline.codec, pipeline.objects, config.input_size,
-                                pipeline.thresholds)
+        input_size=config.input_size, min_score=config.score_threshold, min_depth=config.min_depth,
+        max_depth=config.max_depth, **peak)
     # One run on a blank frame: loads the kernels before the first image and proves the
     # engine accepts this input size (an ONNX export may have a fixed one).
     width, height = pipeline.input_size

@@ -693,7 +693,7 @@ def _replay_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--weights", type=Path, default=None, help="model file (default: the shipped weights)"
     )
-    parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
+    parser.add_argument("--backend", default="onnxruntime", choices=("torch", "onnxruntime"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--precision",

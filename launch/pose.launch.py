@@ -32,7 +32,7 @@ def generate_launch_description():
                               description="pose_node parameters (YAML)"),
         DeclareLaunchArgument("model", default_value="",
                               description="Weights file (.pt or .onnx); empty = shipped default"),
-        DeclareLaunchArgument("backend", default_value="torch", description="torch | onnxruntime"),
+        DeclareLaunchArgument("backend", default_value="onnxruntime", description="onnxruntime | torch"),
         DeclareLaunchArgument("device", default_value="cpu", description="cpu | cuda | cuda:N"),
         DeclareLaunchArgument("precision", default_value="fp32",
                               description="fp32 | bf16 (torch) | int8 (onnxruntime) | auto"),
