@@ -370,9 +370,20 @@ def test_burst_keeps_only_the_newest_frame_and_counts_the_dropped(listener, pose
 
 def test_diagnostics_are_periodic_with_rates_latencies_and_counters(listener, pose_node):
     start = len(listener.messages("diagnostics"))
-    bad = new_stamp()
-    listener.image_pub.publish(image_message(blank_frame(), bad))
-    listener.info_pub.publish(info_message(bad, frame="other_frame"))
+
+    def rejected() -> bool:
+        latest = listener.messages("diagnostics")[-1:]
+        return bool(latest) and int(diagnostics_values(latest[0])["rejected frames"]) >= 1
+
+    for _ in range(5):  # a pair can be lost before the node, or replaced in its one-slot queue: resend
+        bad = new_stamp()
+        listener.image_pub.publish(image_message(blank_frame(), bad))
+        listener.info_pub.publish(info_message(bad, frame="other_frame"))
+        try:
+            wait_for(rejected, 2.0, "the mismatched pair to be rejected")
+            break
+        except AssertionError:
+            continue
     for _ in range(5):
         stamp = new_stamp()
         send(listener, image_message(blank_frame(), stamp), info_message(stamp))
