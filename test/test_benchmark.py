@@ -79,13 +79,14 @@ def test_fps_goal_names_the_best_node_and_the_default_one():
         "instances": {"10": {"decode": ms(1.0), "pnp": ms(1.0), "total": ms(2.0)}},
         "nodes": [
             {"backend": "torch fp32", "closed_loop": ms(200.0), "open_loop": {"output_hz": 5.0}},
+            {"backend": "ORT fp32", "closed_loop": ms(70.0), "open_loop": {"output_hz": 16.0}},
             {"backend": "ORT int8", "closed_loop": ms(45.0), "open_loop": {"output_hz": 24.0}},
         ],
     }
     (met, text), *others = evaluate_goals(summary, random_weights=False)
     assert met is True
     assert text.startswith("end to end >= 20 fps: 24.0 fps (ORT int8 node, output rate at 30 Hz input)")
-    assert text.endswith("; the node's default backend (torch fp32): 5.0 fps")
+    assert text.endswith("; the node's default backend (ORT fp32): 16.0 fps")  # PoseNodeConfig's
     assert [m for m, _ in others] == [True, True, True]  # ORT 2x torch, 2 ms decode + PnP, 4 % ROS
     summary["nodes"] = summary["nodes"][:1]
     (met, text), *_ = evaluate_goals(summary, random_weights=False)
