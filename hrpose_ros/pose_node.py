@@ -325,12 +325,16 @@ class PoseNode(Node):
     # and published: throughput is set by the slower stage, not by their sum. Both release the GIL
     # where the time goes (ONNX Runtime / torch kernels; NumPy and OpenCV PnP).
 
+    def _wait(self, ready) -> bool:
+        """Wait, holding ``_queues``, until ``ready()`` or :meth:`destroy_node`; False when stopping."""
+        self._queues.wait_for(lambda: ready() or self._stopping)
+        return not self._stopping
+
     def _network_loop(self) -> None:
         """Convert the pair in the slot and run the network on it, until :meth:`destroy_node`."""
         while True:
             with self._queues:
-                self._queues.wait_for(lambda: self._slot is not None or self._stopping)
-                if self._stopping:
+                if not self._wait(lambda: self._slot is not None):
                     return
                 pair, self._slot = self._slot, None
             try:
@@ -343,8 +347,7 @@ class PoseNode(Node):
             if inferred is None:
                 continue
             with self._queues:
-                self._queues.wait_for(lambda: self._maps is None or self._stopping)
-                if self._stopping:
+                if not self._wait(lambda: self._maps is None):
                     return
                 self._maps = inferred
                 self._queues.notify_all()
@@ -353,8 +356,7 @@ class PoseNode(Node):
         """Decode, solve and publish the network's output for each frame, until :meth:`destroy_node`."""
         while True:
             with self._queues:
-                self._queues.wait_for(lambda: self._maps is not None or self._stopping)
-                if self._stopping:
+                if not self._wait(lambda: self._maps is not None):
                     return
                 inferred = self._maps
             try:
