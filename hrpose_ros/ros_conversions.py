@@ -49,7 +49,6 @@ __all__ = [
     "transform_msgs",
 ]
 
-# encoding -> (channels, numpy channel index giving R, G, B in that order)
 # Encoding -> (channels, OpenCV conversion to RGB or None). cv2.cvtColor, not NumPy fancy
 # indexing (pixels[:, :, [2, 1, 0]]): 0.2-0.3 ms instead of 1.8 ms for a 640x480 frame here.
 _ENCODINGS = {
