@@ -177,3 +177,39 @@ def test_warm_start_continues_from_the_checkpoint_and_refuses_other_objects(toy_
     with pytest.raises(ValueError, match="init_checkpoint .*objects"):
         train(recipe("quick", out_dir=str(tmp_path / "c"), init_checkpoint=str(first), **common),
               objects=renamed)
+
+
+def test_evaluation_scores_a_symmetric_object_against_its_closest_equivalent(toy_split):
+    from hrpose_ros import bop
+    from hrpose_ros.types import ObjectPose
+    from training.evaluate import match_poses
+
+    root, objects = toy_split
+    frame = bop.read_split(root / "train")[0]
+    gt = frame.instances[0]
+    half_turn = np.diag([-1.0, -1.0, 1.0])  # the boxes look the same turned 180 deg about z
+    symmetries = np.stack([np.eye(4), np.eye(4)])
+    symmetries[1, :3, :3] = half_turn
+    by_id = {o.obj_id: dataclasses.replace(o, symmetries=symmetries) for o in objects}
+    turned = ObjectPose(class_name="", obj_id=gt.obj_id, instance_id=0, score=1.0, R=gt.R @ half_turn, t=gt.t)
+    result = match_poses([turned], frame, by_id)[0]
+    assert result.correct == {"add": True, "proj2d": True, "5cm5deg": True}
+    assert result.errors["proj2d_px"] < 1e-6 and result.errors["re_deg"] < 1e-4
+
+
+def test_ground_truth_maps_put_a_ceiling_of_every_instance_on_clean_frames(toy_split, tmp_path):
+    import json
+
+    from training.evaluate import main
+
+    root, objects = toy_split
+    checkpoint = train(
+        recipe("quick", stage="student", network="tiny", train_dir=str(root / "train"),
+               out_dir=str(tmp_path / "run"), max_steps=1, batch_size=1, crop_size=64),
+        objects=objects,
+    )
+    main(["--split", f"toy={root / 'train'}", "--gt-maps", str(checkpoint), "--out", str(tmp_path / "eval")])
+    recall = json.loads((tmp_path / "eval" / "results.json").read_text())["toy"]["recall"]["GT maps"]
+    assert recall["add"]["Mean"] == 100.0 and recall["proj2d"]["Mean"] == 100.0
+    with pytest.raises(SystemExit):  # nothing to evaluate
+        main(["--split", f"toy={root / 'train'}", "--out", str(tmp_path / "none")])

@@ -8,6 +8,12 @@ and multi-instance bin scenes).
     python -m training.evaluate --split test=data/test \
         --model Teacher=runs/teacher/last.pt --model HRPose=runs/student/last.pt \
         --model HRPose+KD=runs/student_kd/last.pt --out runs/eval
+
+``--gt-maps CHECKPOINT`` adds a column "GT maps": the frames' ground-truth keypoints encoded by
+that checkpoint's codec at its input size and decoded + solved by the same pipeline, i.e. what
+a perfect network would score. It is the ceiling the input size, the codec and PnP put on any
+model trained that way (``--input-size WxH`` evaluates every model, and this ceiling, at another
+input size).
 """
 
 from __future__ import annotations
@@ -25,15 +31,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hrpose_ros import bop, metrics
-from hrpose_ros.pipeline import PosePipeline
+from hrpose_ros import bop, metrics, replay
+from hrpose_ros.pipeline import Letterbox, NetworkMaps, PosePipeline, scale_points
 from hrpose_ros.types import ObjectModel, ObjectPose
+from training.data import frame_keypoints
 
-__all__ = ["InstanceResult", "evaluate_split", "format_table", "main", "match_poses", "summarise"]
+__all__ = [
+    "InstanceResult",
+    "evaluate_split",
+    "format_table",
+    "ground_truth_maps",
+    "main",
+    "match_poses",
+    "summarise",
+]
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("add", "proj2d", "5cm5deg")
+GT_MAPS = "GT maps"  # the --gt-maps column
 METRIC_TITLES = {"add": "ADD(-S) 0.1d", "proj2d": "2D projection 5 px", "5cm5deg": "5 cm 5 deg"}
 
 
@@ -44,17 +60,6 @@ class InstanceResult:
     obj_id: int
     correct: dict = field(default_factory=dict)
     errors: dict = field(default_factory=dict)
-
-
-def _symmetric_re_te(pose: ObjectPose, R_gt, t_gt, obj: ObjectModel) -> tuple[float, float]:
-    """Return the rotation (deg) and translation (m) errors, minimised over the object's symmetries."""
-    best = (np.inf, np.inf)
-    for sym in obj.symmetries:
-        R_sym, t_sym = R_gt @ sym[:3, :3], R_gt @ sym[:3, 3] + t_gt
-        re, te = metrics.rotation_error_deg(pose.R, R_sym), metrics.translation_error(pose.t, t_sym)
-        if max(re / 5.0, te / 0.05) < max(best[0] / 5.0, best[1] / 0.05):
-            best = (re, te)
-    return best
 
 
 def match_poses(
@@ -89,8 +94,10 @@ def match_poses(
         used_gt.add(gi)
         used_est.add(ei)
         gt, pose, obj = gts[gi], poses[ei], objects[gts[gi].obj_id]
-        proj = metrics.proj2d_error(pose.R, pose.t, gt.R, gt.t, K, obj.points)
-        re, te = _symmetric_re_te(pose, gt.R, gt.t, obj)
+        # 2D projection and 5 cm 5 deg against the symmetric equivalent of the ground truth closest
+        # in rotation, as the rosbag replay scores them (a box-shaped jenga block turned by 180 deg
+        # looks the same, and its keypoints are labelled from that equivalent: training/data.py).
+        _, proj, re, te = replay.pose_errors(pose, gt, obj, K)
         results[gi].errors = {"add_m": error, "proj2d_px": proj, "re_deg": re, "te_m": te}
         results[gi].correct = {
             "add": error < metrics.ADD_THRESHOLD_DIAMETER * obj.diameter,
@@ -103,14 +110,39 @@ def match_poses(
     return results
 
 
-def evaluate_split(pipeline: PosePipeline, frames: Sequence[bop.BopFrame], desc: str = "") -> dict:
-    """Return {"instances": [InstanceResult], "seconds_per_frame": float} for ``pipeline`` on ``frames``."""
+def ground_truth_maps(pipeline: PosePipeline, frame: bop.BopFrame) -> NetworkMaps:
+    """Return the maps a perfect network would give ``pipeline`` for ``frame``.
+
+    The frame's annotated keypoints (as training labels them: :func:`training.data.frame_keypoints`)
+    are letterboxed like the image and encoded by the pipeline's codec at its input size (Eq. 1-2).
+    """
+    width, height = pipeline.input_size
+    scale = min(width / frame.camera.width, height / frame.camera.height)  # pipeline.letterbox's scale
+    keypoints, classes = frame_keypoints(frame, pipeline.objects)
+    belief, vectors = pipeline.codec.encode(scale_points(keypoints, scale), classes, height, width)
+    box = Letterbox(scale=float(scale), width=width, height=height)
+    return NetworkMaps(belief, vectors, box, {})
+
+
+def evaluate_split(
+    pipeline: PosePipeline, frames: Sequence[bop.BopFrame], desc: str = "", gt_maps: bool = False
+) -> dict:
+    """Return {"instances": [InstanceResult], "seconds_per_frame": float} for ``pipeline`` on ``frames``.
+
+    With ``gt_maps`` the network is replaced by :func:`ground_truth_maps` (decoding and PnP stay),
+    and the seconds are those of decoding and PnP alone.
+    """
     objects = {o.obj_id: o for o in pipeline.objects}
     results, seconds = [], []
     for frame in tqdm(frames, desc=desc, leave=False):
-        image = frame.read_rgb()
-        start = time.perf_counter()
-        poses = pipeline(image, frame.camera)
+        if gt_maps:
+            maps = ground_truth_maps(pipeline, frame)
+            start = time.perf_counter()
+            poses, _ = pipeline.poses_from_maps(maps, frame.camera)
+        else:
+            image = frame.read_rgb()
+            start = time.perf_counter()
+            poses = pipeline(image, frame.camera)
         seconds.append(time.perf_counter() - start)
         results.extend(match_poses(poses, frame, objects))
     return {"instances": results, "seconds_per_frame": float(np.median(seconds)) if seconds else 0.0}
@@ -147,6 +179,16 @@ def format_table(metric: str, summaries: dict[str, dict], baseline: str | None, 
     return "\n".join(lines)
 
 
+def _input_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH (e.g. 640x480), got {text!r}") from None
+    if width <= 0 or height <= 0 or width % 32 or height % 32:
+        raise argparse.ArgumentTypeError(f"expected positive multiples of 32, got {text!r}")
+    return width, height
+
+
 def _named(values: Sequence[str], what: str) -> dict[str, str]:
     out = {}
     for value in values:
@@ -160,7 +202,7 @@ def _named(values: Sequence[str], what: str) -> dict[str, str]:
 def main(argv=None) -> None:
     """Command line: evaluate named models on named splits, print and write the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", required=True, help="NAME=checkpoint.pt (or .onnx)")
+    parser.add_argument("--model", action="append", default=[], help="NAME=checkpoint.pt (or .onnx)")
     parser.add_argument("--split", action="append", required=True, help="NAME=BOP split dir")
     parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
     parser.add_argument("--max-frames", type=int, default=0)
@@ -170,11 +212,20 @@ def main(argv=None) -> None:
     parser.add_argument("--peak-threshold", type=float, default=None,
                         help="belief-map peak threshold for every model (default: each model's own); "
                              "to choose a model's threshold, evaluate a few and store the best in it")
+    parser.add_argument("--gt-maps", metavar="CHECKPOINT",
+                        help="add a 'GT maps' column: ground-truth maps through this checkpoint's "
+                             "codec, decoding and PnP (the ceiling of its input size)")
+    parser.add_argument("--input-size", metavar="WxH", type=_input_size,
+                        help="letterbox to this network input instead of each model's own")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     models, splits = _named(args.model, "--model"), _named(args.split, "--split")
+    if args.gt_maps:
+        models[GT_MAPS] = args.gt_maps
+    if not models:
+        parser.error("expected at least one --model NAME=PATH or --gt-maps CHECKPOINT")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -187,9 +238,12 @@ def main(argv=None) -> None:
         rows = []
         for model_name, path in models.items():
             overrides = {} if args.peak_threshold is None else {"peak_threshold": args.peak_threshold}
-            pipeline = PosePipeline.from_pretrained(path, backend=args.backend, **overrides)
+            gt_maps = model_name == GT_MAPS and path == args.gt_maps
+            pipeline = PosePipeline.from_pretrained(
+                path, backend="torch" if gt_maps else args.backend, input_size=args.input_size, **overrides
+            )
             names = {o.obj_id: o.name for o in pipeline.objects}
-            result = evaluate_split(pipeline, frames, desc=f"{split_name} {model_name}")
+            result = evaluate_split(pipeline, frames, desc=f"{split_name} {model_name}", gt_maps=gt_maps)
             summaries[model_name] = summarise(result["instances"], names)
             timing[model_name] = result["seconds_per_frame"]
             for r in result["instances"]:
@@ -207,8 +261,11 @@ def main(argv=None) -> None:
         for metric in METRICS:
             markdown.append(format_table(metric, summaries, args.baseline, args.distilled) + "\n")
         markdown.append(
-            "Median seconds per frame (whole pipeline, "
+            "Median seconds per frame (whole pipeline"
+            + (f" ({GT_MAPS}: decoding + PnP only)" if args.gt_maps else "")
+            + ", "
             + args.backend
+            + (f", input {args.input_size[0]}x{args.input_size[1]}" if args.input_size else "")
             + (f", peak threshold {args.peak_threshold}" if args.peak_threshold is not None else "")
             + "): "
             + ", ".join(f"{k} {v:.3f}" for k, v in timing.items())
