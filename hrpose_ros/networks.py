@@ -94,7 +94,7 @@ class HRPose(nn.Module):
         self.config = config
         self.backbone = timm.create_model(
             BACKBONES[config.variant],
-            pretrained=False,  # no downloads here; the paper does not use ImageNet weights either
+            pretrained=False,  # training can start from ImageNet ones: train_hrpose --backbone-weights
             features_only=True,
             feature_location="",  # native HRNet branches, not the classification blocks
             out_indices=_BRANCH_INDICES,

@@ -213,3 +213,37 @@ def test_ground_truth_maps_put_a_ceiling_of_every_instance_on_clean_frames(toy_s
     assert recall["add"]["Mean"] == 100.0 and recall["proj2d"]["Mean"] == 100.0
     with pytest.raises(SystemExit):  # nothing to evaluate
         main(["--split", f"toy={root / 'train'}", "--out", str(tmp_path / "none")])
+
+
+def test_backbone_weights_from_a_timm_checkpoint_file_initialise_the_backbone(toy_split, tmp_path):
+    import timm
+
+    root, objects = toy_split
+    # A timm checkpoint of the whole classification network, as timm/the hub store them.
+    source = timm.create_model("hrnet_w18_small", pretrained=False)
+    torch.save(source.state_dict(), tmp_path / "hrnet_w18_small.pth")
+    common = dict(stage="student", network="tiny", train_dir=str(root / "train"), batch_size=1, crop_size=64)
+    path = train(
+        recipe("quick", out_dir=str(tmp_path / "run"), max_steps=1, lr=1e-12,
+               backbone_weights=str(tmp_path / "hrnet_w18_small.pth"), **common),
+        objects=objects,
+    )
+    trained, expected = load_checkpoint(path).state_dict, source.state_dict()
+    backbone = [k for k in trained if k.startswith("backbone.")]
+    assert len(backbone) > 100
+    for name in backbone:
+        if trained[name].is_floating_point() and "running" not in name:  # BN stats move without lr
+            source_name = name.removeprefix("backbone.")
+            torch.testing.assert_close(trained[name], expected[source_name], atol=1e-9, rtol=0)
+    assert load_checkpoint(path).train_config["backbone_weights"].endswith("hrnet_w18_small.pth")
+
+    # The student's weights are not the tiny network's: a clear error naming the file.
+    torch.save(timm.create_model("hrnet_w18_small_v2").state_dict(), tmp_path / "v2.pth")
+    with pytest.raises(ValueError, match=r"v2\.pth.*not timm hrnet_w18_small weights"):
+        train(recipe("quick", out_dir=str(tmp_path / "bad"), backbone_weights=str(tmp_path / "v2.pth"),
+                     **common), objects=objects)
+    with pytest.raises(ValueError, match="backbone_weights: file .*missing.pth not found"):
+        train(recipe("quick", out_dir=str(tmp_path / "bad"), backbone_weights=str(tmp_path / "missing.pth"),
+                     **common), objects=objects)
+    with pytest.raises(ValueError, match="backbone_weights.*init_checkpoint.*expected one"):
+        recipe("quick", backbone_weights="imagenet", init_checkpoint=str(path), **common)

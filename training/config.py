@@ -34,6 +34,12 @@ class TrainConfig:
     # Warm start: initial weights from a checkpoint of the same network and objects (e.g. to
     # continue a CPU run in another sitting, or fine-tune the shipped weights); "" = random init.
     init_checkpoint: str = ""
+    # Backbone initialisation when there is no init_checkpoint: "" = random (as every file shipped
+    # so far: nothing can be downloaded here), "imagenet" = timm's ImageNet weights (timm downloads
+    # them from the Hugging Face hub), or the path of a timm checkpoint file of the same backbone
+    # (.pth/.bin/.safetensors, e.g. downloaded on another machine). The paper does not say how its
+    # backbone starts; ImageNet initialisation is the usual practice for HRNet pose networks.
+    backbone_weights: str = ""
     out_dir: str = "runs"
     epochs: int = 120
     batch_size: int = 32
@@ -77,6 +83,11 @@ class TrainConfig:
             raise ValueError(
                 f"input_width/input_height: expected multiples of 32, got "
                 f"{self.input_width}x{self.input_height}"
+            )
+        if self.backbone_weights and self.init_checkpoint:
+            raise ValueError(
+                f"backbone_weights: {self.backbone_weights!r} and init_checkpoint {self.init_checkpoint!r} "
+                "both set; expected one (the checkpoint already holds its backbone)"
             )
         if self.crop_size % 32:
             raise ValueError(f"crop_size: expected 0 or a multiple of 32, got {self.crop_size}")

@@ -25,14 +25,14 @@ from tqdm import tqdm
 
 from hrpose_ros import bop
 from hrpose_ros.codec import CodecConfig, KeypointCodec
-from hrpose_ros.networks import HRPose, HRPoseConfig
+from hrpose_ros.networks import BACKBONES, HRPose, HRPoseConfig
 from hrpose_ros.runtime import Checkpoint, compact_points, load_checkpoint, save_checkpoint
 from hrpose_ros.types import ObjectModel
 from training.config import RECIPES, STAGES, TrainConfig, recipe
 from training.data import KeypointDataset
 from training.losses import total_loss
 
-__all__ = ["load_objects", "main", "plot_losses", "train"]
+__all__ = ["load_backbone_weights", "load_objects", "main", "plot_losses", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,39 @@ def _warm_start(model: HRPose, config: TrainConfig, objects: Sequence[ObjectMode
     logger.info("warm start from %s (%s steps before)", config.init_checkpoint,
                 checkpoint.history.get("steps"))
     return dict(checkpoint.history)
+
+
+def load_backbone_weights(model: HRPose, source: str) -> None:
+    """Load ImageNet (``source`` "imagenet") or file weights into ``model.backbone`` (timm names).
+
+    A file is read with timm's loader (plain, "state_dict"- or "model"-wrapped, or safetensors);
+    the classification layers HRPose does not use (incre/downsamp modules, final layer,
+    classifier) are dropped. Every backbone tensor must be in it with the same shape, else
+    ValueError names the file and the first missing or mismatched names (e.g. the teacher's
+    hrnet_w18 weights given to the student).
+    """
+    import timm
+
+    name = BACKBONES[model.config.variant]
+    if source == "imagenet":
+        weights = timm.create_model(name, pretrained=True).state_dict()
+    else:
+        if not Path(source).is_file():
+            raise ValueError(f"backbone_weights: file {source} not found (expected a timm {name} checkpoint)")
+        try:
+            weights = timm.models.load_state_dict(source)
+        except Exception as exc:  # torch.load / safetensors errors: unreadable or not a checkpoint
+            raise ValueError(f"backbone_weights: cannot read {source}: {exc}") from exc
+    own = model.backbone.state_dict()
+    missing = [k for k in own if k not in weights]
+    mismatched = [k for k in own if k in weights and weights[k].shape != own[k].shape]
+    if missing or mismatched:
+        raise ValueError(
+            f"backbone_weights {source}: not timm {name} weights: {len(missing)} tensors missing "
+            f"{missing[:3]}, {len(mismatched)} of another shape {mismatched[:3]}"
+        )
+    model.backbone.load_state_dict({k: weights[k] for k in own})
+    logger.info("backbone %s initialised from %s", name, source)
 
 
 def plot_losses(csv_path: Path, png_path: Path) -> None:
@@ -165,6 +198,8 @@ def train(
 
     model = HRPose(model_config).to(device)
     previous = _warm_start(model, config, objects) if config.init_checkpoint else {}
+    if config.backbone_weights:
+        load_backbone_weights(model, config.backbone_weights)
     teacher = _load_teacher(config, model_config, device) if config.uses_teacher else None
     if config.bf16:
         # Convert before any inference_mode: converted parameters must stay trainable tensors.
@@ -307,6 +342,11 @@ def main(argv=None) -> None:
         "--init",
         dest="init_checkpoint",
         help="start from this checkpoint's weights (same network and objects) instead of random ones",
+    )
+    parser.add_argument(
+        "--backbone-weights",
+        help="backbone init without --init: 'imagenet' (timm download) or a timm checkpoint file; "
+             "default random",
     )
     parser.add_argument("--out", dest="out_dir", required=True)
     parser.add_argument("--epochs", type=int)
