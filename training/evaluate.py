@@ -179,6 +179,11 @@ def format_table(metric: str, summaries: dict[str, dict], baseline: str | None, 
     return "\n".join(lines)
 
 
+def _gt_maps_backend(path: str) -> str:
+    """Return the engine that loads ``path`` for --gt-maps (the network never runs, any will do)."""
+    return "onnxruntime" if Path(path).suffix == ".onnx" else "torch"
+
+
 def _input_size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in text.lower().split("x"))
@@ -240,7 +245,10 @@ def main(argv=None) -> None:
             overrides = {} if args.peak_threshold is None else {"peak_threshold": args.peak_threshold}
             gt_maps = model_name == GT_MAPS and path == args.gt_maps
             pipeline = PosePipeline.from_pretrained(
-                path, backend="torch" if gt_maps else args.backend, input_size=args.input_size, **overrides
+                path,
+                backend=_gt_maps_backend(path) if gt_maps else args.backend,
+                input_size=args.input_size,
+                **overrides,
             )
             names = {o.obj_id: o.name for o in pipeline.objects}
             result = evaluate_split(pipeline, frames, desc=f"{split_name} {model_name}", gt_maps=gt_maps)
