@@ -6,7 +6,8 @@
 #   nice -n 10 bash training/run_cpu_recipe.sh data/train data/test runs/cpu
 #
 # SPLITS (default "cutpaste=000000 bin=000001") names the test scenes evaluated as separate tables;
-# ONNX parity runs on the first.
+# ONNX parity runs on the first. The tables get a "GT maps" column: ground-truth maps through the
+# same decoding and PnP, the ceiling of the input size (training/evaluate.py --gt-maps).
 # Step and wall-time budgets come from the environment (defaults sized for ~1 h 45 min on 2
 # otherwise idle cores: teacher 2400 steps at ~1.0 s and student 4000 at ~0.55 s in parallel with
 # one thread each, then student + KD with two threads). The cosine lr decays over each budget.
@@ -54,7 +55,8 @@ for pair in ${SPLITS:-cutpaste=000000 bin=000001}; do
 done
 python -m training.evaluate --threads 2 "${split_args[@]}" --max-frames "$EVAL_FRAMES" \
     --model Teacher="$OUT/teacher/last.pt" --model HRPose="$OUT/student/last.pt" \
-    --model HRPose+KD="$OUT/student_kd/last.pt" --out "$OUT/eval" > "$OUT/eval.log" 2>&1
+    --model HRPose+KD="$OUT/student_kd/last.pt" --gt-maps "$OUT/student_kd/last.pt" \
+    --out "$OUT/eval" > "$OUT/eval.log" 2>&1
 python -m training.export_onnx "$OUT/student_kd/last.pt" --out "$OUT/student_kd/hrpose_student_kd.onnx" \
     --parity-split "$parity_split" --parity-frames 20 > "$OUT/parity.json" 2> "$OUT/export.log"
 echo "done: $OUT/eval/results.md, $OUT/parity.json"
