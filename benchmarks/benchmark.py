@@ -67,7 +67,7 @@ from hrpose_ros.geometry import box_corners_3d, keypoints_3d, project
 from hrpose_ros.networks import BACKBONES, HRPose, HRPoseConfig
 from hrpose_ros.node_config import PoseNodeConfig
 from hrpose_ros.node_driver import NodeDriver, NodeDriverError, pose_node_command
-from hrpose_ros.pipeline import DEFAULT_WEIGHTS, PosePipeline, letterbox, scale_points
+from hrpose_ros.pipeline import DEFAULT_WEIGHTS, PosePipeline, letterbox, letterbox_scale, scale_points
 from hrpose_ros.runtime import (
     Checkpoint,
     OnnxEngine,
@@ -304,7 +304,7 @@ def encode_maps(
     Keypoints are projected in the camera image and mapped through the pipeline's letterbox.
     """
     width, height = input_size
-    scale = min(width / camera.width, height / camera.height)
+    scale = letterbox_scale(camera.width, camera.height, width, height)
     if not instances:
         belief, vectors = codec.encode(
             np.zeros((0, codec.config.num_keypoints, 2)), np.zeros(0, int), height, width

@@ -36,6 +36,7 @@ __all__ = [
     "PoseThresholds",
     "PosePipeline",
     "letterbox",
+    "letterbox_scale",
     "scale_points",
 ]
 
@@ -58,6 +59,11 @@ def scale_points(points: np.ndarray, scale: float) -> np.ndarray:
     return (np.asarray(points, dtype=np.float64) + 0.5) * scale - 0.5
 
 
+def letterbox_scale(image_width: int, image_height: int, width: int, height: int) -> float:
+    """Return the largest scale that fits an image of that size into ``width`` x ``height``."""
+    return min(width / image_width, height / image_height)
+
+
 def letterbox(
     image: np.ndarray, width: int, height: int, scale: float | None = None
 ) -> tuple[np.ndarray, Letterbox]:
@@ -69,7 +75,7 @@ def letterbox(
         raise ValueError(f"image: expected (H, W, 3) RGB, got shape {image.shape}")
     h, w = image.shape[:2]
     if scale is None:
-        scale = min(width / w, height / h)
+        scale = letterbox_scale(w, h, width, height)
     new_w, new_h = min(int(round(w * scale)), width), min(int(round(h * scale)), height)
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     resized = (

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from hrpose_ros import bop, metrics, replay
-from hrpose_ros.pipeline import Letterbox, NetworkMaps, PosePipeline, scale_points
+from hrpose_ros.pipeline import Letterbox, NetworkMaps, PosePipeline, letterbox_scale, scale_points
 from hrpose_ros.types import ObjectModel, ObjectPose
 from training.data import frame_keypoints
 
@@ -117,7 +117,7 @@ def ground_truth_maps(pipeline: PosePipeline, frame: bop.BopFrame) -> NetworkMap
     are letterboxed like the image and encoded by the pipeline's codec at its input size (Eq. 1-2).
     """
     width, height = pipeline.input_size
-    scale = min(width / frame.camera.width, height / frame.camera.height)  # pipeline.letterbox's scale
+    scale = letterbox_scale(frame.camera.width, frame.camera.height, width, height)
     keypoints, classes = frame_keypoints(frame, pipeline.objects)
     belief, vectors = pipeline.codec.encode(scale_points(keypoints, scale), classes, height, width)
     box = Letterbox(scale=float(scale), width=width, height=height)
