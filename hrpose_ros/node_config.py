@@ -49,6 +49,10 @@ class PoseNodeConfig:
     min_depth: float = _param(0.05, "Nearest published object origin along the optical axis (m)", 0.0, 100.0)
     max_depth: float = _param(5.0, "Farthest published object origin along the optical axis (m); PnP fits "
                                    "keypoints bunched within a few pixels far away", 0.0, 100.0)
+    min_keypoint_spread: float = _param(
+        0.01, "Smallest 2D spread of an instance's keypoints across / along their main direction "
+              "(eigenvalue ratio); keypoints along a line leave the rotation about it undetermined "
+              "(0 = no check; lower it for objects thinner than a domino)", 0.0, 0.99)
     input_width: int = _param(0, "Network input width in pixels; images are letterboxed into it "
                                  "(0 = the model's trained input size)", 0, 4096)
     input_height: int = _param(0, "Network input height in pixels (0 = the model's trained input size)",

@@ -96,7 +96,7 @@ def load_pipeline(config: PoseNodeConfig):
     pipeline = PosePipeline.from_pretrained(
         config.model_path or None, backend=config.backend, device=config.device, precision=config.precision,
         input_size=config.input_size, min_score=config.score_threshold, min_depth=config.min_depth,
-        max_depth=config.max_depth, **peak)
+        max_depth=config.max_depth, min_keypoint_spread=config.min_keypoint_spread, **peak)
     # One run on a blank frame: loads the kernels before the first image and proves the
     # engine accepts this input size (an ONNX export may have a fixed one).
     width, height = pipeline.input_size

@@ -631,6 +631,7 @@ class LiveNodeEstimator:
             "keypoint_threshold": reference.codec.config.peak_threshold,
             "min_depth": reference.thresholds.min_depth,
             "max_depth": reference.thresholds.max_depth,
+            "min_keypoint_spread": reference.thresholds.min_keypoint_spread,
             **({"model_path": weights} if weights is not None else {}),
         }
         for param in params:

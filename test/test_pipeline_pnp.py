@@ -5,7 +5,7 @@ import pytest
 
 from hrpose_ros.codec import CodecConfig, DecodedInstance, KeypointCodec
 from hrpose_ros.geometry import keypoints_3d, project, solve_pnp
-from hrpose_ros.pipeline import PosePipeline, PoseThresholds
+from hrpose_ros.pipeline import PosePipeline, PoseThresholds, keypoint_spread
 from hrpose_ros.types import CameraModel
 from training.toy_data import toy_objects
 
@@ -87,3 +87,31 @@ def test_poses_outside_the_depth_range_are_dropped(depth, thresholds, kept):
 def test_depth_range_must_be_ordered():
     with pytest.raises(ValueError, match="expected 0 <= min_depth < max_depth, got 1.0/0.5"):
         PoseThresholds(min_depth=1.0, max_depth=0.5)
+
+
+def test_keypoints_along_a_line_give_no_pose():
+    # The torus seen with the shipped weights: 5 keypoints, two pairs 1.3 px apart and a centroid
+    # 15 px off the line through them; torch and ONNX poses differed by 179 deg for keypoints
+    # 1e-4 px apart. Corners 1, 2, 5, 6 and the centroid of the toy box stand in for the model's.
+    keypoints = np.array(
+        [[147.41, 263.40], [147.32, 262.06], [327.02, 109.14], [326.29, 109.90], [224.77, 176.90]]
+    )
+    assert 0 < keypoint_spread(keypoints) < PoseThresholds().min_keypoint_spread
+    found = np.zeros(9, bool)
+    found[[1, 2, 5, 6, 8]] = True
+    full = np.zeros((9, 2))
+    full[found] = keypoints
+    instance = DecodedInstance(class_index=1, score=0.9, keypoints=full, found=found)
+    assert _pipeline(ransac=True).solve([instance], CAMERA) == []
+    assert _pipeline(ransac=False).solve([instance], CAMERA) == []
+    # the same pipeline with the check off returns a pose for them: the check is what drops it
+    assert len(_pipeline(ransac=False, min_keypoint_spread=0.0).solve([instance], CAMERA)) == 1
+
+
+def test_a_box_seen_whole_passes_the_spread_check():
+    points_3d = keypoints_3d(toy_objects()[1].points)
+    keypoints = project(points_3d, R_TRUE, T_TRUE, CAMERA.K, CAMERA.dist)
+    assert keypoint_spread(keypoints) > PoseThresholds().min_keypoint_spread
+    assert len(_pipeline(ransac=True).solve([_instance(keypoints)], CAMERA)) == 1
+    with pytest.raises(ValueError, match="min_keypoint_spread: expected 0 <= value < 1, got 1.5"):
+        PoseThresholds(min_keypoint_spread=1.5)
