@@ -131,6 +131,8 @@ class PoseThresholds:
     # with ground-truth maps (a perfect network) data/val2 keeps 99.13 % ADD(-S) (99.17 % without
     # the check). 0.03 dropped thin dominoes seen edge-on (98.9 -> 85.3 %), whose keypoints lie
     # nearly along a line yet give a good pose: for objects thinner than that, lower it; 0 = off.
+    # (geometry.solve_pnp itself refuses exactly collinear points as bad input; this is the
+    # acceptance threshold for nearly collinear ones, a policy, so it lives here.)
     min_keypoint_spread: float = 0.01
 
     def __post_init__(self):
