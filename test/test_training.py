@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -156,6 +157,22 @@ def test_evaluation_matches_estimates_to_ground_truth_and_scores_them(toy_split)
     assert 0.0 <= table["add"]["Mean"] <= 100.0
 
 
+def test_paired_comparison_counts_disagreements_and_tests_them():
+    from training.evaluate import paired_comparison
+
+    reference = [True] * 5 + [False] * 12 + [True] * 3
+    other = [True] * 5 + [True] * 10 + [False] * 2 + [False] * 3  # 10 gained, 3 lost, 5 kept
+    c = paired_comparison(reference, other)
+    assert (c["only_other"], c["only_reference"], c["both"]) == (10, 3, 5)
+    # Exact two-sided binomial p of 10 of 13 disagreements: 2 x P(X >= 10), X ~ B(13, 1/2).
+    tail = sum(math.comb(13, k) for k in range(10, 14)) / 2**13
+    assert c["p"] == pytest.approx(2 * tail)
+    assert paired_comparison(other, other)["p"] == 1.0
+    assert paired_comparison([True] * 10, [False] * 10)["p"] == pytest.approx(2 / 2**10)
+    with pytest.raises(ValueError, match="one verdict per instance"):
+        paired_comparison([True, False], [True])
+
+
 def test_warm_start_continues_from_the_checkpoint_and_refuses_other_objects(toy_split, tmp_path):
     root, objects = toy_split
     common = dict(stage="student", network="tiny", train_dir=str(root / "train"), batch_size=2, crop_size=64)
@@ -208,9 +225,15 @@ def test_ground_truth_maps_put_a_ceiling_of_every_instance_on_clean_frames(toy_s
                out_dir=str(tmp_path / "run"), max_steps=1, batch_size=1, crop_size=64),
         objects=objects,
     )
-    main(["--split", f"toy={root / 'train'}", "--gt-maps", str(checkpoint), "--out", str(tmp_path / "eval")])
-    recall = json.loads((tmp_path / "eval" / "results.json").read_text())["toy"]["recall"]["GT maps"]
+    main(["--split", f"toy={root / 'train'}", "--model", f"HRPose={checkpoint}", "--gt-maps", str(checkpoint),
+          "--out", str(tmp_path / "eval")])
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())["toy"]
+    recall = report["recall"]["GT maps"]
     assert recall["add"]["Mean"] == 100.0 and recall["proj2d"]["Mean"] == 100.0
+    # Paired with the one-step model: the ceiling is never wrong where the model is right.
+    paired = report["paired"]["GT maps"]["add"]
+    assert report["paired_with"] == "HRPose" and paired["only_reference"] == 0
+    assert paired["only_other"] + paired["both"] == report["instances"]
     with pytest.raises(SystemExit):  # nothing to evaluate
         main(["--split", f"toy={root / 'train'}", "--out", str(tmp_path / "none")])
 

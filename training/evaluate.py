@@ -14,6 +14,11 @@ that checkpoint's codec at its input size and decoded + solved by the same pipel
 a perfect network would score. It is the ceiling the input size, the codec and PnP put on any
 model trained that way (``--input-size WxH`` evaluates every model, and this ceiling, at another
 input size).
+
+Every model is also compared instance by instance with the ``--baseline`` model (else the first
+one): how many instances only it gets right, how many only the baseline does, and McNemar's
+exact p-value for that split of the disagreements. Recall differences of a point or two between
+two checkpoints are often chance; the p-value says when they are not.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import binomtest
 from tqdm import tqdm
 
 from hrpose_ros import bop, metrics, replay
@@ -43,6 +49,7 @@ __all__ = [
     "ground_truth_maps",
     "main",
     "match_poses",
+    "paired_comparison",
     "summarise",
 ]
 
@@ -162,6 +169,45 @@ def summarise(instances: Sequence[InstanceResult], names: dict[int, str]) -> dic
     return table
 
 
+def paired_comparison(reference: Sequence[bool], other: Sequence[bool]) -> dict:
+    """Return how two models' verdicts on the same instances differ, with McNemar's exact p-value.
+
+    ``reference[i]`` and ``other[i]`` say whether each model got ground-truth instance ``i`` right.
+    Returns {"only_other", "only_reference", "both", "p"}; p is the two-sided exact McNemar test,
+    which is the binomial test of the disagreements against an even split (scipy's ``binomtest``;
+    statsmodels' ``mcnemar`` would be a dependency for this one line). No disagreement gives p = 1.
+    """
+    reference, other = np.asarray(reference, dtype=bool), np.asarray(other, dtype=bool)
+    if reference.shape != other.shape or reference.ndim != 1:
+        raise ValueError(
+            f"paired comparison needs one verdict per instance from both models, got {reference.shape} "
+            f"and {other.shape}"
+        )
+    only_other, only_reference = int(np.sum(other & ~reference)), int(np.sum(reference & ~other))
+    disagreements = only_other + only_reference
+    p = binomtest(only_other, disagreements, 0.5).pvalue if disagreements else 1.0
+    return {
+        "only_other": only_other,
+        "only_reference": only_reference,
+        "both": int(np.sum(reference & other)),
+        "p": float(p),
+    }
+
+
+def format_paired(reference: str, paired: dict[str, dict[str, dict]]) -> str:
+    """Return a Markdown table of :func:`paired_comparison` results, one row per model and metric."""
+    lines = [
+        f"| paired with {reference} | metric | right only with this model | right only with {reference} "
+        "| McNemar exact p |",
+        "|---|---|---|---|---|",
+    ]
+    for model, by_metric in paired.items():
+        for metric, c in by_metric.items():
+            counts = f"{c['only_other']} | {c['only_reference']}"
+            lines.append(f"| {model} | {METRIC_TITLES[metric]} | {counts} | {c['p']:.3g} |")
+    return "\n".join(lines)
+
+
 def format_table(metric: str, summaries: dict[str, dict], baseline: str | None, distilled: str | None) -> str:
     """Return a Markdown table: rows = objects + Mean, columns = models, the distilled one with its gain."""
     models = list(summaries)
@@ -239,7 +285,7 @@ def main(argv=None) -> None:
         frames = bop.read_split(split_dir)
         if args.max_frames:
             frames = frames[: args.max_frames]
-        summaries, timing = {}, {}
+        summaries, timing, verdicts = {}, {}, {}
         rows = []
         for model_name, path in models.items():
             overrides = {} if args.peak_threshold is None else {"peak_threshold": args.peak_threshold}
@@ -254,6 +300,10 @@ def main(argv=None) -> None:
             result = evaluate_split(pipeline, frames, desc=f"{split_name} {model_name}", gt_maps=gt_maps)
             summaries[model_name] = summarise(result["instances"], names)
             timing[model_name] = result["seconds_per_frame"]
+            verdicts[model_name] = {
+                "obj_ids": [r.obj_id for r in result["instances"]],
+                **{m: [r.correct[m] for r in result["instances"]] for m in METRICS},
+            }
             for r in result["instances"]:
                 rows.append(
                     {
@@ -279,11 +329,24 @@ def main(argv=None) -> None:
             + ", ".join(f"{k} {v:.3f}" for k, v in timing.items())
             + "\n"
         )
+        reference = args.baseline if args.baseline in verdicts else next(iter(verdicts))
+        paired = {}
+        for name, v in verdicts.items():
+            if name == reference:
+                continue
+            if v["obj_ids"] != verdicts[reference]["obj_ids"]:  # other object sets: other instances
+                logger.warning("%s: %s and %s know other objects, not paired", split_name, name, reference)
+                continue
+            paired[name] = {m: paired_comparison(verdicts[reference][m], v[m]) for m in METRICS}
+        if paired:
+            markdown.append(format_paired(reference, paired) + "\n")
         report[split_name] = {
             "frames": len(frames),
             "instances": n_instances,
             "recall": summaries,
             "seconds_per_frame": timing,
+            "paired_with": reference,
+            "paired": paired,
         }
         with open(out / f"instances_{split_name}.csv", "w", newline="") as f:
             fields = sorted(
