@@ -45,6 +45,7 @@ from training.data import frame_keypoints
 __all__ = [
     "InstanceResult",
     "evaluate_split",
+    "format_paired",
     "format_table",
     "ground_truth_maps",
     "main",
