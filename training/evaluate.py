@@ -286,7 +286,7 @@ def main(argv=None) -> None:
         frames = bop.read_split(split_dir)
         if args.max_frames:
             frames = frames[: args.max_frames]
-        summaries, timing, verdicts = {}, {}, {}
+        summaries, timing, instances = {}, {}, {}
         rows = []
         for model_name, path in models.items():
             overrides = {} if args.peak_threshold is None else {"peak_threshold": args.peak_threshold}
@@ -301,10 +301,7 @@ def main(argv=None) -> None:
             result = evaluate_split(pipeline, frames, desc=f"{split_name} {model_name}", gt_maps=gt_maps)
             summaries[model_name] = summarise(result["instances"], names)
             timing[model_name] = result["seconds_per_frame"]
-            verdicts[model_name] = {
-                "obj_ids": [r.obj_id for r in result["instances"]],
-                **{m: [r.correct[m] for r in result["instances"]] for m in METRICS},
-            }
+            instances[model_name] = result["instances"]
             for r in result["instances"]:
                 rows.append(
                     {
@@ -330,15 +327,19 @@ def main(argv=None) -> None:
             + ", ".join(f"{k} {v:.3f}" for k, v in timing.items())
             + "\n"
         )
-        reference = args.baseline if args.baseline in verdicts else next(iter(verdicts))
+        reference = args.baseline if args.baseline in instances else next(iter(instances))
+        ref = instances[reference]
         paired = {}
-        for name, v in verdicts.items():
+        for name, own in instances.items():
             if name == reference:
                 continue
-            if v["obj_ids"] != verdicts[reference]["obj_ids"]:  # other object sets: other instances
+            if [r.obj_id for r in own] != [r.obj_id for r in ref]:  # other object sets: other instances
                 logger.warning("%s: %s and %s know other objects, not paired", split_name, name, reference)
                 continue
-            paired[name] = {m: paired_comparison(verdicts[reference][m], v[m]) for m in METRICS}
+            paired[name] = {
+                m: paired_comparison([r.correct[m] for r in ref], [r.correct[m] for r in own])
+                for m in METRICS
+            }
         if paired:
             markdown.append(format_paired(reference, paired) + "\n")
         report[split_name] = {
