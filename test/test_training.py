@@ -12,7 +12,7 @@ from hrpose_ros.runtime import load_checkpoint
 from training.config import recipe
 from training.data import KeypointDataset, frame_keypoints
 from training.toy_data import write_toy_split
-from training.train_hrpose import _load_teacher, train
+from training.train_hrpose import _load_teacher, read_train_splits, train
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,20 @@ def test_dataset_targets_peak_at_projected_keypoints(toy_split):
     centroid = (keypoints[0, 8] + 0.5) * 0.5 - 0.5  # half-size image, in input pixels
     u, v = np.round(centroid / 4).astype(int)
     assert belief[classes[0] * 9 + 8, v, u] > 0.8
+
+
+def test_several_training_splits_are_read_in_the_order_given(toy_split, tmp_path):
+    from hrpose_ros import bop
+
+    root, _ = toy_split
+    write_toy_split(tmp_path / "more", n_frames=2, seed=1)
+    first, more = bop.read_split(root / "train"), bop.read_split(tmp_path / "more")
+    frames = read_train_splits(f"{root / 'train'}, {tmp_path / 'more'}")
+    assert [f.rgb_path for f in frames] == [f.rgb_path for f in first + more]
+    with pytest.raises(ValueError, match="missing"):
+        read_train_splits(f"{root / 'train'},{tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="no BOP split"):
+        read_train_splits(" , ")
 
 
 def test_short_training_run_lowers_the_loss(toy_split, tmp_path):

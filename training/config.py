@@ -28,7 +28,7 @@ class TrainConfig:
 
     stage: str = "student_kd"
     network: str = ""  # "" = the stage's network (teacher / student); "tiny" for tests and smoke runs
-    train_dir: str = "data/train"
+    train_dir: str = "data/train"  # one BOP split, or several joined by commas
     objects_dir: str = ""  # BOP models dir; "" = the shipped default object set
     teacher_checkpoint: str = ""  # needed by student_kd
     # Warm start: initial weights from a checkpoint of the same network and objects (e.g. to

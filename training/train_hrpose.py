@@ -32,7 +32,7 @@ from training.config import RECIPES, STAGES, TrainConfig, recipe
 from training.data import KeypointDataset
 from training.losses import total_loss
 
-__all__ = ["load_backbone_weights", "load_objects", "main", "plot_losses", "train"]
+__all__ = ["load_backbone_weights", "load_objects", "main", "plot_losses", "read_train_splits", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,18 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
+def read_train_splits(train_dir: str) -> list[bop.BopFrame]:
+    """Return the frames of a BOP split, or of several joined by commas (``data/train,data/new``), in order.
+
+    Several splits let a run add freshly generated frames to the ones it has already seen
+    without copying or renumbering scenes.
+    """
+    splits = [split.strip() for split in train_dir.split(",") if split.strip()]
+    if not splits:
+        raise ValueError(f"train_dir {train_dir!r}: no BOP split given")
+    return [frame for split in splits for frame in bop.read_split(split)]
+
+
 def train(
     config: TrainConfig,
     frames: Sequence[bop.BopFrame] | None = None,
@@ -171,7 +183,7 @@ def train(
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     objects = _compact(objects if objects is not None else load_objects(config.objects_dir))
-    frames = list(frames) if frames is not None else bop.read_split(config.train_dir)
+    frames = list(frames) if frames is not None else read_train_splits(config.train_dir)
     if config.max_frames:
         frames = frames[: config.max_frames]
 
@@ -335,7 +347,10 @@ def main(argv=None) -> None:
         default="paper",
         help="paper = the paper's settings (GPU); cpu = what fits on 2 CPU cores",
     )
-    parser.add_argument("--train-dir", help="BOP split with the training frames (default data/train)")
+    parser.add_argument(
+        "--train-dir",
+        help="BOP split with the training frames, or several joined by commas (default data/train)",
+    )
     parser.add_argument("--objects-dir", help="BOP models dir (default: the shipped object set)")
     parser.add_argument("--teacher", dest="teacher_checkpoint", help="teacher checkpoint (student_kd)")
     parser.add_argument(
