@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from hrpose_ros.runtime import load_checkpoint
 from training.config import recipe
 from training.data import KeypointDataset, frame_keypoints
 from training.toy_data import write_toy_split
-from training.train_hrpose import _load_teacher, read_train_splits, train
+from training.train_hrpose import _load_teacher, read_train_splits, split_loss, train
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +59,19 @@ def test_several_training_splits_are_read_in_the_order_given(toy_split, tmp_path
 
 
 def test_short_training_run_lowers_the_loss(toy_split, tmp_path):
+    from hrpose_ros import bop
+    from hrpose_ros.networks import HRPose
+
     torch.manual_seed(0)
     root, objects = toy_split
+    write_toy_split(tmp_path / "val" / "split", n_frames=3, seed=7)
     config = recipe(
         "quick",
         stage="student",
         network="tiny",
         train_dir=str(root / "train"),
+        val_dir=str(tmp_path / "val" / "split"),
+        val_frames=2,
         out_dir=str(tmp_path),
         epochs=6,
         max_steps=0,
@@ -82,6 +89,27 @@ def test_short_training_run_lowers_the_loss(toy_split, tmp_path):
     checkpoint = load_checkpoint(path)
     assert checkpoint.train_config["stage"] == "student" and checkpoint.history["steps"] == 6
     assert [o.name for o in checkpoint.objects] == ["box1", "box2"]
+    # The validation loss: once per epoch on the same 2 frames, the last one in the checkpoint,
+    # and split_loss gives it again from the saved weights (fixed sample and crops, eval mode).
+    val = _losses(tmp_path / "val.csv")
+    assert [row["epoch"] for row in val] == [1, 2, 3, 4, 5, 6] and all(row["frames"] == 2 for row in val)
+    assert val[-1]["val_mse"] < val[0]["val_mse"]
+    assert checkpoint.history["val_mse"] == pytest.approx(val[-1]["val_mse"], abs=1e-4)
+    model = HRPose(checkpoint.model_config)
+    model.load_state_dict(checkpoint.state_dict)
+    model.train()
+    frames = bop.read_split(tmp_path / "val" / "split")
+    again = split_loss(model, frames, objects, config, n_frames=2)
+    assert again == pytest.approx(val[-1]["val_mse"], abs=1e-3) and model.training
+    # loss_gap rebuilds the recipe from the checkpoint alone and finds the same number.
+    from training import loss_gap
+
+    loss_gap.main(
+        ["--model", f"run={path}", "--split", f"val={tmp_path / 'val' / 'split'}", "--split",
+         f"train={root / 'train'}", "--frames", "2", "--threads", "1", "--out", str(tmp_path / "gap.json")]
+    )
+    table = json.loads((tmp_path / "gap.json").read_text())["mse"]["run"]
+    assert table["val"] == pytest.approx(val[-1]["val_mse"], abs=1e-3) and table["train"] > 0
 
 
 def test_distillation_uses_a_frozen_teacher(toy_split, tmp_path):

@@ -29,6 +29,11 @@ class TrainConfig:
     stage: str = "student_kd"
     network: str = ""  # "" = the stage's network (teacher / student); "tiny" for tests and smoke runs
     train_dir: str = "data/train"  # one BOP split, or several joined by commas
+    # Frames the run never trains on (e.g. a validation split): after every epoch the weighted
+    # L_mse on a fixed sample of val_frames of them is logged (val.csv, loss.png) beside the
+    # training loss, so a run that memorises its frames shows it. "" = no validation loss.
+    val_dir: str = ""
+    val_frames: int = 64
     objects_dir: str = ""  # BOP models dir; "" = the shipped default object set
     teacher_checkpoint: str = ""  # needed by student_kd
     # Warm start: initial weights from a checkpoint of the same network and objects (e.g. to

@@ -32,11 +32,20 @@ from training.config import RECIPES, STAGES, TrainConfig, recipe
 from training.data import KeypointDataset
 from training.losses import total_loss
 
-__all__ = ["load_backbone_weights", "load_objects", "main", "plot_losses", "read_train_splits", "train"]
+__all__ = [
+    "load_backbone_weights",
+    "load_objects",
+    "main",
+    "plot_losses",
+    "read_train_splits",
+    "split_loss",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
 LOG_FIELDS = ("epoch", "step", "lr", "total", "mse", "od", "fs", "seconds")
+VAL_FIELDS = ("epoch", "step", "val_mse", "frames")
 
 
 def load_objects(objects_dir: str = "") -> list[ObjectModel]:
@@ -147,6 +156,18 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
         values = np.array([float(r[name]) for r in rows])
         if np.any(values):
             ax.plot(steps, values, label=name, linewidth=1)
+    val_path = csv_path.with_name("val.csv")
+    if val_path.exists():
+        with open(val_path) as f:
+            val = list(csv.DictReader(f))
+        if val:
+            ax.plot(
+                [int(r["step"]) for r in val],
+                [float(r["val_mse"]) for r in val],
+                "o-",
+                label=f"mse, {val[0]['frames']} val frames",
+                linewidth=1.5,
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
@@ -155,6 +176,50 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+def split_loss(
+    model: HRPose,
+    frames: Sequence[bop.BopFrame],
+    objects: Sequence[ObjectModel],
+    config: TrainConfig,
+    n_frames: int = 64,
+) -> float:
+    """Return the weighted L_mse (Eq. 3, ``config.positive_weight``) of ``model`` on a sample of ``frames``.
+
+    The sample (the first ``n_frames`` of a permutation seeded by ``config.seed``) and its crops
+    are the same at every call, without augmentation, in eval mode (the network as the pipeline
+    runs it), so the value of one run compares across epochs, and a split the model trained on
+    compares with fresh frames: a gap says it memorises frames rather than learns the objects.
+    """
+    order = np.random.default_rng(config.seed).permutation(len(frames))[:n_frames]
+    codec = KeypointCodec(CodecConfig(num_classes=len(objects), sigma=config.sigma, stride=HRPose.stride))
+    dataset = KeypointDataset(
+        [frames[i] for i in order],
+        objects,
+        codec,
+        config.image_scale,
+        (config.input_width, config.input_height),
+        config.crop_size,
+        augment=False,
+        seed=config.seed,
+    )
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    losses, weights = [], []
+    with torch.inference_mode():
+        for images, belief, vectors in torch.utils.data.DataLoader(dataset, batch_size=config.batch_size):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                output = model(images.to(device))
+            output = type(output)(*(t.float() for t in output))
+            terms = total_loss(
+                output, belief.to(device), vectors.to(device), positive_weight=config.positive_weight
+            )
+            losses.append(float(terms.mse))
+            weights.append(len(images))
+    model.train(was_training)
+    return float(np.average(losses, weights=weights))
 
 
 def read_train_splits(train_dir: str) -> list[bop.BopFrame]:
@@ -186,6 +251,7 @@ def train(
     frames = list(frames) if frames is not None else read_train_splits(config.train_dir)
     if config.max_frames:
         frames = frames[: config.max_frames]
+    val_frames = bop.read_split(config.val_dir) if config.val_dir else []
 
     model_config = HRPoseConfig(variant=config.variant, num_classes=len(objects))
     codec = KeypointCodec(CodecConfig(num_classes=len(objects), sigma=config.sigma, stride=HRPose.stride))
@@ -228,6 +294,11 @@ def train(
     csv_path = out_dir / "log.csv"
     with open(csv_path, "w", newline="") as f:
         csv.writer(f).writerow(LOG_FIELDS)
+    val_path = out_dir / "val.csv"
+    val_path.unlink(missing_ok=True)
+    if val_frames:
+        with open(val_path, "w", newline="") as f:
+            csv.writer(f).writerow(VAL_FIELDS)
     logger.info(
         "stage %s: %d frames, %d objects, %d parameters",
         config.stage,
@@ -285,7 +356,14 @@ def train(
                 break
         if scheduler is not None:
             scheduler.step()
-        wall = time.perf_counter() - start
+        wall = time.perf_counter() - start  # training time; the validation pass is not counted
+        val_mse = None
+        if val_frames:
+            n_val = min(config.val_frames, len(val_frames))
+            val_mse = split_loss(model, val_frames, objects, config, n_val)
+            with open(val_path, "a", newline="") as f:
+                csv.writer(f).writerow([epoch + 1, step, round(val_mse, 4), n_val])
+            logger.info("epoch %d: L_mse %.3f on %d frames of %s", epoch + 1, val_mse, n_val, config.val_dir)
         checkpoint = Checkpoint(
             model_config=model_config,
             codec_config=codec.config,
@@ -298,6 +376,7 @@ def train(
                 "steps": step,
                 "wall_time_s": round(wall, 1),
                 "frames": len(frames),
+                "val_mse": val_mse,
                 # Warm-started runs carry the earlier runs' totals: the model card reports all of it.
                 "total_steps": step + previous.get("total_steps", previous.get("steps", 0)),
                 "total_wall_time_s": round(
@@ -351,6 +430,10 @@ def main(argv=None) -> None:
         "--train-dir",
         help="BOP split with the training frames, or several joined by commas (default data/train)",
     )
+    parser.add_argument(
+        "--val-dir", help="BOP split never trained on: L_mse on a sample of it after every epoch (val.csv)"
+    )
+    parser.add_argument("--val-frames", type=int, help="frames of --val-dir per check (default 64)")
     parser.add_argument("--objects-dir", help="BOP models dir (default: the shipped object set)")
     parser.add_argument("--teacher", dest="teacher_checkpoint", help="teacher checkpoint (student_kd)")
     parser.add_argument(
