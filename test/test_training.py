@@ -60,6 +60,7 @@ def test_several_training_splits_are_read_in_the_order_given(toy_split, tmp_path
 
 def test_short_training_run_lowers_the_loss(toy_split, tmp_path):
     from hrpose_ros import bop
+    from hrpose_ros.codec import KeypointCodec
     from hrpose_ros.networks import HRPose
 
     torch.manual_seed(0)
@@ -99,7 +100,8 @@ def test_short_training_run_lowers_the_loss(toy_split, tmp_path):
     model.load_state_dict(checkpoint.state_dict)
     model.train()
     frames = bop.read_split(tmp_path / "val" / "split")
-    again = split_loss(model, frames, objects, config, n_frames=2)
+    codec = KeypointCodec(checkpoint.codec_config)
+    again = split_loss(model, frames, objects, codec, config, n_frames=2)
     assert again == pytest.approx(val[-1]["val_mse"], abs=1e-3) and model.training
     # loss_gap rebuilds the recipe from the checkpoint alone and finds the same number.
     from training import loss_gap

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from hrpose_ros import bop
+from hrpose_ros.codec import KeypointCodec
 from hrpose_ros.networks import HRPose
 from hrpose_ros.runtime import load_checkpoint
 from training.config import TrainConfig
@@ -34,16 +35,17 @@ logger = logging.getLogger(__name__)
 def loss_table(models: dict[str, str], splits: dict[str, str], n_frames: int) -> dict[str, dict[str, float]]:
     """Return {model name: {split name: weighted L_mse}} for checkpoint paths and BOP split dirs."""
     frames = {name: bop.read_split(path) for name, path in splits.items()}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}  # older checkpoints may lack new fields
     table = {}
     for name, path in models.items():
         checkpoint = load_checkpoint(path)
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
         config = TrainConfig(**{k: v for k, v in checkpoint.train_config.items() if k in known})
         model = HRPose(checkpoint.model_config)
         model.load_state_dict({k: v.float() for k, v in checkpoint.state_dict.items()})
+        codec = KeypointCodec(checkpoint.codec_config)
         table[name] = {}
         for split, split_frames in frames.items():
-            table[name][split] = split_loss(model, split_frames, checkpoint.objects, config, n_frames)
+            table[name][split] = split_loss(model, split_frames, checkpoint.objects, codec, config, n_frames)
             logger.info("%s on %s: L_mse %.2f", name, split, table[name][split])
     return table
 

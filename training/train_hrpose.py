@@ -182,6 +182,7 @@ def split_loss(
     model: HRPose,
     frames: Sequence[bop.BopFrame],
     objects: Sequence[ObjectModel],
+    codec: KeypointCodec,
     config: TrainConfig,
     n_frames: int = 64,
 ) -> float:
@@ -193,7 +194,6 @@ def split_loss(
     compares with fresh frames: a gap says it memorises frames rather than learns the objects.
     """
     order = np.random.default_rng(config.seed).permutation(len(frames))[:n_frames]
-    codec = KeypointCodec(CodecConfig(num_classes=len(objects), sigma=config.sigma, stride=HRPose.stride))
     dataset = KeypointDataset(
         [frames[i] for i in order],
         objects,
@@ -360,7 +360,7 @@ def train(
         val_mse = None
         if val_frames:
             n_val = min(config.val_frames, len(val_frames))
-            val_mse = split_loss(model, val_frames, objects, config, n_val)
+            val_mse = split_loss(model, val_frames, objects, codec, config, n_val)
             with open(val_path, "a", newline="") as f:
                 csv.writer(f).writerow([epoch + 1, step, round(val_mse, 4), n_val])
             logger.info("epoch %d: L_mse %.3f on %d frames of %s", epoch + 1, val_mse, n_val, config.val_dir)
