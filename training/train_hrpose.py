@@ -152,10 +152,13 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
         return
     steps = np.array([int(r["step"]) for r in rows])
     fig, ax = plt.subplots(figsize=(7, 4))
+    window = max(1, len(rows) // 100)  # per-step losses are noisy: draw their running mean on top
     for name in ("total", "mse", "od", "fs"):
         values = np.array([float(r[name]) for r in rows])
         if np.any(values):
-            ax.plot(steps, values, label=name, linewidth=1)
+            (raw,) = ax.plot(steps, values, linewidth=0.5, alpha=0.3)
+            mean = np.convolve(values, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1 :], mean, color=raw.get_color(), label=f"{name} (mean of {window})")
     val_path = csv_path.with_name("val.csv")
     if val_path.exists():
         with open(val_path) as f:
