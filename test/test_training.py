@@ -13,7 +13,7 @@ from hrpose_ros.runtime import load_checkpoint
 from training.config import recipe
 from training.data import KeypointDataset, frame_keypoints
 from training.toy_data import write_toy_split
-from training.train_hrpose import _load_teacher, read_train_splits, split_loss, train
+from training.train_hrpose import _load_teacher, read_splits, split_loss, train
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +50,17 @@ def test_several_training_splits_are_read_in_the_order_given(toy_split, tmp_path
     root, _ = toy_split
     write_toy_split(tmp_path / "more", n_frames=2, seed=1)
     first, more = bop.read_split(root / "train"), bop.read_split(tmp_path / "more")
-    frames = read_train_splits(f"{root / 'train'}, {tmp_path / 'more'}")
+    frames = read_splits(f"{root / 'train'}, {tmp_path / 'more'}")
     assert [f.rgb_path for f in frames] == [f.rgb_path for f in first + more]
     with pytest.raises(ValueError, match="missing"):
-        read_train_splits(f"{root / 'train'},{tmp_path / 'missing'}")
+        read_splits(f"{root / 'train'},{tmp_path / 'missing'}")
     with pytest.raises(ValueError, match="no BOP split"):
-        read_train_splits(" , ")
+        read_splits(" , ")
 
 
 def test_short_training_run_lowers_the_loss(toy_split, tmp_path):
     from hrpose_ros import bop
     from hrpose_ros.codec import KeypointCodec
-    from hrpose_ros.networks import HRPose
 
     torch.manual_seed(0)
     root, objects = toy_split
@@ -96,9 +95,7 @@ def test_short_training_run_lowers_the_loss(toy_split, tmp_path):
     assert [row["epoch"] for row in val] == [1, 2, 3, 4, 5, 6] and all(row["frames"] == 2 for row in val)
     assert val[-1]["val_mse"] < val[0]["val_mse"]
     assert checkpoint.history["val_mse"] == pytest.approx(val[-1]["val_mse"], abs=1e-4)
-    model = HRPose(checkpoint.model_config)
-    model.load_state_dict(checkpoint.state_dict)
-    model.train()
+    model = checkpoint.build_model().train()
     frames = bop.read_split(tmp_path / "val" / "split")
     codec = KeypointCodec(checkpoint.codec_config)
     again = split_loss(model, frames, objects, codec, config, n_frames=2)

@@ -31,7 +31,8 @@ class TrainConfig:
     train_dir: str = "data/train"  # one BOP split, or several joined by commas
     # Frames the run never trains on (e.g. a validation split): after every epoch the weighted
     # L_mse on a fixed sample of val_frames of them is logged (val.csv, loss.png) beside the
-    # training loss, so a run that memorises its frames shows it. "" = no validation loss.
+    # training loss, so a run that memorises its frames shows it. "" = no validation loss;
+    # several splits joined by commas, as train_dir.
     val_dir: str = ""
     val_frames: int = 64
     objects_dir: str = ""  # BOP models dir; "" = the shipped default object set

@@ -21,7 +21,6 @@ import torch
 
 from hrpose_ros import bop
 from hrpose_ros.codec import KeypointCodec
-from hrpose_ros.networks import HRPose
 from hrpose_ros.runtime import load_checkpoint
 from training.config import TrainConfig
 from training.evaluate import _named
@@ -40,8 +39,7 @@ def loss_table(models: dict[str, str], splits: dict[str, str], n_frames: int) ->
     for name, path in models.items():
         checkpoint = load_checkpoint(path)
         config = TrainConfig(**{k: v for k, v in checkpoint.train_config.items() if k in known})
-        model = HRPose(checkpoint.model_config)
-        model.load_state_dict({k: v.float() for k, v in checkpoint.state_dict.items()})
+        model = checkpoint.build_model()
         codec = KeypointCodec(checkpoint.codec_config)
         table[name] = {}
         for split, split_frames in frames.items():

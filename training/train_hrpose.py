@@ -37,7 +37,7 @@ __all__ = [
     "load_objects",
     "main",
     "plot_losses",
-    "read_train_splits",
+    "read_splits",
     "split_loss",
     "train",
 ]
@@ -225,15 +225,17 @@ def split_loss(
     return float(np.average(losses, weights=weights))
 
 
-def read_train_splits(train_dir: str) -> list[bop.BopFrame]:
+def read_splits(split_dirs: str) -> list[bop.BopFrame]:
     """Return the frames of a BOP split, or of several joined by commas (``data/train,data/new``), in order.
 
     Several splits let a run add freshly generated frames to the ones it has already seen
-    without copying or renumbering scenes.
+    without copying or renumbering scenes (``train_dir``; ``val_dir`` reads the same way).
     """
-    splits = [split.strip() for split in train_dir.split(",") if split.strip()]
+    splits = [split.strip() for split in split_dirs.split(",") if split.strip()]
     if not splits:
-        raise ValueError(f"train_dir {train_dir!r}: no BOP split given")
+        raise ValueError(
+            f"{split_dirs!r}: no BOP split given (expected a split dir, or several joined by commas)"
+        )
     return [frame for split in splits for frame in bop.read_split(split)]
 
 
@@ -251,10 +253,10 @@ def train(
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     objects = _compact(objects if objects is not None else load_objects(config.objects_dir))
-    frames = list(frames) if frames is not None else read_train_splits(config.train_dir)
+    frames = list(frames) if frames is not None else read_splits(config.train_dir)
     if config.max_frames:
         frames = frames[: config.max_frames]
-    val_frames = bop.read_split(config.val_dir) if config.val_dir else []
+    val_frames = read_splits(config.val_dir) if config.val_dir else []
 
     model_config = HRPoseConfig(variant=config.variant, num_classes=len(objects))
     codec = KeypointCodec(CodecConfig(num_classes=len(objects), sigma=config.sigma, stride=HRPose.stride))
