@@ -198,6 +198,28 @@ def test_evaluation_matches_estimates_to_ground_truth_and_scores_them(toy_split)
     assert 0.0 <= table["add"]["Mean"] <= 100.0
 
 
+def test_evaluation_says_how_many_instances_got_a_pose_and_how_good_those_are():
+    from training.evaluate import InstanceResult, format_table, summarise
+
+    right = {"add": True, "proj2d": True, "5cm5deg": True}
+    wrong = {"add": False, "proj2d": False, "5cm5deg": False}
+    errors = {"add_m": 0.001, "proj2d_px": 1.0, "re_deg": 1.0, "te_m": 0.001}
+    results = [
+        InstanceResult(obj_id=1, correct=right, errors=errors),  # found, right
+        InstanceResult(obj_id=1, correct=wrong, errors={**errors, "add_m": 0.5}),  # found, wrong
+        InstanceResult(obj_id=1, correct=wrong),  # no pose
+        InstanceResult(obj_id=1, correct=wrong),  # no pose
+        InstanceResult(obj_id=2, correct=wrong),  # no pose for any instance of object 2
+    ]
+    table = summarise(results, {1: "a", 2: "b", 3: "unseen"})
+    assert table["add"] == {"a": 25.0, "b": 0.0, "Mean": 12.5}
+    assert table["found"] == {"a": 50.0, "b": 0.0, "Mean": 25.0}
+    # ADD(-S) among found poses: undefined for b (left out of the mean, shown as "-").
+    assert table["add_if_found"] == {"a": 50.0, "b": None, "Mean": 50.0}
+    text = format_table("add_if_found", {"M": table, "KD": table}, baseline="M", distilled="KD")
+    assert "| b | - | - |" in text and "| a | 50.00 | 50.00 (+0.00) |" in text
+
+
 def test_paired_comparison_counts_disagreements_and_tests_them():
     from training.evaluate import paired_comparison
 

@@ -19,6 +19,10 @@ Every model is also compared instance by instance with the ``--baseline`` model 
 one): how many instances only it gets right, how many only the baseline does, and McNemar's
 exact p-value for that split of the disagreements. Recall differences of a point or two between
 two checkpoints are often chance; the p-value says when they are not.
+
+Two more tables say where the misses are: "pose found" (the share of instances that got any pose
+at all: a miss there is a detection miss, peaks below the threshold or too few grouped keypoints)
+and "ADD(-S) 0.1d of those found" (accuracy of the poses that exist; "-" when none was found).
 """
 
 from __future__ import annotations
@@ -58,7 +62,15 @@ logger = logging.getLogger(__name__)
 
 METRICS = ("add", "proj2d", "5cm5deg")
 GT_MAPS = "GT maps"  # the --gt-maps column
-METRIC_TITLES = {"add": "ADD(-S) 0.1d", "proj2d": "2D projection 5 px", "5cm5deg": "5 cm 5 deg"}
+# Where the misses are: the share of instances with any pose, and ADD(-S) among those.
+DIAGNOSTICS = ("found", "add_if_found")
+METRIC_TITLES = {
+    "add": "ADD(-S) 0.1d",
+    "proj2d": "2D projection 5 px",
+    "5cm5deg": "5 cm 5 deg",
+    "found": "pose found (any error)",
+    "add_if_found": "ADD(-S) 0.1d of those found",
+}
 
 
 @dataclass
@@ -156,16 +168,32 @@ def evaluate_split(
     return {"instances": results, "seconds_per_frame": float(np.median(seconds)) if seconds else 0.0}
 
 
+def _verdicts(instances: Sequence[InstanceResult], obj_id: int, metric: str) -> list[bool]:
+    """Return the per-instance verdicts of ``metric`` (or of a :data:`DIAGNOSTICS` entry) for one object."""
+    own = [r for r in instances if r.obj_id == obj_id]
+    if metric == "found":
+        return [bool(r.errors) for r in own]  # errors are filled only for a matched estimate
+    if metric == "add_if_found":
+        return [r.correct["add"] for r in own if r.errors]
+    return [r.correct[metric] for r in own]
+
+
 def summarise(instances: Sequence[InstanceResult], names: dict[int, str]) -> dict[str, dict[str, float]]:
-    """Return {metric: {object name: recall %, ..., "Mean": mean over objects}} (objects with instances)."""
+    """Return {metric: {object name: recall %, ..., "Mean": mean over objects}} (objects with instances).
+
+    Besides :data:`METRICS` it holds the :data:`DIAGNOSTICS`: "found" (% of instances with any pose)
+    and "add_if_found" (ADD(-S) % among those; None for an object with none found, left out of its mean).
+    """
     table = {}
-    for metric in METRICS:
+    for metric in METRICS + DIAGNOSTICS:
         per_object = {}
         for obj_id, name in names.items():
-            hits = [r.correct[metric] for r in instances if r.obj_id == obj_id]
-            if hits:
-                per_object[name] = 100.0 * float(np.mean(hits))
-        per_object["Mean"] = float(np.mean(list(per_object.values()))) if per_object else 0.0
+            if not any(r.obj_id == obj_id for r in instances):
+                continue
+            hits = _verdicts(instances, obj_id, metric)
+            per_object[name] = 100.0 * float(np.mean(hits)) if hits else None
+        values = [v for v in per_object.values() if v is not None]
+        per_object["Mean"] = float(np.mean(values)) if values else 0.0
         table[metric] = per_object
     return table
 
@@ -218,9 +246,13 @@ def format_table(metric: str, summaries: dict[str, dict], baseline: str | None, 
         cells = []
         for model in models:
             value = summaries[model][metric].get(row, float("nan"))
+            if value is None:  # add_if_found of an object with no pose found
+                cells.append("-")
+                continue
             cell = f"{value:.2f}"
-            if model == distilled and baseline in summaries:
-                cell += f" ({value - summaries[baseline][metric].get(row, float('nan')):+.2f})"
+            reference = summaries[baseline][metric].get(row) if baseline in summaries else None
+            if model == distilled and reference is not None:
+                cell += f" ({value - reference:+.2f})"
             cells.append(cell)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -314,7 +346,7 @@ def main(argv=None) -> None:
                 )
         n_instances = sum(1 for r in rows if r["model"] == next(iter(models)))
         markdown.append(f"## {split_name}: {len(frames)} frames, {n_instances} instances ({split_dir})\n")
-        for metric in METRICS:
+        for metric in METRICS + DIAGNOSTICS:
             markdown.append(format_table(metric, summaries, args.baseline, args.distilled) + "\n")
         markdown.append(
             "Median seconds per frame (whole pipeline"
