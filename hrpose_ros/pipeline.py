@@ -136,6 +136,9 @@ class PoseThresholds:
     min_keypoint_spread: float = 0.01
 
     def __post_init__(self):
+        for name in ("max_reprojection_error", "ransac_threshold"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: expected a positive number of pixels, got {getattr(self, name)}")
         if not 0 <= self.min_keypoint_spread < 1:
             raise ValueError(f"min_keypoint_spread: expected 0 <= value < 1, got {self.min_keypoint_spread}")
         if not 0 <= self.min_depth < self.max_depth:

@@ -299,6 +299,15 @@ def test_ground_truth_maps_put_a_ceiling_of_every_instance_on_clean_frames(toy_s
     assert paired["only_other"] + paired["both"] == report["instances"]
     with pytest.raises(SystemExit):  # nothing to evaluate
         main(["--split", f"toy={root / 'train'}", "--out", str(tmp_path / "none")])
+    # PnP's thresholds reach the pipeline: a looser RANSAC keeps the ceiling; a zero one is refused by name.
+    main(["--split", f"toy={root / 'train'}", "--gt-maps", str(checkpoint), "--ransac-threshold", "10",
+          "--max-reprojection-error", "15", "--out", str(tmp_path / "loose")])
+    assert "RANSAC 10.0 px, max RMS 15.0 px" in (tmp_path / "loose" / "results.md").read_text()
+    loose = json.loads((tmp_path / "loose" / "results.json").read_text())["toy"]["recall"]["GT maps"]
+    assert loose["add"]["Mean"] == 100.0
+    with pytest.raises(ValueError, match="ransac_threshold: expected a positive"):
+        main(["--split", f"toy={root / 'train'}", "--gt-maps", str(checkpoint), "--ransac-threshold", "0",
+              "--out", str(tmp_path / "zero")])
 
 
 def test_backbone_weights_from_a_timm_checkpoint_file_initialise_the_backbone(toy_split, tmp_path):

@@ -296,6 +296,11 @@ def main(argv=None) -> None:
     parser.add_argument("--peak-threshold", type=float, default=None,
                         help="belief-map peak threshold for every model (default: each model's own); "
                              "to choose a model's threshold, evaluate a few and store the best in it")
+    parser.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
+                        help="RANSAC inlier distance of PnP for every model (default 5 px); larger "
+                             "gives more instances a pose, and more wrong poses")
+    parser.add_argument("--max-reprojection-error", type=float, default=None, metavar="PX",
+                        help="reject poses whose RMS reprojection error is larger (default 10 px)")
     parser.add_argument("--gt-maps", metavar="CHECKPOINT",
                         help="add a 'GT maps' column: ground-truth maps through this checkpoint's "
                              "codec, decoding and PnP (the ceiling of its input size)")
@@ -321,7 +326,15 @@ def main(argv=None) -> None:
         summaries, timing, instances = {}, {}, {}
         rows = []
         for model_name, path in models.items():
-            overrides = {} if args.peak_threshold is None else {"peak_threshold": args.peak_threshold}
+            overrides = {
+                name: value
+                for name, value in (
+                    ("peak_threshold", args.peak_threshold),
+                    ("ransac_threshold", args.ransac_threshold),
+                    ("max_reprojection_error", args.max_reprojection_error),
+                )
+                if value is not None
+            }
             gt_maps = model_name == GT_MAPS and path == args.gt_maps
             pipeline = PosePipeline.from_pretrained(
                 path,
@@ -355,6 +368,8 @@ def main(argv=None) -> None:
             + args.backend
             + (f", input {args.input_size[0]}x{args.input_size[1]}" if args.input_size else "")
             + (f", peak threshold {args.peak_threshold}" if args.peak_threshold is not None else "")
+            + (f", RANSAC {args.ransac_threshold} px" if args.ransac_threshold is not None else "")
+            + (f", max RMS {args.max_reprojection_error} px" if args.max_reprojection_error else "")
             + "): "
             + ", ".join(f"{k} {v:.3f}" for k, v in timing.items())
             + "\n"
