@@ -42,7 +42,14 @@ from scipy.stats import binomtest
 from tqdm import tqdm
 
 from hrpose_ros import bop, metrics, replay
-from hrpose_ros.pipeline import Letterbox, NetworkMaps, PosePipeline, letterbox_scale, scale_points
+from hrpose_ros.pipeline import (
+    Letterbox,
+    NetworkMaps,
+    PosePipeline,
+    PoseThresholds,
+    letterbox_scale,
+    scale_points,
+)
 from hrpose_ros.types import ObjectModel, ObjectPose
 from training.data import frame_keypoints
 
@@ -168,9 +175,8 @@ def evaluate_split(
     return {"instances": results, "seconds_per_frame": float(np.median(seconds)) if seconds else 0.0}
 
 
-def _verdicts(instances: Sequence[InstanceResult], obj_id: int, metric: str) -> list[bool]:
-    """Return the per-instance verdicts of ``metric`` (or of a :data:`DIAGNOSTICS` entry) for one object."""
-    own = [r for r in instances if r.obj_id == obj_id]
+def _verdicts(own: Sequence[InstanceResult], metric: str) -> list[bool]:
+    """Return the verdicts of ``metric`` (or of a :data:`DIAGNOSTICS` entry) on one object's instances."""
     if metric == "found":
         return [bool(r.errors) for r in own]  # errors are filled only for a matched estimate
     if metric == "add_if_found":
@@ -184,13 +190,14 @@ def summarise(instances: Sequence[InstanceResult], names: dict[int, str]) -> dic
     Besides :data:`METRICS` it holds the :data:`DIAGNOSTICS`: "found" (% of instances with any pose)
     and "add_if_found" (ADD(-S) % among those; None for an object with none found, left out of its mean).
     """
+    by_object = {obj_id: [r for r in instances if r.obj_id == obj_id] for obj_id in names}
     table = {}
     for metric in METRICS + DIAGNOSTICS:
         per_object = {}
         for obj_id, name in names.items():
-            if not any(r.obj_id == obj_id for r in instances):
+            if not by_object[obj_id]:
                 continue
-            hits = _verdicts(instances, obj_id, metric)
+            hits = _verdicts(by_object[obj_id], metric)
             per_object[name] = 100.0 * float(np.mean(hits)) if hits else None
         values = [v for v in per_object.values() if v is not None]
         per_object["Mean"] = float(np.mean(values)) if values else 0.0
@@ -297,10 +304,12 @@ def main(argv=None) -> None:
                         help="belief-map peak threshold for every model (default: each model's own); "
                              "to choose a model's threshold, evaluate a few and store the best in it")
     parser.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
-                        help="RANSAC inlier distance of PnP for every model (default 5 px); larger "
-                             "gives more instances a pose, and more wrong poses")
+                        help="RANSAC inlier distance of PnP for every model (default "
+                             f"{PoseThresholds.ransac_threshold} px); larger gives more instances a "
+                             "pose, and more wrong poses")
     parser.add_argument("--max-reprojection-error", type=float, default=None, metavar="PX",
-                        help="reject poses whose RMS reprojection error is larger (default 10 px)")
+                        help="reject poses whose RMS reprojection error is larger (default "
+                             f"{PoseThresholds.max_reprojection_error} px)")
     parser.add_argument("--gt-maps", metavar="CHECKPOINT",
                         help="add a 'GT maps' column: ground-truth maps through this checkpoint's "
                              "codec, decoding and PnP (the ceiling of its input size)")
@@ -318,6 +327,18 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    # Decoding and PnP settings given on the command line, the same for every model.
+    overrides = {
+        name: value
+        for name, value in (
+            ("peak_threshold", args.peak_threshold),
+            ("ransac_threshold", args.ransac_threshold),
+            ("max_reprojection_error", args.max_reprojection_error),
+        )
+        if value is not None
+    }
+    labels = {"peak_threshold": "peak threshold {}", "ransac_threshold": "RANSAC {} px",
+              "max_reprojection_error": "max RMS {} px"}
     report, markdown = {}, []
     for split_name, split_dir in splits.items():
         frames = bop.read_split(split_dir)
@@ -326,15 +347,6 @@ def main(argv=None) -> None:
         summaries, timing, instances = {}, {}, {}
         rows = []
         for model_name, path in models.items():
-            overrides = {
-                name: value
-                for name, value in (
-                    ("peak_threshold", args.peak_threshold),
-                    ("ransac_threshold", args.ransac_threshold),
-                    ("max_reprojection_error", args.max_reprojection_error),
-                )
-                if value is not None
-            }
             gt_maps = model_name == GT_MAPS and path == args.gt_maps
             pipeline = PosePipeline.from_pretrained(
                 path,
@@ -367,9 +379,7 @@ def main(argv=None) -> None:
             + ", "
             + args.backend
             + (f", input {args.input_size[0]}x{args.input_size[1]}" if args.input_size else "")
-            + (f", peak threshold {args.peak_threshold}" if args.peak_threshold is not None else "")
-            + (f", RANSAC {args.ransac_threshold} px" if args.ransac_threshold is not None else "")
-            + (f", max RMS {args.max_reprojection_error} px" if args.max_reprojection_error else "")
+            + "".join(f", {labels[name].format(value)}" for name, value in overrides.items())
             + "): "
             + ", ".join(f"{k} {v:.3f}" for k, v in timing.items())
             + "\n"
