@@ -88,6 +88,11 @@ class InstanceResult:
     correct: dict = field(default_factory=dict)
     errors: dict = field(default_factory=dict)
 
+    @property
+    def found(self) -> bool:
+        """True when an estimate was matched to this instance (its errors are filled only then)."""
+        return bool(self.errors)
+
 
 def match_poses(
     poses: Sequence[ObjectPose],
@@ -178,9 +183,9 @@ def evaluate_split(
 def _verdicts(own: Sequence[InstanceResult], metric: str) -> list[bool]:
     """Return the verdicts of ``metric`` (or of a :data:`DIAGNOSTICS` entry) on one object's instances."""
     if metric == "found":
-        return [bool(r.errors) for r in own]  # errors are filled only for a matched estimate
+        return [r.found for r in own]
     if metric == "add_if_found":
-        return [r.correct["add"] for r in own if r.errors]
+        return [r.correct["add"] for r in own if r.found]
     return [r.correct[metric] for r in own]
 
 
@@ -328,17 +333,16 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     # Decoding and PnP settings given on the command line, the same for every model.
-    overrides = {
-        name: value
-        for name, value in (
-            ("peak_threshold", args.peak_threshold),
-            ("ransac_threshold", args.ransac_threshold),
-            ("max_reprojection_error", args.max_reprojection_error),
+    given = [
+        (name, value, label)
+        for name, value, label in (
+            ("peak_threshold", args.peak_threshold, "peak threshold {}"),
+            ("ransac_threshold", args.ransac_threshold, "RANSAC {} px"),
+            ("max_reprojection_error", args.max_reprojection_error, "max RMS {} px"),
         )
         if value is not None
-    }
-    labels = {"peak_threshold": "peak threshold {}", "ransac_threshold": "RANSAC {} px",
-              "max_reprojection_error": "max RMS {} px"}
+    ]
+    overrides = {name: value for name, value, _ in given}
     report, markdown = {}, []
     for split_name, split_dir in splits.items():
         frames = bop.read_split(split_dir)
@@ -379,7 +383,7 @@ def main(argv=None) -> None:
             + ", "
             + args.backend
             + (f", input {args.input_size[0]}x{args.input_size[1]}" if args.input_size else "")
-            + "".join(f", {labels[name].format(value)}" for name, value in overrides.items())
+            + "".join(f", {label.format(value)}" for _, value, label in given)
             + "): "
             + ", ".join(f"{k} {v:.3f}" for k, v in timing.items())
             + "\n"
