@@ -342,3 +342,28 @@ def test_backbone_weights_from_a_timm_checkpoint_file_initialise_the_backbone(to
                      **common), objects=objects)
     with pytest.raises(ValueError, match="backbone_weights.*init_checkpoint.*expected one"):
         recipe("quick", backbone_weights="imagenet", init_checkpoint=str(path), **common)
+
+
+def test_crop_class_weights_centre_crops_on_the_named_objects_more_often():
+    from training.data import random_crop
+
+    image = np.zeros((200, 400, 3), np.uint8)
+    keypoints = np.zeros((2, 9, 2))
+    keypoints[0, -1] = (100, 100)  # a duck's centroid
+    keypoints[1, -1] = (300, 100)  # a lego's
+    rng = np.random.default_rng(0)
+    centred_on_duck = 0
+    for _ in range(400):
+        _, shifted = random_crop(image, keypoints, 64, rng, weights=np.array([3.0, 1.0]))
+        centred_on_duck += bool(0 <= shifted[0, -1, 0] < 64)
+    assert 0.68 < centred_on_duck / 400 < 0.82  # 3 : 1 -> 75 %
+
+    weights = recipe("quick", crop_class_weights="duck=3, mug=2.5").class_weights(["duck", "lego", "mug"])
+    np.testing.assert_allclose(weights, [3.0, 1.0, 2.5])
+    with pytest.raises(ValueError, match=r"unknown object\(s\) \['cup'\]"):
+        recipe("quick", crop_class_weights="cup=3").class_weights(["duck", "lego"])
+    for bad in ("duck", "duck=0", "duck=-1", "duck=x", "=3", "duck=nan"):
+        with pytest.raises(ValueError, match="crop_class_weights: expected NAME=WEIGHT"):
+            recipe("quick", crop_class_weights=bad)
+    with pytest.raises(ValueError, match="needs crop_size > 0"):
+        recipe("paper", crop_class_weights="duck=3")

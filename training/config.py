@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from hrpose_ros.networks import BACKBONES
 
-__all__ = ["RECIPES", "STAGES", "TrainConfig", "recipe"]
+__all__ = ["RECIPES", "STAGES", "TrainConfig", "parse_class_weights", "recipe"]
 
 # Stage -> (network variant, uses a teacher). Teacher and student train on Eq. 3 alone,
 # student_kd on Eq. 7 with the frozen teacher.
@@ -16,6 +19,26 @@ STAGES: dict[str, tuple[str, bool]] = {
     "student": ("student", False),
     "student_kd": ("student", True),
 }
+
+
+def parse_class_weights(text: str) -> dict[str, float]:
+    """Return {object name: weight} from ``"duck=3,mug=2.5"``; ValueError saying which item is wrong."""
+    weights: dict[str, float] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value) if sep and name.strip() else float("nan")
+        except ValueError:
+            weight = float("nan")
+        if not weight > 0 or not np.isfinite(weight):
+            raise ValueError(
+                f"crop_class_weights: expected NAME=WEIGHT items (weight a positive number) joined "
+                f"by commas, e.g. 'duck=3,mug=3', got {item!r}"
+            )
+        weights[name.strip()] = weight
+    return weights
 
 
 @dataclass(frozen=True)
@@ -63,6 +86,11 @@ class TrainConfig:
     input_width: int = 640
     input_height: int = 480
     crop_size: int = 0  # 0 = whole (letterboxed) image; > 0 = random square crops around objects
+    # Which instance a crop centres on: "" = each instance of the frame equally likely (every file
+    # shipped so far); "duck=3,mug=3" = an instance of a named object 3 times as likely as one of
+    # weight 1 (objects not named). Not in the paper, which trains on whole images: a way to give
+    # the objects the network finds hardest more of the cpu recipe's few crops. Needs crop_size > 0.
+    crop_class_weights: str = ""
     augment: bool = True  # blur, colour jitter, noise, rotation +-30 deg (paper Sec. IV.1)
     bf16: bool = False  # CPU autocast to bfloat16 (AMX); the paper trains in fp32 on a GPU
     max_frames: int = 0  # 0 = all frames of the split
@@ -97,6 +125,23 @@ class TrainConfig:
             )
         if self.crop_size % 32:
             raise ValueError(f"crop_size: expected 0 or a multiple of 32, got {self.crop_size}")
+        if self.crop_class_weights:
+            if not self.crop_size:
+                raise ValueError(
+                    f"crop_class_weights: {self.crop_class_weights!r} needs crop_size > 0 (it picks "
+                    "the instance a crop centres on), got crop_size 0"
+                )
+            parse_class_weights(self.crop_class_weights)
+
+    def class_weights(self, names: Sequence[str]) -> np.ndarray:
+        """Return the crop weight of each of ``names`` (class order): 1 unless named in crop_class_weights."""
+        weights = parse_class_weights(self.crop_class_weights)
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise ValueError(
+                f"crop_class_weights: unknown object(s) {unknown}; the objects are {list(names)}"
+            )
+        return np.array([weights.get(name, 1.0) for name in names], np.float64)
 
     @property
     def variant(self) -> str:

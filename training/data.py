@@ -58,15 +58,21 @@ def frame_keypoints(frame: BopFrame, objects: Sequence[ObjectModel],
     return np.asarray(keypoints, np.float64).reshape(-1, 9, 2), np.asarray(classes, np.int64)
 
 
-def random_crop(image: np.ndarray, keypoints: np.ndarray, size: int, rng: np.random.Generator):
+def random_crop(image: np.ndarray, keypoints: np.ndarray, size: int, rng: np.random.Generator,
+                weights: np.ndarray | None = None):
     """Return (crop (size, size, 3), keypoints shifted into it): a square around a random instance's centroid.
 
-    The centroid lands uniformly in the central 60 % of the crop; outside the image is zero.
+    The instance is drawn with probability proportional to ``weights`` (N,), or uniformly when
+    None. The centroid lands uniformly in the central 60 % of the crop; outside the image is zero.
     With no instance the crop is anywhere in the image.
     """
     h, w = image.shape[:2]
     if len(keypoints):
-        cx, cy = keypoints[rng.integers(len(keypoints)), -1]
+        if weights is None:  # the draw of every run so far, kept so they repeat
+            chosen = int(rng.integers(len(keypoints)))
+        else:
+            chosen = int(rng.choice(len(keypoints), p=np.asarray(weights, np.float64) / np.sum(weights)))
+        cx, cy = keypoints[chosen, -1]
         x0 = int(round(cx - rng.uniform(0.2, 0.8) * size))
         y0 = int(round(cy - rng.uniform(0.2, 0.8) * size))
     else:
@@ -85,7 +91,8 @@ class KeypointDataset(torch.utils.data.Dataset):
     Each frame is resized by ``image_scale``; with ``crop_size`` 0 it is letterboxed to
     ``input_size`` (W, H) as the pipeline does, else a random square crop around an object is
     taken. ``augment`` applies the data module's augmentation (blur, colour jitter, noise,
-    rotation +-30 deg; paper Sec. IV.1) with keypoints moved consistently.
+    rotation +-30 deg; paper Sec. IV.1) with keypoints moved consistently. ``class_weights``
+    (one per object, ``TrainConfig.class_weights``) makes crops centre on some objects more often.
     """
 
     def __init__(
@@ -98,6 +105,7 @@ class KeypointDataset(torch.utils.data.Dataset):
         crop_size: int = 0,
         augment: bool = False,
         seed: int = 0,
+        class_weights: np.ndarray | None = None,
     ):
         if not frames:
             raise ValueError("frames: expected at least one training frame, got none")
@@ -109,6 +117,12 @@ class KeypointDataset(torch.utils.data.Dataset):
         self.crop_size = int(crop_size)
         self.augment = augment
         self.seed = seed
+        self.class_weights = None if class_weights is None else np.asarray(class_weights, np.float64)
+        if self.class_weights is not None and self.class_weights.shape != (len(self.objects),):
+            raise ValueError(
+                f"class_weights: expected one weight per object ({len(self.objects)}), "
+                f"got shape {self.class_weights.shape}"
+            )
         self._calls = 0
 
     def __len__(self) -> int:
@@ -139,7 +153,8 @@ class KeypointDataset(torch.utils.data.Dataset):
         if self.augment:
             image, keypoints = augment(image, keypoints, rng)
         if self.crop_size:
-            image, keypoints = random_crop(image, keypoints, self.crop_size, rng)
+            weights = None if self.class_weights is None else self.class_weights[classes]
+            image, keypoints = random_crop(image, keypoints, self.crop_size, rng, weights)
         belief, vectors = self.codec.encode(keypoints, classes, image.shape[0], image.shape[1])
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
         return tensor, torch.from_numpy(belief), torch.from_numpy(vectors)

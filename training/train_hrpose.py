@@ -269,6 +269,7 @@ def train(
         config.crop_size,
         config.augment,
         config.seed,
+        config.class_weights([o.name for o in objects]) if config.crop_class_weights else None,
     )
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -460,6 +461,11 @@ def main(argv=None) -> None:
     parser.add_argument("--lambda-od", type=float)
     parser.add_argument("--lambda-fs", type=float)
     parser.add_argument("--crop-size", type=int)
+    parser.add_argument(
+        "--crop-class-weights",
+        help="NAME=WEIGHT,... : crops centre on these objects' instances WEIGHT times as often "
+        "(others 1; e.g. duck=3,mug=3); default: every instance alike",
+    )
     parser.add_argument("--positive-weight", type=float, help="0 = the paper's Eq. 3 (cpu recipe: 20)")
     parser.add_argument("--image-scale", type=float, help="scale applied to the frames (cpu recipe: 0.5)")
     parser.add_argument("--input-width", type=int)
