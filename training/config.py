@@ -29,10 +29,10 @@ def parse_class_weights(text: str) -> dict[str, float]:
             continue
         name, sep, value = item.partition("=")
         try:
-            weight = float(value) if sep and name.strip() else float("nan")
+            weight = float(value)
         except ValueError:
-            weight = float("nan")
-        if not weight > 0 or not np.isfinite(weight):
+            weight = 0.0
+        if not (sep and name.strip() and np.isfinite(weight) and weight > 0):
             raise ValueError(
                 f"crop_class_weights: expected NAME=WEIGHT items (weight a positive number) joined "
                 f"by commas, e.g. 'duck=3,mug=3', got {item!r}"
