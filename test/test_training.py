@@ -220,6 +220,40 @@ def test_evaluation_says_how_many_instances_got_a_pose_and_how_good_those_are():
     assert "| b | - | - |" in text and "| a | 50.00 | 50.00 (+0.00) |" in text
 
 
+def test_evaluation_says_which_instances_were_decoded_near_their_centroid(toy_split):
+    from hrpose_ros import bop
+    from hrpose_ros.codec import CodecConfig, DecodedInstance, KeypointCodec
+    from hrpose_ros.geometry import keypoints_3d, project
+    from hrpose_ros.pipeline import PosePipeline
+    from training.evaluate import DECODED_RADIUS_PX, mark_decoded, match_poses
+
+    root, objects = toy_split
+    frame = next(f for f in bop.read_split(root / "train") if len(f.instances) >= 2)
+    # Only the objects, keypoints and K matter here: no network runs (engine None).
+    pipeline = PosePipeline(None, KeypointCodec(CodecConfig(num_classes=len(objects))), objects, (64, 64))
+    index = {o.obj_id: c for c, o in enumerate(objects)}
+    first, second = frame.instances[0], frame.instances[1]
+    c1, c2 = index[first.obj_id], index[second.obj_id]
+    K, dist = frame.camera.K, frame.camera.dist
+    centre = project(keypoints_3d(objects[c1].points)[-1:], first.R, first.t, K, dist)[0]
+    other = project(keypoints_3d(objects[c2].points)[-1:], second.R, second.t, K, dist)[0]
+    keypoints = np.zeros((9, 2))
+
+    def grouped(c, point):
+        return DecodedInstance(class_index=c, score=1.0, keypoints=np.vstack([keypoints[:8], point]),
+                               found=np.ones(9, bool))
+
+    near = grouped(c1, centre + [0.0, DECODED_RADIUS_PX - 1])  # near the first, its object: decoded
+    far = grouped(c2, other + [DECODED_RADIUS_PX + 1, 0.0])  # too far from the second
+    wrong_object = grouped(1 - c2, other)  # at the second's centroid, the other object (of two)
+    results = match_poses([], frame, {o.obj_id: o for o in objects})
+    mark_decoded(results, [near, far, wrong_object], pipeline, frame)
+    assert results[0].decoded and not results[1].decoded
+    assert not any(r.found for r in results)  # decoded yet no pose: PnP's or acceptance's miss
+    with pytest.raises(ValueError, match="one per scored instance"):
+        mark_decoded(results[:1], [near], pipeline, frame)
+
+
 def test_paired_comparison_counts_disagreements_and_tests_them():
     from training.evaluate import paired_comparison
 
@@ -293,6 +327,7 @@ def test_ground_truth_maps_put_a_ceiling_of_every_instance_on_clean_frames(toy_s
     report = json.loads((tmp_path / "eval" / "results.json").read_text())["toy"]
     recall = report["recall"]["GT maps"]
     assert recall["add"]["Mean"] == 100.0 and recall["proj2d"]["Mean"] == 100.0
+    assert recall["decoded"]["Mean"] == 100.0  # every instance grouped from perfect maps
     # Paired with the one-step model: the ceiling is never wrong where the model is right.
     paired = report["paired"]["GT maps"]["add"]
     assert report["paired_with"] == "HRPose" and paired["only_reference"] == 0

@@ -20,9 +20,12 @@ one): how many instances only it gets right, how many only the baseline does, an
 exact p-value for that split of the disagreements. Recall differences of a point or two between
 two checkpoints are often chance; the p-value says when they are not.
 
-Two more tables say where the misses are: "pose found" (the share of instances that got any pose
-at all: a miss there is a detection miss, peaks below the threshold or too few grouped keypoints)
-and "ADD(-S) 0.1d of those found" (accuracy of the poses that exist; "-" when none was found).
+Three more tables say where the misses are: "decoded" (the share of instances with a grouped
+instance of their object, centroid peak plus at least ``min_keypoints`` keypoints, whose centroid
+lies within :data:`DECODED_RADIUS_PX` of the true one: a miss there is the maps', peaks below the
+threshold or corners not grouped), "pose found" (any pose at all: decoded but not found means PnP
+or its acceptance checks turned the keypoints down) and "ADD(-S) 0.1d of those found" (accuracy of
+the poses that exist; "-" when none was found).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from scipy.stats import binomtest
 from tqdm import tqdm
 
 from hrpose_ros import bop, metrics, replay
+from hrpose_ros.codec import DecodedInstance
+from hrpose_ros.geometry import project
 from hrpose_ros.pipeline import (
     Letterbox,
     NetworkMaps,
@@ -60,6 +65,7 @@ __all__ = [
     "format_table",
     "ground_truth_maps",
     "main",
+    "mark_decoded",
     "match_poses",
     "paired_comparison",
     "summarise",
@@ -70,11 +76,15 @@ logger = logging.getLogger(__name__)
 METRICS = ("add", "proj2d", "5cm5deg")
 GT_MAPS = "GT maps"  # the --gt-maps column
 # Where the misses are: the share of instances with any pose, and ADD(-S) among those.
-DIAGNOSTICS = ("found", "add_if_found")
+DIAGNOSTICS = ("decoded", "found", "add_if_found")
+# A grouped instance "decodes" a ground-truth one when its centroid is this close to the projected
+# true centroid (image pixels; 1.25 map pixels of the 320x256 input for a 640x480 frame).
+DECODED_RADIUS_PX = 10.0
 METRIC_TITLES = {
     "add": "ADD(-S) 0.1d",
     "proj2d": "2D projection 5 px",
     "5cm5deg": "5 cm 5 deg",
+    "decoded": f"decoded (grouped instance within {DECODED_RADIUS_PX:g} px)",
     "found": "pose found (any error)",
     "add_if_found": "ADD(-S) 0.1d of those found",
 }
@@ -87,6 +97,7 @@ class InstanceResult:
     obj_id: int
     correct: dict = field(default_factory=dict)
     errors: dict = field(default_factory=dict)
+    decoded: bool = False  # a grouped instance of its object near its centroid (DECODED_RADIUS_PX)
 
     @property
     def found(self) -> bool:
@@ -107,11 +118,7 @@ def match_poses(
     ``min_visib_fract`` visible (when the split has scene_gt_info) are not evaluated, as in BOP.
     """
     K = frame.camera.K
-    gts = [
-        g
-        for g in frame.instances
-        if g.obj_id in objects and (g.info is None or g.info.visib_fract >= min_visib_fract)
-    ]
+    gts = _evaluated(frame, objects, min_visib_fract)
     pairs = []
     for gi, gt in enumerate(gts):
         obj = objects[gt.obj_id]
@@ -142,6 +149,41 @@ def match_poses(
     return results
 
 
+def _evaluated(frame: bop.BopFrame, objects: dict[int, ObjectModel], min_visib_fract: float) -> list:
+    """Return the ground-truth instances of ``frame`` that are scored (known object, visible enough)."""
+    return [
+        g
+        for g in frame.instances
+        if g.obj_id in objects and (g.info is None or g.info.visib_fract >= min_visib_fract)
+    ]
+
+
+def mark_decoded(
+    results: Sequence[InstanceResult],
+    decoded: Sequence[DecodedInstance],
+    pipeline: PosePipeline,
+    frame: bop.BopFrame,
+    min_visib_fract: float = 0.1,
+) -> None:
+    """Set ``decoded`` on :func:`match_poses`' ``results`` for ``frame`` from the grouped instances.
+
+    True when an instance of the same object has its centroid within :data:`DECODED_RADIUS_PX` of
+    the ground truth's projected centroid keypoint (image pixels).
+    """
+    objects = {o.obj_id: o for o in pipeline.objects}
+    gts = _evaluated(frame, objects, min_visib_fract)
+    if len(gts) != len(results):
+        raise ValueError(f"results: expected one per scored instance ({len(gts)}), got {len(results)}")
+    index = {o.obj_id: c for c, o in enumerate(pipeline.objects)}
+    centroids = [(d.class_index, d.keypoints[-1]) for d in decoded]
+    for gt, result in zip(gts, results):
+        c = index[gt.obj_id]
+        truth = project(pipeline.keypoints_3d[c][-1:], gt.R, gt.t, frame.camera.K, frame.camera.dist)[0]
+        result.decoded = any(
+            k == c and np.hypot(*(point - truth)) <= DECODED_RADIUS_PX for k, point in centroids
+        )
+
+
 def ground_truth_maps(pipeline: PosePipeline, frame: bop.BopFrame) -> NetworkMaps:
     """Return the maps a perfect network would give ``pipeline`` for ``frame``.
 
@@ -170,18 +212,24 @@ def evaluate_split(
         if gt_maps:
             maps = ground_truth_maps(pipeline, frame)
             start = time.perf_counter()
-            poses, _ = pipeline.poses_from_maps(maps, frame.camera)
         else:
             image = frame.read_rgb()
             start = time.perf_counter()
-            poses = pipeline(image, frame.camera)
+            maps = pipeline.estimate_maps(image, frame.camera)
+        # pipeline.poses_from_maps in its two steps, to keep the grouped instances for "decoded"
+        decoded = pipeline.decode(maps.belief_maps, maps.vector_fields, maps.box)
+        poses = pipeline.solve(decoded, frame.camera)
         seconds.append(time.perf_counter() - start)
-        results.extend(match_poses(poses, frame, objects))
+        own = match_poses(poses, frame, objects)
+        mark_decoded(own, decoded, pipeline, frame)
+        results.extend(own)
     return {"instances": results, "seconds_per_frame": float(np.median(seconds)) if seconds else 0.0}
 
 
 def _verdicts(own: Sequence[InstanceResult], metric: str) -> list[bool]:
     """Return the verdicts of ``metric`` (or of a :data:`DIAGNOSTICS` entry) on one object's instances."""
+    if metric == "decoded":
+        return [r.decoded for r in own]
     if metric == "found":
         return [r.found for r in own]
     if metric == "add_if_found":
@@ -192,7 +240,8 @@ def _verdicts(own: Sequence[InstanceResult], metric: str) -> list[bool]:
 def summarise(instances: Sequence[InstanceResult], names: dict[int, str]) -> dict[str, dict[str, float]]:
     """Return {metric: {object name: recall %, ..., "Mean": mean over objects}} (objects with instances).
 
-    Besides :data:`METRICS` it holds the :data:`DIAGNOSTICS`: "found" (% of instances with any pose)
+    Besides :data:`METRICS` it holds the :data:`DIAGNOSTICS`: "decoded" (% of instances with a
+    grouped instance near their centroid), "found" (% of instances with any pose)
     and "add_if_found" (ADD(-S) % among those; None for an object with none found, left out of its mean).
     """
     by_object = {obj_id: [r for r in instances if r.obj_id == obj_id] for obj_id in names}
@@ -370,6 +419,7 @@ def main(argv=None) -> None:
                         "model": model_name,
                         "obj_id": r.obj_id,
                         **{m: int(r.correct[m]) for m in METRICS},
+                        "decoded": int(r.decoded),
                         **r.errors,
                     }
                 )
