@@ -35,7 +35,7 @@ import csv
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,7 +75,8 @@ logger = logging.getLogger(__name__)
 
 METRICS = ("add", "proj2d", "5cm5deg")
 GT_MAPS = "GT maps"  # the --gt-maps column
-# Where the misses are: the share of instances with any pose, and ADD(-S) among those.
+# Where the misses are: the share of instances grouped by the decoder, the share with any pose, and
+# ADD(-S) among those.
 DIAGNOSTICS = ("decoded", "found", "add_if_found")
 # A grouped instance "decodes" a ground-truth one when its centroid is this close to the projected
 # true centroid (image pixels; 1.25 map pixels of the 320x256 input for a 640x480 frame).
@@ -149,8 +150,8 @@ def match_poses(
     return results
 
 
-def _evaluated(frame: bop.BopFrame, objects: dict[int, ObjectModel], min_visib_fract: float) -> list:
-    """Return the ground-truth instances of ``frame`` that are scored (known object, visible enough)."""
+def _evaluated(frame: bop.BopFrame, objects: Container[int], min_visib_fract: float) -> list:
+    """Return the scored ground-truth instances of ``frame`` (object id in ``objects``, visible enough)."""
     return [
         g
         for g in frame.instances
@@ -170,11 +171,10 @@ def mark_decoded(
     True when an instance of the same object has its centroid within :data:`DECODED_RADIUS_PX` of
     the ground truth's projected centroid keypoint (image pixels).
     """
-    objects = {o.obj_id: o for o in pipeline.objects}
-    gts = _evaluated(frame, objects, min_visib_fract)
+    index = {o.obj_id: c for c, o in enumerate(pipeline.objects)}  # object id -> class index
+    gts = _evaluated(frame, index, min_visib_fract)
     if len(gts) != len(results):
         raise ValueError(f"results: expected one per scored instance ({len(gts)}), got {len(results)}")
-    index = {o.obj_id: c for c, o in enumerate(pipeline.objects)}
     centroids = [(d.class_index, d.keypoints[-1]) for d in decoded]
     for gt, result in zip(gts, results):
         c = index[gt.obj_id]
