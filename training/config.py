@@ -161,7 +161,8 @@ class TrainConfig:
 # Named recipes: "paper" is the paper's setting (GPU), "cpu" what fits on 2 CPU cores here,
 # "quick" a few steps for tests. The cpu recipe halves the 640x480 frames (objects stay 25-100 px
 # large), trains on 128x128 crops around objects (fully convolutional, so inference runs on the
-# whole 320x256 letterboxed frame) and uses bf16 autocast (AMX: ~2x faster than fp32 here).
+# whole 320x256 letterboxed frame) and uses bf16 autocast (AMX: ~2x faster than fp32; train() falls
+# back to fp32 on a CPU without native bf16, where emulated bf16 is ~7x slower than fp32).
 # Its lr starts at 1e-3, not 1e-4, with a cosine decay over the run's budget instead of halving
 # every 20 of 120 epochs, and its batch is 8, not 32: with a few thousand steps instead of ~100k,
 # larger updates that anneal to 0 by the end learn the most in the time (measured on 2 cores:
