@@ -30,3 +30,13 @@ clean:
 .PHONY: bench
 bench: bootstrap
 	$(ENV) && python benchmarks/benchmark.py $(BENCH_ARGS)
+
+# Issue 6's accuracy check of the node: single objects rendered at known poses (hrpose-make-data
+# --kind views, 0.2-0.6 m), sent through a live pose_node over DDS one frame at a time, scored
+# at 1 cm 5 deg beside ADD(-S) (about a minute): prints the table, writes out/views/eval/.
+.PHONY: views-eval
+views-eval: bootstrap
+	rm -rf out/views
+	$(ENV) && hrpose-make-data --kind views --n 96 --out out/views/data --seed 26000 --no-depth \
+	  && hrpose-bop-to-bag out/views/data/000000 out/views/bag --quiet \
+	  && hrpose-replay-eval out/views/bag --live-node --max-translation-cm 1 --out out/views/eval --quiet

@@ -733,8 +733,31 @@ def _replay_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds to wait for the node's answer to one image (and for its start)",
     )
+    parser.add_argument(
+        "--max-translation-cm",
+        type=_positive_float,
+        default=100.0 * Thresholds.translation_m,
+        help="translation bound of the 'n cm n deg' recall (default 5; 1 for issue 6's well-visible objects)",
+    )
+    parser.add_argument(
+        "--max-rotation-deg",
+        type=_positive_float,
+        default=Thresholds.rotation_deg,
+        help="rotation bound of the 'n cm n deg' recall (default 5)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (argparse names the flag in its error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
 
 
 def replay_eval_main(argv: Sequence[str] | None = None) -> int:
@@ -776,6 +799,9 @@ def replay_eval_main(argv: Sequence[str] | None = None) -> int:
             max_frames=args.max_frames,
             video=not args.no_video,
             mode=mode,
+            thresholds=Thresholds(
+                translation_m=args.max_translation_cm / 100.0, rotation_deg=args.max_rotation_deg
+            ),
             progress=not args.quiet,
         )
     finally:

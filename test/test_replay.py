@@ -1,5 +1,6 @@
 """Replay evaluation: BOP scene -> bag converter, scoring against hand-computed errors, and whole runs."""
 
+import dataclasses
 import json
 import math
 
@@ -251,11 +252,12 @@ def _recomputed_scores(bag, out, objects):
     return scores, results, used
 
 
-def _check_report_numbers(bag, out, objects):
-    """metrics.json and the report tables hold the recalls the metric functions give."""
+def _check_report_numbers(bag, out, objects, th=None):
+    """metrics.json and the report tables hold the recalls the metric functions give at ``th``."""
+    th = th or metrics.Thresholds()
     scores, results, used = _recomputed_scores(bag, out, objects)
     data = json.loads((out / "metrics.json").read_text())
-    th = metrics.Thresholds()
+    assert data["thresholds"] == pytest.approx(dataclasses.asdict(th))
     rows = {row["obj_id"]: row for row in data["objects"]}
     report_md = (out / "report.md").read_text()
     recalls = []
@@ -371,6 +373,27 @@ def test_truncated_bag_names_bag_and_topic_and_keeps_partial_results(tmp_path, s
     assert {r.im_id for r in bop.read_results_csv(out / "results.csv")} <= set(range(data["frames"]))
     assert "**incomplete**" in (out / "report.md").read_text()
     _check_report_numbers(bag, out, {o.obj_id: o for o in pipeline.objects})
+
+
+def test_cm_deg_bounds_of_the_command_line_reach_metrics_and_report(tmp_path, scene_bag, pipeline, capsys):
+    """--max-translation-cm / --max-rotation-deg: issue 6 measures well-visible objects at 1 cm 5 deg."""
+    out = tmp_path / "out"
+    argv = [str(scene_bag), "--out", str(out), "--quiet", "--no-video", "--max-frames", "2"]
+    assert replay.replay_eval_main([*argv, "--max-translation-cm", "1000", "--max-rotation-deg", "180"]) == 0
+    assert "1000 cm 180 deg" in capsys.readouterr().out
+    objects = {o.obj_id: o for o in pipeline.objects}
+    wide = metrics.Thresholds(translation_m=10.0, rotation_deg=180.0)
+    data = _check_report_numbers(scene_bag, out, objects, wide)
+    assert "1000 cm 180 deg" in (out / "report.md").read_text()
+    # bounds this wide (poses lie within max_depth, 5 m) accept every pose found: recall = share found
+    rows = [row for row in data["objects"] if row["obj_id"] != 0]
+    assert sum(row["found"] for row in rows) > 0
+    for row in rows:
+        assert row["cm_deg_recall"] == pytest.approx(row["found"] / row["instances"])
+    with pytest.raises(SystemExit) as exc:
+        replay.replay_eval_main([*argv, "--max-translation-cm", "0"])
+    assert exc.value.code == 2
+    assert "--max-translation-cm: expected a number > 0, got '0'" in capsys.readouterr().err
 
 
 def test_ground_truth_of_an_unknown_object_is_named_with_partial_results(tmp_path, scene_bag, pipeline):
