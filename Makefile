@@ -32,8 +32,9 @@ bench: bootstrap
 	$(ENV) && python benchmarks/benchmark.py $(BENCH_ARGS)
 
 # Issue 6's accuracy check of the node: single objects rendered at known poses (hrpose-make-data
-# --kind views, 20-60 % of the image height), sent through a live pose_node over DDS one frame at a time, scored
-# at 1 cm 5 deg beside ADD(-S) (about a minute): prints the table, writes out/views/eval/.
+# --kind views, 20-60 % of the image height), sent through a live pose_node over DDS one frame
+# at a time, scored at 1 cm 5 deg beside ADD(-S) (about a minute): prints the table, writes
+# out/views/eval/.
 .PHONY: views-eval
 views-eval: bootstrap
 	rm -rf out/views
