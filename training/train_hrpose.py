@@ -300,7 +300,11 @@ def train(
     if config.backbone_weights:
         load_backbone_weights(model, config.backbone_weights)
     teacher = _load_teacher(config, model_config, device) if config.uses_teacher else None
-    if config.bf16:
+    # channels_last for bf16, and for fp32 on a CPU too: oneDNN's NHWC kernels ran a cpu-recipe
+    # student step (batch 8, 128x128, fp32) in 0.76 s instead of 0.91 s on a 2-core AVX2 EPYC
+    # (mean of 5 runs of 20-60 steps each, 2026-12-01). On a GPU without bf16 it stays NCHW (unmeasured).
+    channels_last = config.bf16 or device.type == "cpu"
+    if channels_last:
         # Convert before any inference_mode: converted parameters must stay trainable tensors.
         model = model.to(memory_format=torch.channels_last)
         teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
@@ -330,7 +334,7 @@ def train(
 
     start = time.perf_counter()
     step = 0
-    memory_format = torch.channels_last if config.bf16 else torch.contiguous_format
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for epoch in range(config.epochs):
         model.train()
         bar = tqdm(loader, desc=f"{config.stage} epoch {epoch + 1}/{config.epochs}", leave=False)
