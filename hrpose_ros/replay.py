@@ -66,6 +66,7 @@ __all__ = [
     "match_frame",
     "metrics_dict",
     "pose_errors",
+    "positive_float",
     "read_scores_csv",
     "recalls",
     "replay_eval_main",
@@ -735,13 +736,13 @@ def _replay_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-translation-cm",
-        type=_positive_float,
+        type=positive_float,
         default=100.0 * Thresholds.translation_m,
         help="translation bound of the 'n cm n deg' recall (default 5; 1 for issue 6's well-visible objects)",
     )
     parser.add_argument(
         "--max-rotation-deg",
-        type=_positive_float,
+        type=positive_float,
         default=Thresholds.rotation_deg,
         help="rotation bound of the 'n cm n deg' recall (default 5)",
     )
@@ -749,7 +750,7 @@ def _replay_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     """argparse type: a finite number > 0 (argparse names the flag in its error)."""
     try:
         value = float(text)

@@ -196,6 +196,16 @@ def test_evaluation_matches_estimates_to_ground_truth_and_scores_them(toy_split)
     assert all(not any(r.correct.values()) for r in results[2:])  # no estimate: wrong
     table = summarise(results, {o.obj_id: o.name for o in objects})
     assert 0.0 <= table["add"]["Mean"] <= 100.0
+    # Bounds of one more "n cm n deg" verdict: 2 cm off fails 1 cm 5 deg, passes 3 cm 5 deg.
+    tight = match_poses([shifted, exact], frame, by_id, bounds=(0.01, 5.0))
+    assert [r.correct["cm_deg"] for r in tight[:2]] == [True, False]
+    assert all(r.correct["cm_deg"] is False for r in tight[2:])
+    assert match_poses([shifted], frame, by_id, bounds=(0.03, 5.0))[1].correct["cm_deg"] is True
+    assert "cm_deg" in summarise(tight, {o.obj_id: o.name for o in objects}, ("add", "cm_deg"))
+    with pytest.raises(ValueError, match="translation bound: expected a number > 0, got 0.0"):
+        match_poses([exact], frame, by_id, bounds=(0.0, 5.0))
+    with pytest.raises(ValueError, match="rotation bound: expected a number > 0, got nan"):
+        match_poses([exact], frame, by_id, bounds=(0.01, float("nan")))
 
 
 def test_evaluation_says_how_many_instances_got_a_pose_and_how_good_those_are():
@@ -335,11 +345,25 @@ def test_ground_truth_maps_put_a_ceiling_of_every_instance_on_clean_frames(toy_s
     with pytest.raises(SystemExit):  # nothing to evaluate
         main(["--split", f"toy={root / 'train'}", "--out", str(tmp_path / "none")])
     # PnP's thresholds reach the pipeline: a looser RANSAC keeps the ceiling; a zero one is refused by name.
+    # With a 1 cm bound, one more metric and its count of instances (issue 6's 1 cm 5 deg).
     main(["--split", f"toy={root / 'train'}", "--gt-maps", str(checkpoint), "--ransac-threshold", "10",
-          "--max-reprojection-error", "15", "--out", str(tmp_path / "loose")])
-    assert "RANSAC 10.0 px, max RMS 15.0 px" in (tmp_path / "loose" / "results.md").read_text()
-    loose = json.loads((tmp_path / "loose" / "results.json").read_text())["toy"]["recall"]["GT maps"]
+          "--max-reprojection-error", "15", "--max-translation-cm", "1", "--out", str(tmp_path / "loose")])
+    text = (tmp_path / "loose" / "results.md").read_text()
+    assert "RANSAC 10.0 px, max RMS 15.0 px" in text
+    loose_report = json.loads((tmp_path / "loose" / "results.json").read_text())["toy"]
+    loose = loose_report["recall"]["GT maps"]
     assert loose["add"]["Mean"] == 100.0
+    assert loose_report["cm_deg_bounds"] == {"translation_m": 0.01, "rotation_deg": 5.0}
+    assert "| 1 cm 5 deg | GT maps |" in text and loose["cm_deg"]["Mean"] == 100.0  # clean frames' ceiling
+    assert "Instances within 1 cm 5 deg: GT maps " in text
+    with open(tmp_path / "loose" / "instances_toy.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == loose_report["instances"]
+    assert f"GT maps {sum(int(r['cm_deg']) for r in rows)} of {len(rows)}" in text
+    assert all(int(r["cm_deg"]) == (float(r["te_m"]) < 0.01 and float(r["re_deg"]) < 5.0) for r in rows)
+    with pytest.raises(SystemExit):  # argparse names the flag and the value
+        main(["--split", f"toy={root / 'train'}", "--gt-maps", str(checkpoint), "--max-rotation-deg", "0",
+              "--out", str(tmp_path / "zero_deg")])
     with pytest.raises(ValueError, match="ransac_threshold: expected a positive"):
         main(["--split", f"toy={root / 'train'}", "--gt-maps", str(checkpoint), "--ransac-threshold", "0",
               "--out", str(tmp_path / "zero")])

@@ -26,6 +26,10 @@ lies within :data:`DECODED_RADIUS_PX` of the true one: a miss there is the maps'
 threshold or corners not grouped), "pose found" (any pose at all: decoded but not found means PnP
 or its acceptance checks turned the keypoints down) and "ADD(-S) 0.1d of those found" (accuracy of
 the poses that exist; "-" when none was found).
+
+``--max-translation-cm N --max-rotation-deg M`` adds one more metric, "N cm M deg" (for example
+issue 6's 1 cm 5 deg for well-visible objects), beside the paper's 5 cm 5 deg, with the count of
+instances within it per model; ``hrpose-replay-eval`` takes the same two flags for a bag.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 METRICS = ("add", "proj2d", "5cm5deg")
+# The extra "n cm n deg" metric of --max-translation-cm/--max-rotation-deg (only when given).
+CM_DEG = "cm_deg"
 GT_MAPS = "GT maps"  # the --gt-maps column
 # Where the misses are: the share of instances grouped by the decoder, the share with any pose, and
 # ADD(-S) among those.
@@ -106,18 +112,47 @@ class InstanceResult:
         return bool(self.errors)
 
 
+def metric_names(bounds: tuple[float, float] | None = None) -> tuple[str, ...]:
+    """Return the metrics scored: :data:`METRICS`, plus :data:`CM_DEG` when ``bounds`` are given."""
+    return METRICS + ((CM_DEG,) if bounds is not None else ())
+
+
+def metric_titles(bounds: tuple[float, float] | None = None) -> dict[str, str]:
+    """Return :data:`METRIC_TITLES` with the title of :data:`CM_DEG` for ``bounds`` (metres, degrees)."""
+    if bounds is None:
+        return dict(METRIC_TITLES)
+    translation_m, rotation_deg = bounds
+    return {**METRIC_TITLES, CM_DEG: f"{100.0 * translation_m:g} cm {rotation_deg:g} deg"}
+
+
+def _bounds(bounds) -> tuple[float, float] | None:
+    """Return ``bounds`` as (metres, degrees), both finite and > 0, or a ValueError saying which is not."""
+    if bounds is None:
+        return None
+    translation_m, rotation_deg = (float(v) for v in bounds)
+    for name, value in (("translation bound", translation_m), ("rotation bound", rotation_deg)):
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+    return translation_m, rotation_deg
+
+
 def match_poses(
     poses: Sequence[ObjectPose],
     frame: bop.BopFrame,
     objects: dict[int, ObjectModel],
     min_visib_fract: float = 0.1,
+    bounds: tuple[float, float] | None = None,
 ) -> list[InstanceResult]:
     """Return one result per ground-truth instance of ``frame``, matched to estimates of its object.
 
     Pairs (gt, estimate) of the same object are matched greedily by ADD(-S) error, each estimate
     at most once; an unmatched instance counts as wrong for every metric. Instances with less than
     ``min_visib_fract`` visible (when the split has scene_gt_info) are not evaluated, as in BOP.
+    ``bounds`` (translation in metres, rotation in degrees) adds the verdict :data:`CM_DEG`: both
+    errors below them (strictly, as 5 cm 5 deg).
     """
+    bounds = _bounds(bounds)
+    names = metric_names(bounds)
     K = frame.camera.K
     gts = _evaluated(frame, objects, min_visib_fract)
     pairs = []
@@ -144,9 +179,11 @@ def match_poses(
             "proj2d": proj < metrics.PROJ2D_THRESHOLD_PX,
             "5cm5deg": re < metrics.ROTATION_THRESHOLD_DEG and te < metrics.TRANSLATION_THRESHOLD_M,
         }
+        if bounds is not None:
+            results[gi].correct[CM_DEG] = te < bounds[0] and re < bounds[1]
     for r in results:
         if not r.correct:
-            r.correct = {m: False for m in METRICS}
+            r.correct = {m: False for m in names}
     return results
 
 
@@ -199,12 +236,16 @@ def ground_truth_maps(pipeline: PosePipeline, frame: bop.BopFrame) -> NetworkMap
 
 
 def evaluate_split(
-    pipeline: PosePipeline, frames: Sequence[bop.BopFrame], desc: str = "", gt_maps: bool = False
+    pipeline: PosePipeline,
+    frames: Sequence[bop.BopFrame],
+    desc: str = "",
+    gt_maps: bool = False,
+    bounds: tuple[float, float] | None = None,
 ) -> dict:
     """Return {"instances": [InstanceResult], "seconds_per_frame": float} for ``pipeline`` on ``frames``.
 
     With ``gt_maps`` the network is replaced by :func:`ground_truth_maps` (decoding and PnP stay),
-    and the seconds are those of decoding and PnP alone.
+    and the seconds are those of decoding and PnP alone. ``bounds``: as :func:`match_poses`.
     """
     objects = {o.obj_id: o for o in pipeline.objects}
     results, seconds = [], []
@@ -220,7 +261,7 @@ def evaluate_split(
         decoded = pipeline.decode(maps.belief_maps, maps.vector_fields, maps.box)
         poses = pipeline.solve(decoded, frame.camera)
         seconds.append(time.perf_counter() - start)
-        own = match_poses(poses, frame, objects)
+        own = match_poses(poses, frame, objects, bounds=bounds)
         mark_decoded(own, decoded, pipeline, frame)
         results.extend(own)
     return {"instances": results, "seconds_per_frame": float(np.median(seconds)) if seconds else 0.0}
@@ -237,16 +278,19 @@ def _verdicts(own: Sequence[InstanceResult], metric: str) -> list[bool]:
     return [r.correct[metric] for r in own]
 
 
-def summarise(instances: Sequence[InstanceResult], names: dict[int, str]) -> dict[str, dict[str, float]]:
+def summarise(
+    instances: Sequence[InstanceResult], names: dict[int, str], scored: Sequence[str] = METRICS
+) -> dict[str, dict[str, float]]:
     """Return {metric: {object name: recall %, ..., "Mean": mean over objects}} (objects with instances).
 
-    Besides :data:`METRICS` it holds the :data:`DIAGNOSTICS`: "decoded" (% of instances with a
-    grouped instance near their centroid), "found" (% of instances with any pose)
-    and "add_if_found" (ADD(-S) % among those; None for an object with none found, left out of its mean).
+    Besides the ``scored`` metrics (:func:`metric_names`) it holds the :data:`DIAGNOSTICS`:
+    "decoded" (% of instances with a grouped instance near their centroid), "found" (% of
+    instances with any pose) and "add_if_found" (ADD(-S) % among those; None for an object with
+    none found, left out of its mean).
     """
     by_object = {obj_id: [r for r in instances if r.obj_id == obj_id] for obj_id in names}
     table = {}
-    for metric in METRICS + DIAGNOSTICS:
+    for metric in tuple(scored) + DIAGNOSTICS:
         per_object = {}
         for obj_id, name in names.items():
             if not by_object[obj_id]:
@@ -284,8 +328,14 @@ def paired_comparison(reference: Sequence[bool], other: Sequence[bool]) -> dict:
     }
 
 
-def format_paired(reference: str, paired: dict[str, dict[str, dict]]) -> str:
-    """Return a Markdown table of :func:`paired_comparison` results, one row per model and metric."""
+def format_paired(
+    reference: str, paired: dict[str, dict[str, dict]], titles: dict[str, str] | None = None
+) -> str:
+    """Return a Markdown table of :func:`paired_comparison` results, one row per model and metric.
+
+    ``titles``: the metrics' titles (default :data:`METRIC_TITLES`; :func:`metric_titles` for bounds).
+    """
+    titles = titles or METRIC_TITLES
     lines = [
         f"| paired with {reference} | metric | right only with this model | right only with {reference} "
         "| McNemar exact p |",
@@ -294,15 +344,25 @@ def format_paired(reference: str, paired: dict[str, dict[str, dict]]) -> str:
     for model, by_metric in paired.items():
         for metric, c in by_metric.items():
             counts = f"{c['only_other']} | {c['only_reference']}"
-            lines.append(f"| {model} | {METRIC_TITLES[metric]} | {counts} | {c['p']:.3g} |")
+            lines.append(f"| {model} | {titles[metric]} | {counts} | {c['p']:.3g} |")
     return "\n".join(lines)
 
 
-def format_table(metric: str, summaries: dict[str, dict], baseline: str | None, distilled: str | None) -> str:
-    """Return a Markdown table: rows = objects + Mean, columns = models, the distilled one with its gain."""
+def format_table(
+    metric: str,
+    summaries: dict[str, dict],
+    baseline: str | None,
+    distilled: str | None,
+    titles: dict[str, str] | None = None,
+) -> str:
+    """Return a Markdown table: rows = objects + Mean, columns = models, the distilled one with its gain.
+
+    ``titles``: as :func:`format_paired`.
+    """
+    titles = titles or METRIC_TITLES
     models = list(summaries)
     rows = list(next(iter(summaries.values()))[metric]) if summaries else []
-    lines = [f"| {METRIC_TITLES[metric]} | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    lines = [f"| {titles[metric]} | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
     for row in rows:
         cells = []
         for model in models:
@@ -369,6 +429,11 @@ def main(argv=None) -> None:
                              "codec, decoding and PnP (the ceiling of its input size)")
     parser.add_argument("--input-size", metavar="WxH", type=_input_size,
                         help="letterbox to this network input instead of each model's own")
+    parser.add_argument("--max-translation-cm", type=replay.positive_float, default=None, metavar="CM",
+                        help="add an 'n cm n deg' metric with this translation bound (e.g. 1 for issue 6's "
+                             "well-visible objects; with --max-rotation-deg, default 5)")
+    parser.add_argument("--max-rotation-deg", type=replay.positive_float, default=None, metavar="DEG",
+                        help="rotation bound of that metric (default 5; alone, with 5 cm)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -392,6 +457,14 @@ def main(argv=None) -> None:
         if value is not None
     ]
     overrides = {name: value for name, value, _ in given}
+    bounds = None
+    if args.max_translation_cm is not None or args.max_rotation_deg is not None:
+        cm, deg = args.max_translation_cm, args.max_rotation_deg
+        bounds = (
+            (100.0 * metrics.TRANSLATION_THRESHOLD_M if cm is None else cm) / 100.0,
+            metrics.ROTATION_THRESHOLD_DEG if deg is None else deg,
+        )
+    scored, titles = metric_names(bounds), metric_titles(bounds)
     report, markdown = {}, []
     for split_name, split_dir in splits.items():
         frames = bop.read_split(split_dir)
@@ -408,8 +481,10 @@ def main(argv=None) -> None:
                 **overrides,
             )
             names = {o.obj_id: o.name for o in pipeline.objects}
-            result = evaluate_split(pipeline, frames, desc=f"{split_name} {model_name}", gt_maps=gt_maps)
-            summaries[model_name] = summarise(result["instances"], names)
+            result = evaluate_split(
+                pipeline, frames, desc=f"{split_name} {model_name}", gt_maps=gt_maps, bounds=bounds
+            )
+            summaries[model_name] = summarise(result["instances"], names, scored)
             timing[model_name] = result["seconds_per_frame"]
             instances[model_name] = result["instances"]
             for r in result["instances"]:
@@ -418,15 +493,24 @@ def main(argv=None) -> None:
                         "split": split_name,
                         "model": model_name,
                         "obj_id": r.obj_id,
-                        **{m: int(r.correct[m]) for m in METRICS},
+                        **{m: int(r.correct[m]) for m in scored},
                         "decoded": int(r.decoded),
                         **r.errors,
                     }
                 )
         n_instances = sum(1 for r in rows if r["model"] == next(iter(models)))
         markdown.append(f"## {split_name}: {len(frames)} frames, {n_instances} instances ({split_dir})\n")
-        for metric in METRICS + DIAGNOSTICS:
-            markdown.append(format_table(metric, summaries, args.baseline, args.distilled) + "\n")
+        for metric in scored + DIAGNOSTICS:
+            markdown.append(format_table(metric, summaries, args.baseline, args.distilled, titles) + "\n")
+        if bounds is not None:  # the count, where one instance more or less matters (issue 6)
+            markdown.append(
+                f"Instances within {titles[CM_DEG]}: "
+                + ", ".join(
+                    f"{name} {sum(r.correct[CM_DEG] for r in own)} of {len(own)}"
+                    for name, own in instances.items()
+                )
+                + "\n"
+            )
         markdown.append(
             "Median seconds per frame (whole pipeline"
             + (f" ({GT_MAPS}: decoding + PnP only)" if args.gt_maps else "")
@@ -449,10 +533,10 @@ def main(argv=None) -> None:
                 continue
             paired[name] = {
                 m: paired_comparison([r.correct[m] for r in ref], [r.correct[m] for r in own])
-                for m in METRICS
+                for m in scored
             }
         if paired:
-            markdown.append(format_paired(reference, paired) + "\n")
+            markdown.append(format_paired(reference, paired, titles) + "\n")
         report[split_name] = {
             "frames": len(frames),
             "instances": n_instances,
@@ -460,6 +544,10 @@ def main(argv=None) -> None:
             "seconds_per_frame": timing,
             "paired_with": reference,
             "paired": paired,
+            # the extra metric's bounds (--max-translation-cm/--max-rotation-deg), None without
+            "cm_deg_bounds": (
+                None if bounds is None else {"translation_m": bounds[0], "rotation_deg": bounds[1]}
+            ),
         }
         with open(out / f"instances_{split_name}.csv", "w", newline="") as f:
             fields = sorted(
