@@ -44,6 +44,47 @@ def test_dataset_targets_peak_at_projected_keypoints(toy_split):
     assert belief[classes[0] * 9 + 8, v, u] > 0.8
 
 
+def test_crop_scale_range_resizes_frames_and_keypoints_by_one_drawn_factor(toy_split, tmp_path):
+    from hrpose_ros import bop
+    from hrpose_ros.codec import CodecConfig, KeypointCodec
+    from hrpose_ros.pipeline import scale_points
+
+    root, objects = toy_split
+    frame = bop.read_split(root / "train")[0]
+    codec = KeypointCodec(CodecConfig(num_classes=2))
+    full, _ = frame_keypoints(frame, objects)
+    fixed = KeypointDataset([frame], objects, codec, 0.5, (160, 128), crop_size=64, scale_range=(0.5, 0.5))
+    image, keypoints, _ = fixed.resized(frame, np.random.default_rng(0))
+    assert image.shape == (60, 80, 3)  # 320x240 at 0.5 x 0.5
+    np.testing.assert_allclose(keypoints, scale_points(full, 0.25))
+    ranged = KeypointDataset([frame], objects, codec, 0.5, (160, 128), crop_size=64, scale_range=(0.6, 1.2))
+    rng = np.random.default_rng(0)
+    factors = []
+    for _ in range(200):
+        image, keypoints, _ = ranged.resized(frame, rng)
+        factor = image.shape[1] / 160
+        factors.append(factor)
+        np.testing.assert_allclose(keypoints, scale_points(full, 0.5 * factor), atol=0.6)  # rounded size
+    assert 0.6 - 1e-2 <= min(factors) < 0.7 and 1.1 < max(factors) <= 1.2 + 1e-2
+    image, belief, _ = ranged[0]
+    assert image.shape == (3, 64, 64) and belief.shape == (18, 16, 16)
+    plain = KeypointDataset([frame], objects, codec, 0.5, (160, 128), crop_size=64)
+    assert plain.resized(frame, np.random.default_rng(0))[0].shape == (120, 160, 3)
+    with pytest.raises(ValueError, match="scale_range: expected 0 < low <= high and crop_size > 0"):
+        KeypointDataset([frame], objects, codec, 0.5, (160, 128), crop_size=0, scale_range=(0.6, 1.2))
+    with pytest.raises(ValueError, match="crop_scale_range: expected LOW,HIGH"):
+        recipe("quick", crop_scale_range="1.2,0.6")
+    with pytest.raises(ValueError, match="needs crop_size > 0"):
+        recipe("paper", crop_scale_range="0.6,1.2")
+    # A run with it trains and records it in its checkpoint.
+    path = train(
+        recipe("quick", stage="student", network="tiny", train_dir=str(root / "train"), out_dir=str(tmp_path),
+               max_steps=1, batch_size=2, crop_size=64, crop_scale_range="0.6,1.2"),
+        objects=objects,
+    )
+    assert load_checkpoint(path).train_config["crop_scale_range"] == "0.6,1.2"
+
+
 def test_several_training_splits_are_read_in_the_order_given(toy_split, tmp_path):
     from hrpose_ros import bop
 

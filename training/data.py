@@ -93,6 +93,8 @@ class KeypointDataset(torch.utils.data.Dataset):
     taken. ``augment`` applies the data module's augmentation (blur, colour jitter, noise,
     rotation +-30 deg; paper Sec. IV.1) with keypoints moved consistently. ``class_weights``
     (one per object, ``TrainConfig.class_weights``) makes crops centre on some objects more often.
+    ``scale_range`` (low, high; crops only) multiplies ``image_scale`` by a factor drawn
+    log-uniformly from [low, high] per sample, so the network sees each object at more sizes.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class KeypointDataset(torch.utils.data.Dataset):
         augment: bool = False,
         seed: int = 0,
         class_weights: np.ndarray | None = None,
+        scale_range: tuple[float, float] | None = None,
     ):
         if not frames:
             raise ValueError("frames: expected at least one training frame, got none")
@@ -123,6 +126,15 @@ class KeypointDataset(torch.utils.data.Dataset):
                 f"class_weights: expected one weight per object ({len(self.objects)}), "
                 f"got shape {self.class_weights.shape}"
             )
+        if scale_range is not None:
+            low, high = (float(v) for v in scale_range)
+            if not (crop_size and 0 < low <= high):
+                raise ValueError(
+                    f"scale_range: expected 0 < low <= high and crop_size > 0, got {scale_range} and "
+                    f"crop_size {crop_size}"
+                )
+            scale_range = (low, high)
+        self.scale_range = scale_range
         self._calls = 0
 
     def __len__(self) -> int:
@@ -134,22 +146,32 @@ class KeypointDataset(torch.utils.data.Dataset):
         self._calls += 1
         return np.random.default_rng((self.seed, info.id if info else 0, self._calls, index))
 
+    def resized(self, frame: BopFrame, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (image, keypoints (N, K, 2) in its pixels, classes) of ``frame`` before augmentation.
+
+        Crops: the whole frame resized by ``image_scale`` (times the ``scale_range`` factor);
+        else letterboxed to ``input_size`` at ``image_scale``.
+        """
+        keypoints, classes = frame_keypoints(frame, self.objects)
+        image = frame.read_rgb()
+        scale = self.image_scale
+        if self.crop_size:
+            if self.scale_range is not None:  # drawn only then: runs without it repeat exactly
+                scale *= float(np.exp(rng.uniform(*np.log(self.scale_range))))
+            image, _ = letterbox(
+                image,
+                int(round(image.shape[1] * scale)),
+                int(round(image.shape[0] * scale)),
+                scale,
+            )
+        else:
+            image, _ = letterbox(image, *self.input_size, scale)
+        return image, scale_points(keypoints, scale), classes
+
     def __getitem__(self, index: int):
         frame = self.frames[index]
         rng = self._rng(index)
-        keypoints, classes = frame_keypoints(frame, self.objects)
-        image = frame.read_rgb()
-        width, height = self.input_size
-        if self.crop_size:
-            image, _ = letterbox(
-                image,
-                int(round(image.shape[1] * self.image_scale)),
-                int(round(image.shape[0] * self.image_scale)),
-                self.image_scale,
-            )
-        else:
-            image, _ = letterbox(image, width, height, self.image_scale)
-        keypoints = scale_points(keypoints, self.image_scale)
+        image, keypoints, classes = self.resized(frame, rng)
         if self.augment:
             image, keypoints = augment(image, keypoints, rng)
         if self.crop_size:

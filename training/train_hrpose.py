@@ -29,7 +29,7 @@ from hrpose_ros.codec import CodecConfig, KeypointCodec
 from hrpose_ros.networks import BACKBONES, HRPose, HRPoseConfig
 from hrpose_ros.runtime import Checkpoint, compact_points, has_native_bf16, load_checkpoint, save_checkpoint
 from hrpose_ros.types import ObjectModel
-from training.config import RECIPES, STAGES, TrainConfig, recipe
+from training.config import RECIPES, STAGES, TrainConfig, parse_scale_range, recipe
 from training.data import KeypointDataset
 from training.losses import total_loss
 
@@ -285,6 +285,7 @@ def train(
         config.augment,
         config.seed,
         config.class_weights([o.name for o in objects]) if config.crop_class_weights else None,
+        parse_scale_range(config.crop_scale_range),
     )
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -484,6 +485,12 @@ def main(argv=None) -> None:
         "--crop-class-weights",
         help="NAME=WEIGHT,... : crops centre on these objects' instances WEIGHT times as often "
         "(others 1; e.g. duck=3,mug=3); default: every instance alike",
+    )
+    parser.add_argument(
+        "--crop-scale-range",
+        metavar="LOW,HIGH",
+        help="resize each frame by --image-scale times a factor drawn log-uniformly from [LOW, HIGH] "
+        "before cropping (e.g. 0.6,1.2); default: --image-scale alone",
     )
     parser.add_argument("--positive-weight", type=float, help="0 = the paper's Eq. 3 (cpu recipe: 20)")
     parser.add_argument("--image-scale", type=float, help="scale applied to the frames (cpu recipe: 0.5)")
