@@ -301,9 +301,9 @@ def train(
     if config.backbone_weights:
         load_backbone_weights(model, config.backbone_weights)
     teacher = _load_teacher(config, model_config, device) if config.uses_teacher else None
-    # channels_last for bf16, and for fp32 on a CPU too: oneDNN's NHWC kernels ran a cpu-recipe
-    # student step (batch 8, 128x128, fp32) in 0.76 s instead of 0.91 s on a 2-core AVX2 EPYC
-    # (mean of 5 runs of 20-60 steps each, 2026-12-01). On a GPU without bf16 it stays NCHW (unmeasured).
+    # channels_last for bf16, and for fp32 on a CPU too: on a 2-core AVX2 EPYC, 120-step cpu-recipe
+    # student runs took 0.87 s a step instead of 1.01 s (two alternated runs each; TRAINING_HISTORY.md,
+    # 2026-12-01). On a GPU without bf16 it stays NCHW (unmeasured).
     channels_last = config.bf16 or device.type == "cpu"
     if channels_last:
         # Convert before any inference_mode: converted parameters must stay trainable tensors.
