@@ -71,6 +71,8 @@ __all__ = [
     "main",
     "mark_decoded",
     "match_poses",
+    "metric_names",
+    "metric_titles",
     "paired_comparison",
     "summarise",
 ]
