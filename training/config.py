@@ -112,7 +112,8 @@ class TrainConfig:
     # [0.6, 1.2] before cropping. "" = image_scale alone (every file shipped so far). On 200
     # single-object frames 20-60 % of the image tall, the shipped file grouped 24 % of the objects at
     # its 320x256 input and 39 / 43 % at 256x192 / 192x160: objects larger than its crops had taught
-    # it are missed (MODEL_CARD.md). Needs crop_size > 0.
+    # it are missed (MODEL_CARD.md). One 95-min CPU leg with "0.6,1.2" from the shipped file made
+    # it worse, large objects included (TRAINING_HISTORY.md). Needs crop_size > 0.
     crop_scale_range: str = ""
     augment: bool = True  # blur, colour jitter, noise, rotation +-30 deg (paper Sec. IV.1)
     bf16: bool = False  # CPU autocast to bfloat16 (AMX); the paper trains in fp32 on a GPU
