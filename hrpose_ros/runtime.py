@@ -57,6 +57,7 @@ __all__ = [
     "load_checkpoint",
     "load_onnx_metadata",
     "onnx_providers",
+    "resolve_device",
     "resolve_precision",
     "save_checkpoint",
 ]
@@ -173,6 +174,20 @@ def resolve_precision(
     if _parse_device(device).type == "cuda":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if has_native_bf16(features) else "fp32"
+
+
+def resolve_device(device: str) -> str:
+    """Return ``device``, with "auto" replaced by "cuda" where torch sees a GPU and "cpu" elsewhere.
+
+    For the tools that are meant to run on a GPU when there is one (training, evaluation), so that
+    the paper's recipe on a GPU machine does not train on the CPU because nobody said --device.
+    ValueError (naming ``device``) for anything but auto, cpu, cuda or cuda:N.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    return device
 
 
 def _parse_device(device: str) -> torch.device:

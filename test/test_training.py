@@ -344,6 +344,22 @@ def test_warm_start_continues_from_the_checkpoint_and_refuses_other_objects(toy_
               objects=renamed)
 
 
+def test_device_auto_trains_on_the_gpu_if_any_and_workers_load_the_batches(toy_split, tmp_path):
+    # The paper's recipe is for a GPU: without --device it must not fall back to the CPU there;
+    # and a GPU run feeds the network from DataLoader workers, which must see the same frames.
+    root, objects = toy_split
+    config = recipe("quick", stage="student", network="tiny", train_dir=str(root / "train"), batch_size=2,
+                    crop_size=64, max_steps=2, num_workers=2, out_dir=str(tmp_path / "run"))
+    assert config.device == "auto"
+    stored = load_checkpoint(train(config, objects=objects)).train_config
+    assert stored["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert stored["num_workers"] == 2
+    rows = _losses(tmp_path / "run" / "log.csv")
+    assert len(rows) == 2 and all(math.isfinite(r["total"]) for r in rows)
+    with pytest.raises(ValueError, match="device: expected auto, cpu, cuda or cuda:N, got 'gpu'"):
+        recipe("quick", device="gpu")
+
+
 def test_evaluation_scores_a_symmetric_object_against_its_closest_equivalent(toy_split):
     from hrpose_ros import bop
     from hrpose_ros.types import ObjectPose
@@ -391,6 +407,7 @@ def test_ground_truth_maps_put_a_ceiling_of_every_instance_on_clean_frames(toy_s
           "--max-reprojection-error", "15", "--max-translation-cm", "1", "--out", str(tmp_path / "loose")])
     text = (tmp_path / "loose" / "results.md").read_text()
     assert "RANSAC 10.0 px, max RMS 15.0 px" in text
+    assert f"torch on {'cuda' if torch.cuda.is_available() else 'cpu'}" in text  # --device auto
     loose_report = json.loads((tmp_path / "loose" / "results.json").read_text())["toy"]
     loose = loose_report["recall"]["GT maps"]
     assert loose["add"]["Mean"] == 100.0
@@ -405,6 +422,9 @@ def test_ground_truth_maps_put_a_ceiling_of_every_instance_on_clean_frames(toy_s
     with pytest.raises(SystemExit):  # argparse names the flag and the value
         main(["--split", f"toy={root / 'train'}", "--gt-maps", str(checkpoint), "--max-rotation-deg", "0",
               "--out", str(tmp_path / "zero_deg")])
+    with pytest.raises(SystemExit):
+        main(["--split", f"toy={root / 'train'}", "--gt-maps", str(checkpoint), "--device", "gpu",
+              "--out", str(tmp_path / "gpu")])
     with pytest.raises(ValueError, match="ransac_threshold: expected a positive"):
         main(["--split", f"toy={root / 'train'}", "--gt-maps", str(checkpoint), "--ransac-threshold", "0",
               "--out", str(tmp_path / "zero")])

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hrpose_ros.networks import BACKBONES
+from hrpose_ros.runtime import resolve_device
 
 __all__ = ["RECIPES", "STAGES", "TrainConfig", "parse_class_weights", "recipe"]
 
@@ -122,7 +123,9 @@ class TrainConfig:
     max_minutes: float = 0.0  # 0 = no limit; else stop (and save) once the wall time passes it
     num_workers: int = 0
     seed: int = 0
-    device: str = "cpu"
+    # "auto" = "cuda" where torch sees a GPU, else "cpu" (train() stores the device it used); or
+    # "cpu", "cuda", "cuda:N". Files before 2026-12-01 store "cpu", the default then.
+    device: str = "auto"
     sigma: float = 2.0  # belief-map Gaussian, output-map pixels
     positive_weight: float = 0.0  # 0 = Eq. 3/4 as printed; > 0 weights pixels by 1 + w|target| (losses.py)
 
@@ -135,6 +138,7 @@ class TrainConfig:
             raise ValueError(
                 f"epochs/batch_size/lr: expected positive, got {self.epochs}/{self.batch_size}/{self.lr}"
             )
+        resolve_device(self.device)  # ValueError naming the device
         if self.lr_schedule not in ("step", "cosine"):
             raise ValueError(f"lr_schedule: expected 'step' or 'cosine', got {self.lr_schedule!r}")
         if self.input_width % 32 or self.input_height % 32:

@@ -59,6 +59,7 @@ from hrpose_ros.pipeline import (
     letterbox_scale,
     scale_points,
 )
+from hrpose_ros.runtime import resolve_device
 from hrpose_ros.types import ObjectModel, ObjectPose
 from training.data import frame_keypoints
 
@@ -396,6 +397,13 @@ def _input_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def _device(text: str) -> str:
+    try:
+        return resolve_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("device: ")) from None
+
+
 def _named(values: Sequence[str], what: str) -> dict[str, str]:
     out = {}
     for value in values:
@@ -412,6 +420,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model", action="append", default=[], help="NAME=checkpoint.pt (or .onnx)")
     parser.add_argument("--split", action="append", required=True, help="NAME=BOP split dir")
     parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
+    parser.add_argument("--device", default="auto", type=_device,
+                        help="auto (default: cuda where torch sees a GPU, else cpu), cpu, cuda or cuda:N")
     parser.add_argument("--max-frames", type=int, default=0)
     parser.add_argument("--baseline", default="HRPose", help="model the KD gain is measured against")
     parser.add_argument("--distilled", default="HRPose+KD")
@@ -479,6 +489,7 @@ def main(argv=None) -> None:
             pipeline = PosePipeline.from_pretrained(
                 path,
                 backend=_gt_maps_backend(path) if gt_maps else args.backend,
+                device=args.device,
                 input_size=args.input_size,
                 **overrides,
             )
@@ -518,6 +529,7 @@ def main(argv=None) -> None:
             + (f" ({GT_MAPS}: decoding + PnP only)" if args.gt_maps else "")
             + ", "
             + args.backend
+            + f" on {args.device}"
             + (f", input {args.input_size[0]}x{args.input_size[1]}" if args.input_size else "")
             + "".join(f", {label.format(value)}" for _, value, label in given)
             + "): "

@@ -27,7 +27,14 @@ from tqdm import tqdm
 from hrpose_ros import bop
 from hrpose_ros.codec import CodecConfig, KeypointCodec
 from hrpose_ros.networks import BACKBONES, HRPose, HRPoseConfig
-from hrpose_ros.runtime import Checkpoint, compact_points, has_native_bf16, load_checkpoint, save_checkpoint
+from hrpose_ros.runtime import (
+    Checkpoint,
+    compact_points,
+    has_native_bf16,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
 from hrpose_ros.types import ObjectModel
 from training.config import RECIPES, STAGES, TrainConfig, parse_scale_range, recipe
 from training.data import KeypointDataset
@@ -261,6 +268,7 @@ def train(
     ``frames``/``objects`` default to ``config.train_dir`` and ``config.objects_dir``.
     """
     torch.manual_seed(config.seed)
+    config = dataclasses.replace(config, device=resolve_device(config.device))  # stored as used
     device = torch.device(config.device)
     if config.bf16 and not bf16_is_native(device):
         logger.warning("bf16 autocast asked for, but this CPU has no native bf16: training in fp32")
@@ -293,6 +301,7 @@ def train(
         shuffle=True,
         drop_last=False,
         num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(config.seed),
     )
 
@@ -507,7 +516,7 @@ def main(argv=None) -> None:
     parser.add_argument("--num-workers", type=int)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--device")
+    parser.add_argument("--device", help="auto (default: cuda where torch sees a GPU, else cpu), cpu, cuda or cuda:N")
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.pop("threads"))
