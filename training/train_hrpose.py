@@ -516,7 +516,9 @@ def main(argv=None) -> None:
     parser.add_argument("--num-workers", type=int)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", help="auto (default: cuda where torch sees a GPU, else cpu), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--device", help="auto (default: cuda where torch sees a GPU, else cpu), cpu, cuda or cuda:N"
+    )
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.pop("threads"))
