@@ -360,6 +360,38 @@ def test_device_auto_trains_on_the_gpu_if_any_and_workers_load_the_batches(toy_s
         recipe("quick", device="gpu")
 
 
+def test_micro_batches_add_up_to_the_whole_batchs_gradient_and_train(toy_split, tmp_path):
+    from hrpose_ros import bop
+    from hrpose_ros.codec import CodecConfig, KeypointCodec
+    from hrpose_ros.networks import HRPose, HRPoseConfig
+    from training.train_hrpose import accumulate_gradients
+
+    root, objects = toy_split
+    codec = KeypointCodec(CodecConfig(num_classes=2))
+    dataset = KeypointDataset(bop.read_split(root / "train"), objects, codec, 0.5, (160, 128), crop_size=64,
+                              augment=False)
+    images, belief, vectors = (torch.stack(t) for t in zip(*(dataset[i % len(dataset)] for i in range(5))))
+    torch.manual_seed(0)
+    student = HRPose(HRPoseConfig(variant="tiny", num_classes=2)).eval()  # BN off: exact sums
+    teacher = HRPose(HRPoseConfig(variant="tiny", num_classes=2)).eval().requires_grad_(False)
+    grads, logged = [], []
+    for parts in (1, 3):  # 5 images in 3 parts: 2, 2 and 1, so each part must count by its share
+        config = recipe("quick", stage="student_kd", network="tiny", micro_batches=parts, batch_size=5)
+        student.zero_grad(set_to_none=True)
+        logged.append(accumulate_gradients(student, teacher, config, images, belief, vectors))
+        grads.append([p.grad.clone() for p in student.parameters()])
+    np.testing.assert_allclose(logged[1], logged[0], rtol=1e-5)
+    assert logged[0][2] > 0 and logged[0][3] > 0  # L_od and L_fs are in it
+    for whole, summed in zip(*grads):  # fp32 sums in another order: equal to 1e-4 of each tensor's norm
+        assert torch.linalg.vector_norm(summed - whole) <= 1e-4 * torch.linalg.vector_norm(whole) + 1e-9
+    path = train(recipe("quick", stage="student", network="tiny", train_dir=str(root / "train"), batch_size=4,
+                        micro_batches=2, crop_size=64, max_steps=2, out_dir=str(tmp_path / "run")),
+                 objects=objects)
+    assert load_checkpoint(path).train_config["micro_batches"] == 2
+    with pytest.raises(ValueError, match=r"micro_batches: expected 1..batch_size \(4\), got 5"):
+        recipe("quick", batch_size=4, micro_batches=5)
+
+
 def test_evaluation_scores_a_symmetric_object_against_its_closest_equivalent(toy_split):
     from hrpose_ros import bop
     from hrpose_ros.types import ObjectPose

@@ -89,6 +89,13 @@ class TrainConfig:
     out_dir: str = "runs"
     epochs: int = 120
     batch_size: int = 32
+    # Not in the paper: each batch of batch_size goes through the network in this many parts whose
+    # gradients add up (each weighted by its share of the batch) before one optimiser step: the same
+    # step as the whole batch in 1/micro_batches of the activation memory, except that BatchNorm
+    # normalises over each part. Why: one fp32 batch of 32 at 640x480 needs ~28 GB (teacher) / ~18 GB
+    # (student) for its backward pass (measured on the CPU, 2026-12-01: 0.85 / 0.53 GB per image,
+    # MODEL_CARD.md), more than many GPUs hold; the paper's TITAN Xp had 12 GB.
+    micro_batches: int = 1
     lr: float = 1e-4
     lr_step_epochs: int = 20
     lr_gamma: float = 0.5
@@ -139,6 +146,10 @@ class TrainConfig:
                 f"epochs/batch_size/lr: expected positive, got {self.epochs}/{self.batch_size}/{self.lr}"
             )
         resolve_device(self.device)  # ValueError naming the device
+        if not 1 <= self.micro_batches <= self.batch_size:
+            raise ValueError(
+                f"micro_batches: expected 1..batch_size ({self.batch_size}), got {self.micro_batches}"
+            )
         if self.lr_schedule not in ("step", "cosine"):
             raise ValueError(f"lr_schedule: expected 'step' or 'cosine', got {self.lr_schedule!r}")
         if self.input_width % 32 or self.input_height % 32:

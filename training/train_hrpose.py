@@ -38,9 +38,10 @@ from hrpose_ros.runtime import (
 from hrpose_ros.types import ObjectModel
 from training.config import RECIPES, STAGES, TrainConfig, parse_scale_range, recipe
 from training.data import KeypointDataset
-from training.losses import total_loss
+from training.losses import LossTerms, total_loss
 
 __all__ = [
+    "accumulate_gradients",
     "load_backbone_weights",
     "load_objects",
     "main",
@@ -351,31 +352,10 @@ def train(
         for images, belief, vectors in bar:
             if scheduler is None:
                 _set_cosine_lr(optimizer, config, step / total_steps, start)
-            images = images.to(device).contiguous(memory_format=memory_format)
-            belief, vectors = belief.to(device), vectors.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                output = model(images)
-                teacher_output = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_output = teacher(images)
-            output = type(output)(*(t.float() for t in output))
-            if teacher_output is not None:
-                teacher_output = type(teacher_output)(*(t.float() for t in teacher_output))
-            terms = total_loss(
-                output,
-                belief,
-                vectors,
-                teacher_output,
-                config.lambda_od,
-                config.lambda_fs,
-                positive_weight=config.positive_weight,
-            )
             optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
+            values = accumulate_gradients(model, teacher, config, images, belief, vectors, memory_format)
             optimizer.step()
             step += 1
-            values = [float(t.detach()) for t in terms]
             with open(csv_path, "a", newline="") as f:
                 csv.writer(f).writerow(
                     [
@@ -443,6 +423,55 @@ def _set_cosine_lr(optimizer, config: TrainConfig, step_fraction: float, start: 
         group["lr"] = lr
 
 
+def accumulate_gradients(
+    model: HRPose,
+    teacher: HRPose | None,
+    config: TrainConfig,
+    images: torch.Tensor,
+    belief: torch.Tensor,
+    vectors: torch.Tensor,
+    memory_format=torch.contiguous_format,
+) -> list[float]:
+    """Add the gradients of one batch's Eq. 7 loss to ``model``'s; return [total, mse, od, fs] of the batch.
+
+    The batch goes through in ``config.micro_batches`` parts (torch.chunk), each loss weighted by its
+    part's share of the batch: every loss term is a mean over images, so the gradients add up to
+    the whole batch's (BatchNorm in train mode aside, which normalises over each part).
+    """
+    device = next(model.parameters()).device
+    values = np.zeros(len(LossTerms._fields))
+    for part in zip(*(t.chunk(config.micro_batches) for t in (images, belief, vectors))):
+        share = len(part[0]) / len(images)
+        terms = _forward_loss(model, teacher, config, device, memory_format, *part)
+        (terms.total * share).backward()
+        values += share * np.array([float(t.detach()) for t in terms])
+    return values.tolist()
+
+
+def _forward_loss(model, teacher, config: TrainConfig, device, memory_format, images, belief, vectors):
+    """Return the LossTerms (Eq. 7) of one (micro-)batch, with the teacher's outputs if distilling."""
+    images = images.to(device).contiguous(memory_format=memory_format)
+    belief, vectors = belief.to(device), vectors.to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+        output = model(images)
+        teacher_output = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_output = teacher(images)
+    output = type(output)(*(t.float() for t in output))
+    if teacher_output is not None:
+        teacher_output = type(teacher_output)(*(t.float() for t in teacher_output))
+    return total_loss(
+        output,
+        belief,
+        vectors,
+        teacher_output,
+        config.lambda_od,
+        config.lambda_fs,
+        positive_weight=config.positive_weight,
+    )
+
+
 def _budget_spent(config: TrainConfig, step: int, start: float) -> bool:
     """True once ``max_steps`` or ``max_minutes`` (when set) is reached."""
     if config.max_steps and step >= config.max_steps:
@@ -484,6 +513,10 @@ def main(argv=None) -> None:
     parser.add_argument("--out", dest="out_dir", required=True)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument(
+        "--micro-batches", type=int,
+        help="run each batch in this many parts, gradients added up (less memory; default 1)",
+    )
     parser.add_argument("--lr", type=float)
     parser.add_argument("--lr-step-epochs", type=int)
     parser.add_argument("--lr-schedule", choices=("step", "cosine"), help="paper: step; cpu recipe: cosine")
