@@ -43,20 +43,9 @@ python -m training.train_hrpose --stage student_kd "${common[@]}" --threads 2 \
     --max-steps "$steps" --max-minutes "$MINUTES" --teacher "$OUT/teacher/last.pt" --out "$OUT/student_kd" > "$OUT/student_kd.log" 2>&1
 echo "student_kd: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
 
-# One table per scene kind: `hrpose-make-data --kind cutpaste,bin` writes scene 000000 (cut-and-paste)
-# and 000001 (bin); each becomes a split folder holding a symlink to its scene.
-split_args=()
-for pair in ${SPLITS:-cutpaste=000000 bin=000001}; do
-    name=${pair%%=*}; scene=${pair#*=}
-    mkdir -p "$OUT/splits/$name"
-    ln -sfn "$(realpath "$TEST/$scene")" "$OUT/splits/$name/$scene"
-    split_args+=(--split "$name=$OUT/splits/$name")
-    parity_split=${parity_split:-$OUT/splits/$name}  # ONNX parity on the first split
-done
-python -m training.evaluate --threads 2 "${split_args[@]}" --max-frames "$EVAL_FRAMES" \
-    --model Teacher="$OUT/teacher/last.pt" --model HRPose="$OUT/student/last.pt" \
-    --model HRPose+KD="$OUT/student_kd/last.pt" --gt-maps "$OUT/student_kd/last.pt" \
-    --out "$OUT/eval" > "$OUT/eval.log" 2>&1
+# One table per scene kind, ONNX parity on the first (training/recipe_table.sh).
+source "$(dirname "$0")/recipe_table.sh"
+evaluate_stages "$OUT" "$TEST" "$EVAL_FRAMES" --threads 2
 python -m training.export_onnx "$OUT/student_kd/last.pt" --out "$OUT/student_kd/hrpose_student_kd.onnx" \
     --parity-split "$parity_split" --parity-frames 20 > "$OUT/parity.json" 2> "$OUT/export.log"
 echo "done: $OUT/eval/results.md, $OUT/parity.json"

@@ -67,19 +67,9 @@ stage teacher "${init[@]}" "${budget[@]}"
 stage student "${init[@]}" "${budget[@]}"
 stage student_kd "${init[@]}" --max-steps "$(steps_of "$OUT/student/last.pt")" --teacher "$OUT/teacher/last.pt"
 
-# Issue 5's table: one split folder per scene kind, each a symlink to its scene.
-split_args=()
-for pair in ${SPLITS:-cutpaste=000000 bin=000001}; do
-    name=${pair%%=*}; scene=${pair#*=}
-    mkdir -p "$OUT/splits/$name"
-    ln -sfn "$(realpath "$TEST/$scene")" "$OUT/splits/$name/$scene"
-    split_args+=(--split "$name=$OUT/splits/$name")
-    parity_split=${parity_split:-$OUT/splits/$name}  # ONNX parity on the first split
-done
-python -m training.evaluate "${split_args[@]}" --max-frames "$EVAL_FRAMES" \
-    --model Teacher="$OUT/teacher/last.pt" --model HRPose="$OUT/student/last.pt" \
-    --model HRPose+KD="$OUT/student_kd/last.pt" --gt-maps "$OUT/student_kd/last.pt" \
-    --out "$OUT/eval" > "$OUT/eval.log" 2>&1
+# Issue 5's table, one per scene kind; ONNX parity on the first (training/recipe_table.sh).
+source "$(dirname "$0")/recipe_table.sh"
+evaluate_stages "$OUT" "$TEST" "$EVAL_FRAMES"
 
 # The peak threshold: the one with the best mean ADD(-S) on the validation split, stored in the file.
 mkdir -p "$OUT/threshold"
