@@ -185,8 +185,10 @@ def resolve_device(device: str) -> str:
     """
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    try:
+        _parse_device(device)
+    except ValueError:
+        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}") from None
     return device
 
 

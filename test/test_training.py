@@ -346,7 +346,7 @@ def test_warm_start_continues_from_the_checkpoint_and_refuses_other_objects(toy_
 
 def test_device_auto_trains_on_the_gpu_if_any_and_workers_load_the_batches(toy_split, tmp_path):
     # The paper's recipe is for a GPU: without --device it must not fall back to the CPU there;
-    # and a GPU run feeds the network from DataLoader workers, which must see the same frames.
+    # and a GPU run loads its batches in DataLoader workers (the dataset pickled into each).
     root, objects = toy_split
     config = recipe("quick", stage="student", network="tiny", train_dir=str(root / "train"), batch_size=2,
                     crop_size=64, max_steps=2, num_workers=2, out_dir=str(tmp_path / "run"))
