@@ -28,8 +28,10 @@ class PoseNodeConfig:
             "empty = the default shipped in hrpose_ros/assets/weights")
     backend: str = _param("onnxruntime", "Inference engine (onnxruntime: a .pt model is exported to ONNX "
                                          "once, cached)", choices=("torch", "onnxruntime"))
-    device: str = _param("cpu", "Device for inference: cpu, cuda or cuda:N (onnxruntime on cuda: the "
-                                "TensorRT and CUDA providers installed, in that order)")
+    device: str = _param("auto", "Device for inference: auto (a GPU where the backend can use one: torch "
+                                 "sees CUDA, or onnxruntime has its TensorRT or CUDA provider; else cpu), "
+                                 "cpu, cuda or cuda:N (onnxruntime on cuda: the TensorRT and CUDA "
+                                 "providers installed, in that order)")
     # Default fp32: the numerics of PosePipeline.from_pretrained's default, of the evaluated numbers
     # (MODEL_CARD) and of the replay evaluation's in-process reference, which compares poses with the
     # node's to 1e-5. auto (bf16 on AMX / AVX-512 BF16 CPUs) ran the student 3.4x faster than fp32
@@ -93,8 +95,8 @@ class PoseNodeConfig:
             if meta["low"] is not None and not meta["low"] <= value <= meta["high"]:
                 raise ValueError(f"parameter '{spec.name}': expected a value in [{meta['low']}, "
                                  f"{meta['high']}], got {value!r}")
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"parameter 'device': expected cpu, cuda or cuda:N, got {self.device!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"parameter 'device': expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.precision == "int8" and self.backend != "onnxruntime":
             raise ValueError(f"parameter 'precision': int8 needs backend onnxruntime (a QDQ .int8.onnx "
                              f"model), got backend {self.backend}")

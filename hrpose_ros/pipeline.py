@@ -176,15 +176,16 @@ class PosePipeline:
         cls,
         path=None,
         backend: str = "torch",
-        device: str = "cpu",
+        device: str = "auto",
         precision: str = "fp32",
         input_size: tuple[int, int] | None = None,
         **thresholds,
     ) -> PosePipeline:
         """Return a pipeline for the checkpoint (.pt) or ONNX file at ``path`` (None = shipped default).
 
-        ``backend``, ``device`` and ``precision`` ("fp32" | "bf16" | "int8" | "auto") choose the
-        engine (:func:`hrpose_ros.runtime.create_engine`); ``pipeline.engine.precision`` is the
+        ``backend``, ``device`` ("auto": a GPU where the backend can use one, else the CPU) and
+        ``precision`` ("fp32" | "bf16" | "int8" | "auto") choose the engine
+        (:func:`hrpose_ros.runtime.create_engine`); ``pipeline.engine.precision`` is the
         precision actually used. ``input_size`` (W, H) letterboxes images into another network
         input than the model's trained one (the ONNX export is made for it). ``thresholds``:
         PoseThresholds fields (min_score, max_reprojection_error, ransac, ransac_threshold,

@@ -602,7 +602,7 @@ class LiveNodeEstimator:
         command: str = "pose_node",
         weights: Path | None = None,
         backend: str = "torch",
-        device: str = "cpu",
+        device: str = "auto",
         precision: str = "fp32",
         params: Sequence[str] = (),
         timeout: float = 60.0,
@@ -696,7 +696,8 @@ def _replay_parser() -> argparse.ArgumentParser:
         "--weights", type=Path, default=None, help="model file (default: the shipped weights)"
     )
     parser.add_argument("--backend", default="onnxruntime", choices=("torch", "onnxruntime"))
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto",
+                        help="auto (a GPU if the backend can use one, else cpu), cpu, cuda or cuda:N")
     parser.add_argument(
         "--precision",
         default="fp32",
@@ -769,24 +770,27 @@ def replay_eval_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         topics = bag_io.resolve_topics(args.bag, args.image_topic, args.camera_info_topic, args.gt_topic)
+        from hrpose_ros.runtime import resolve_device
+
+        device = resolve_device(args.device, args.backend)  # the node and the reference on the same one
         if args.live_node:
             estimator = LiveNodeEstimator.start(
                 command=args.node_command,
                 weights=args.weights,
                 backend=args.backend,
-                device=args.device,
+                device=device,
                 precision=args.precision,
                 params=args.node_param,
                 timeout=args.node_timeout,
             )
-            mode = f"live pose_node ({args.backend}, {args.precision}, {args.device})"
+            mode = f"live pose_node ({args.backend}, {args.precision}, {device})"
         else:
             from hrpose_ros.pipeline import PosePipeline
 
             estimator = PosePipeline.from_pretrained(
-                args.weights, backend=args.backend, device=args.device, precision=args.precision
+                args.weights, backend=args.backend, device=device, precision=args.precision
             )
-            mode = f"pipeline ({args.backend}, {args.precision}, {args.device})"
+            mode = f"pipeline ({args.backend}, {args.precision}, {device})"
     except ValueError as exc:
         print(f"hrpose-replay-eval: error: {exc}", file=sys.stderr)
         return 1

@@ -176,20 +176,28 @@ def resolve_precision(
     return "bf16" if has_native_bf16(features) else "fp32"
 
 
-def resolve_device(device: str) -> str:
-    """Return ``device``, with "auto" replaced by "cuda" where torch sees a GPU and "cpu" elsewhere.
+def resolve_device(device: str, backend: str = "torch", available: Sequence[str] | None = None) -> str:
+    """Return ``device``, with "auto" replaced by "cuda" where ``backend`` can use a GPU, else "cpu".
 
-    For the tools that are meant to run on a GPU when there is one (training, evaluation), so that
-    the paper's recipe on a GPU machine does not train on the CPU because nobody said --device.
-    ValueError (naming ``device``) for anything but auto, cpu, cuda or cuda:N.
+    For torch that is a CUDA device torch sees; for onnxruntime a TensorRT or CUDA execution
+    provider among ``available`` (default ``onnxruntime.get_available_providers()``), whatever
+    torch sees. "auto" is the default of pose_node, the pipeline and the training tools, so that
+    a machine with a GPU uses it without being told. ValueError (naming ``device``) for anything
+    but auto, cpu, cuda or cuda:N.
     """
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        _parse_device(device)
-    except ValueError:
-        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}") from None
-    return device
+    if device != "auto":
+        try:
+            _parse_device(device)
+        except ValueError:
+            raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}") from None
+        return device
+    if backend == "onnxruntime":
+        if available is None:
+            import onnxruntime as ort
+
+            available = ort.get_available_providers()
+        return "cuda" if any(p in available for p in ONNX_PROVIDERS[:-1]) else "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _parse_device(device: str) -> torch.device:
@@ -645,11 +653,14 @@ def int8_model_path(path) -> Path:
 def create_engine(
     backend: str,
     path,
-    device: str = "cpu",
+    device: str = "auto",
     precision: str = "fp32",
     input_size: tuple[int, int] | None = None,
 ) -> tuple[object, Checkpoint]:
     """Return (engine, checkpoint metadata) for ``backend`` ("torch" | "onnxruntime") from ``path``.
+
+    ``device``: "cpu", "cuda", "cuda:N" or "auto" (a GPU where the backend can use one,
+    :func:`resolve_device`).
 
     ``path`` is a checkpoint (.pt) or an ONNX export (.onnx, onnxruntime only); for onnxruntime a
     .pt is exported once into the cache (:func:`cached_onnx_export`). ``precision`` is one of
@@ -661,7 +672,7 @@ def create_engine(
     """
     if backend not in ENGINES:
         raise ValueError(f"backend: expected one of {sorted(ENGINES)}, got {backend!r}")
-    _parse_device(device)
+    device = resolve_device(device, backend)
     resolve_precision(precision, backend, device)  # bad names and combinations fail before any loading
     path = Path(path)
     if not path.is_file():

@@ -45,7 +45,7 @@ def test_input_size():
     [({"backend": "tensorflow"}, "parameter 'backend': expected one of torch, onnxruntime, got 'tensorflow'"),
      ({"score_threshold": 1.5}, r"parameter 'score_threshold': expected a value in \[0.0, 1.0\], got 1.5"),
      ({"sync_queue_size": 0}, r"parameter 'sync_queue_size': expected a value in \[1, 100\]"),
-     ({"device": "gpu"}, "parameter 'device': expected cpu, cuda or cuda:N, got 'gpu'"),
+     ({"device": "gpu"}, "parameter 'device': expected auto, cpu, cuda or cuda:N, got 'gpu'"),
      ({"precision": "fp16"}, "parameter 'precision': expected one of fp32, bf16, int8, auto, got 'fp16'"),
      ({"precision": "int8", "backend": "torch"},
       "parameter 'precision': int8 needs backend onnxruntime .*got backend torch"),

@@ -31,6 +31,7 @@ from hrpose_ros.runtime import (
     int8_model_path,
     is_quantized_onnx,
     onnx_providers,
+    resolve_device,
     resolve_precision,
     save_checkpoint,
 )
@@ -162,7 +163,7 @@ def test_invalid_precision_names_the_argument_and_choices(tiny, backend, precisi
 
 def test_invalid_device_names_the_argument(tiny):
     pt, onnx_path = tiny
-    with pytest.raises(ValueError, match="device: expected cpu, cuda or cuda:N, got 'gpu'"):
+    with pytest.raises(ValueError, match="device: expected auto, cpu, cuda or cuda:N, got 'gpu'"):
         create_engine("torch", pt, device="gpu")
     with pytest.raises(ValueError, match="device: expected cpu, cuda or cuda:N, got 'gpu'"):
         onnx_providers("gpu")
@@ -287,6 +288,25 @@ def test_onnx_providers_prefer_tensorrt_then_cuda_then_cpu():
     assert onnx_providers("cpu", everything) == ["CPUExecutionProvider"]
     with pytest.raises(ValueError, match="device: 'cuda' asked for, but onnxruntime offers no GPU provider"):
         onnx_providers("cuda", ["AzureExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_auto_device_is_a_gpu_where_the_backend_can_use_one():
+    cpu, cuda, tensorrt = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+    assert resolve_device("auto", "onnxruntime", ["AzureExecutionProvider", cpu]) == "cpu"
+    assert resolve_device("auto", "onnxruntime", [cpu, cuda]) == "cuda"
+    assert resolve_device("auto", "onnxruntime", [tensorrt, cpu]) == "cuda"
+    assert resolve_device("auto", "torch") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cuda:1", "onnxruntime", ["CPUExecutionProvider"]) == "cuda:1"  # asked for: kept
+
+
+def test_auto_device_engines_run_where_the_backend_can(tiny):
+    # The default of create_engine, PosePipeline.from_pretrained and pose_node.
+    pt, onnx_path = tiny
+    gpu = {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(ort.get_available_providers())
+    engine, _ = create_engine("onnxruntime", onnx_path)
+    assert (engine.providers[0] in gpu) if gpu else engine.providers == ("CPUExecutionProvider",)
+    engine, _ = create_engine("torch", pt)
+    assert engine.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_onnx_engine_on_cuda_uses_a_gpu_provider_or_says_there_is_none(tiny):

@@ -399,9 +399,10 @@ def _input_size(text: str) -> tuple[int, int]:
 
 def _device(text: str) -> str:
     try:
-        return resolve_device(text)
+        resolve_device(text)  # the name only; "auto" is resolved for the backend in main()
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("device: ")) from None
+    return text
 
 
 def _named(values: Sequence[str], what: str) -> dict[str, str]:
@@ -421,7 +422,7 @@ def main(argv=None) -> None:
     parser.add_argument("--split", action="append", required=True, help="NAME=BOP split dir")
     parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
     parser.add_argument("--device", default="auto", type=_device,
-                        help="auto (default: cuda where torch sees a GPU, else cpu), cpu, cuda or cuda:N")
+                        help="auto (default: a GPU if the backend can use one, else cpu), cpu, cuda, cuda:N")
     parser.add_argument("--max-frames", type=int, default=0)
     parser.add_argument("--baseline", default="HRPose", help="model the KD gain is measured against")
     parser.add_argument("--distilled", default="HRPose+KD")
@@ -450,6 +451,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
+    args.device = resolve_device(args.device, args.backend)
     models, splits = _named(args.model, "--model"), _named(args.split, "--split")
     if args.gt_maps:
         models[GT_MAPS] = args.gt_maps
