@@ -24,6 +24,7 @@ MINUTES=${MINUTES:-60}
 MAX_FRAMES=${MAX_FRAMES:-0}
 EVAL_FRAMES=${EVAL_FRAMES:-0}
 mkdir -p "$OUT"
+source "$(dirname "$0")/recipe_common.sh"  # steps_of, evaluate_stages
 
 common=(--recipe cpu --train-dir "$TRAIN" --max-frames "$MAX_FRAMES")
 start=$(date +%s)
@@ -37,14 +38,13 @@ wait "$teacher_pid"
 wait "$student_pid"
 echo "teacher + student: $(( $(date +%s) - start )) s" | tee "$OUT/times.txt"
 
-steps=$(python -c "from hrpose_ros.runtime import load_checkpoint as l; print(l('$OUT/student/last.pt').history['steps'])")
+steps=$(steps_of "$OUT/student/last.pt")
 start=$(date +%s)
 python -m training.train_hrpose --stage student_kd "${common[@]}" --threads 2 \
     --max-steps "$steps" --max-minutes "$MINUTES" --teacher "$OUT/teacher/last.pt" --out "$OUT/student_kd" > "$OUT/student_kd.log" 2>&1
 echo "student_kd: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
 
-# One table per scene kind, ONNX parity on the first (training/recipe_table.sh).
-source "$(dirname "$0")/recipe_table.sh"
+# One table per scene kind, ONNX parity on the first.
 evaluate_stages "$OUT" "$TEST" "$EVAL_FRAMES" --threads 2
 python -m training.export_onnx "$OUT/student_kd/last.pt" --out "$OUT/student_kd/hrpose_student_kd.onnx" \
     --parity-split "$parity_split" --parity-frames 20 > "$OUT/parity.json" 2> "$OUT/export.log"

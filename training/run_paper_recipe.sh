@@ -43,6 +43,7 @@ BACKBONE_WEIGHTS=${BACKBONE_WEIGHTS-imagenet}
 STEPS=${STEPS:-0}
 EVAL_FRAMES=${EVAL_FRAMES:-0}
 mkdir -p "$OUT"
+source "$(dirname "$0")/recipe_common.sh"  # steps_of, evaluate_stages
 
 read -r -a extra <<< "${TRAIN_ARGS:-}"
 common=(--recipe paper --train-dir "$TRAIN" --val-dir "$VAL" --max-frames "${MAX_FRAMES:-0}"
@@ -60,15 +61,13 @@ stage() {  # stage NAME ARGS...: train one stage, log to $OUT/NAME.log, time it 
     python -m training.train_hrpose --stage "$name" "${common[@]}" "$@" --out "$OUT/$name" > "$OUT/$name.log" 2>&1
     echo "$name: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
 }
-steps_of() { python -c "from hrpose_ros.runtime import load_checkpoint as l; print(l('$1').history['steps'])"; }
 
 : > "$OUT/times.txt"
 stage teacher "${init[@]}" "${budget[@]}"
 stage student "${init[@]}" "${budget[@]}"
 stage student_kd "${init[@]}" --max-steps "$(steps_of "$OUT/student/last.pt")" --teacher "$OUT/teacher/last.pt"
 
-# Issue 5's table, one per scene kind; ONNX parity on the first (training/recipe_table.sh).
-source "$(dirname "$0")/recipe_table.sh"
+# Issue 5's table, one per scene kind; ONNX parity on the first.
 evaluate_stages "$OUT" "$TEST" "$EVAL_FRAMES"
 
 # The peak threshold: the one with the best mean ADD(-S) on the validation split, stored in the file.

@@ -1,4 +1,9 @@
-# Sourced by run_cpu_recipe.sh and run_paper_recipe.sh: issue 5's table of their three stages.
+# Sourced by run_cpu_recipe.sh and run_paper_recipe.sh: what both do with their three stages.
+
+# steps_of CHECKPOINT: print the training steps stored in a checkpoint (the student + KD runs as
+# many as the student did, so the KD gain is measured at equal training).
+steps_of() { python -c "from hrpose_ros.runtime import load_checkpoint as l; print(l('$1').history['steps'])"; }
+
 #
 # evaluate_stages OUT TEST EVAL_FRAMES [evaluate flags...]: evaluate OUT/{teacher,student,student_kd}/last.pt
 # with the ground-truth-maps ceiling of the student + KD, one table per scene kind of TEST (SPLITS,
