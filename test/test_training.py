@@ -135,12 +135,13 @@ def test_short_training_run_lowers_the_loss(toy_split, tmp_path):
     val = _losses(tmp_path / "val.csv")
     assert [row["epoch"] for row in val] == [1, 2, 3, 4, 5, 6] and all(row["frames"] == 2 for row in val)
     assert val[-1]["val_mse"] < val[0]["val_mse"]
-    assert checkpoint.history["val_mse"] == pytest.approx(val[-1]["val_mse"], abs=1e-4)
+    # float32 reductions on a loss near 1e3 differ in the 6th digit with thread timing: relative tolerance
+    assert checkpoint.history["val_mse"] == pytest.approx(val[-1]["val_mse"], rel=1e-4)
     model = checkpoint.build_model().train()
     frames = bop.read_split(tmp_path / "val" / "split")
     codec = KeypointCodec(checkpoint.codec_config)
     again = split_loss(model, frames, objects, codec, config, n_frames=2)
-    assert again == pytest.approx(val[-1]["val_mse"], abs=1e-3) and model.training
+    assert again == pytest.approx(val[-1]["val_mse"], rel=1e-4) and model.training
     # loss_gap rebuilds the recipe from the checkpoint alone and finds the same number.
     from training import loss_gap
 
@@ -149,7 +150,7 @@ def test_short_training_run_lowers_the_loss(toy_split, tmp_path):
          f"train={root / 'train'}", "--frames", "2", "--threads", "1", "--out", str(tmp_path / "gap.json")]
     )
     table = json.loads((tmp_path / "gap.json").read_text())["mse"]["run"]
-    assert table["val"] == pytest.approx(val[-1]["val_mse"], abs=1e-3) and table["train"] > 0
+    assert table["val"] == pytest.approx(val[-1]["val_mse"], rel=1e-4) and table["train"] > 0
 
 
 def test_distillation_uses_a_frozen_teacher(toy_split, tmp_path):
