@@ -195,7 +195,7 @@ def bf16_is_native(device: torch.device) -> bool:
 
     The cpu recipe's bf16 autocast pays off only there. Without, oneDNN emulates it: a student step
     took 5.5 s instead of 0.77 s in fp32 (AMD EPYC with AVX2 only, 2 threads, 2026-12-01). Both
-    :func:`train` and :func:`split_loss` (also run on older checkpoints' configs by loss_gap) ask.
+    :func:`train` and :func:`split_loss` ask.
     """
     return device.type != "cpu" or has_native_bf16()
 
