@@ -37,7 +37,7 @@ class CodecConfig:
     vector_radius: float = 3.0
     # Belief value a local peak must exceed. 0.1 (DOPE's) for a new model; choose a trained model's
     # own on a validation split (training/evaluate.py --peak-threshold) and store it in its checkpoint:
-    # the shipped file stores 0.7 (MODEL_CARD.md).
+    # the shipped file stores 0.7 (training/HRPOSE_MODEL_CARD.md).
     peak_threshold: float = 0.1
     angle_threshold_deg: float = 30.0  # vertex-to-centroid direction vs predicted vector
     min_keypoints: int = 5  # keypoints (centroid included) an instance needs to be kept

@@ -94,7 +94,7 @@ class TrainConfig:
     # step as the whole batch in 1/micro_batches of the activation memory, except that BatchNorm
     # normalises over each part. Why: one fp32 batch of 32 at 640x480 needs ~28 GB (teacher) / ~18 GB
     # (student) for its backward pass (measured on the CPU, 2026-12-01: 0.85 / 0.53 GB per image,
-    # MODEL_CARD.md), more than many GPUs hold; the paper's TITAN Xp had 12 GB.
+    # training/HRPOSE_MODEL_CARD.md), more than many GPUs hold; the paper's TITAN Xp had 12 GB.
     micro_batches: int = 1
     lr: float = 1e-4
     lr_step_epochs: int = 20
@@ -120,7 +120,7 @@ class TrainConfig:
     # [0.6, 1.2] before cropping. "" = image_scale alone (every file shipped so far). On 200
     # single-object frames 20-60 % of the image tall, the shipped file grouped 24 % of the objects at
     # its 320x256 input and 39 / 43 % at 256x192 / 192x160: objects larger than its crops had taught
-    # it are missed (MODEL_CARD.md). One 95-min CPU leg with "0.6,1.2" from the shipped file made
+    # it are missed (HRPOSE_MODEL_CARD.md). One 95-min CPU leg with "0.6,1.2" from the shipped file made
     # it worse, large objects included (TRAINING_HISTORY.md). Needs crop_size > 0.
     crop_scale_range: str = ""
     augment: bool = True  # blur, colour jitter, noise, rotation +-30 deg (paper Sec. IV.1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's recipe end to end, for a machine with a GPU: what issue 5's 90 % goal needs and this
-# project's 2 CPU cores cannot give (one step of it takes ~2 minutes there; MODEL_CARD.md).
+# project's 2 CPU cores cannot give (one step of it takes ~2 minutes there; HRPOSE_MODEL_CARD.md).
 # Teacher, student and student + KD one after the other with --recipe paper (640x480, batch 32,
 # Adam lr 1e-4 halved every 20 epochs, 120 epochs, plain Eq. 3, lambda1 0.5, lambda2 5e-5), on the
 # GPU when torch sees one (--device auto); then issue 5's table (the three models per scene kind,
