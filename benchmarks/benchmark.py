@@ -34,6 +34,12 @@ excludes decode + PnP, which are reported next to it. The printout says which ca
 
 Writes to ``--out``: benchmark.json (every number), stages.csv, benchmark.png, report.txt
 (the printed tables), and the models it exported (model.onnx, model.int8.onnx).
+
+``--estimator crops`` measures the crop estimator instead (hrpose_ros.crop_pipeline; weights:
+``--checkpoint``, default the shipped crops file): per stage (message -> image, detection, crops,
+inference, decode, PnP, message build + publish) for torch fp32 and ONNX Runtime fp32, the frames
+found per frame, and the live node (``estimator:=crops``) closed and open loop. The HRPose-only
+measurements (bf16, int8, GFLOP/s, maps encoded from ground truth, input sizes, goals) are skipped.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from hrpose_ros.codec import CodecConfig, KeypointCodec
+from hrpose_ros.estimators import ESTIMATORS, default_weights, load_estimator
 from hrpose_ros.geometry import box_corners_3d, keypoints_3d, project
 from hrpose_ros.networks import BACKBONES, HRPose, HRPoseConfig
 from hrpose_ros.node_config import PoseNodeConfig
@@ -97,6 +104,14 @@ _PIPELINE_STAGES = {
     "preprocess": "preprocess",
     "inference": "inference",
     "decode": "peaks + grouping",
+    "pnp": "PnP",
+}
+# The crop estimator's last_timings keys -> stage names (--estimator crops).
+_CROP_PIPELINE_STAGES = {
+    "detection": "detection",
+    "crops": "crops",
+    "inference": "inference",
+    "decode": "decode",
     "pnp": "PnP",
 }
 
@@ -376,6 +391,7 @@ class Backend:
     node_backend: str = ""  # pose_node's `backend` parameter for it ("" = not selectable in the node)
     node_model: str = ""  # pose_node's `model_path` for it
     node_precision: str = "fp32"  # pose_node's `precision` for it
+    node_estimator: str = "hrpose"  # pose_node's `estimator` for it
 
 
 def build_backends(
@@ -539,6 +555,7 @@ def measure_stages(
     count: int,
     warmup: int,
     block: int = 10,
+    pipeline_stages: dict[str, str] = _PIPELINE_STAGES,  # noqa: B006 - read only
 ):
     """Return {backend label: {stage: seconds list}} and {backend label: poses found per frame}.
 
@@ -550,7 +567,8 @@ def measure_stages(
     """
     from hrpose_ros import ros_conversions as convert
 
-    samples = {b.label: {s: [] for s in (*STAGES, "frame")} for b in backends}
+    stages = ("message → image", *pipeline_stages.values(), "message build + publish", "frame")
+    samples = {b.label: {s: [] for s in stages} for b in backends}
     found = {b.label: [] for b in backends}
     messages = [ros.messages(f.image, f.camera, 1_700_000_000_000_000_000 + i) for i, f in enumerate(frames)]
 
@@ -572,7 +590,7 @@ def measure_stages(
             return
         s = samples[backend.label]
         s["message → image"].append(t1 - t0)
-        for key, stage in _PIPELINE_STAGES.items():
+        for key, stage in pipeline_stages.items():
             s[stage].append(pipeline.last_timings[key])
         s["message build + publish"].append(t3 - t2)
         s["frame"].append(t3 - t0)
@@ -779,6 +797,7 @@ def measure_node(
         "backend": backend.node_backend,
         "model_path": backend.node_model,
         "precision": backend.node_precision,
+        "estimator": backend.node_estimator,
         "device": "cpu",
     }
     result: dict = {"backend": backend.label, "transport": transport or "default", "params": params}
@@ -940,9 +959,16 @@ QUICK = Settings(
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
+        "--estimator",
+        default="hrpose",
+        choices=ESTIMATORS,
+        help="pose estimator to measure: hrpose (the full benchmark) or crops (stages and live node only)",
+    )
+    parser.add_argument(
         "--checkpoint",
         type=Path,
-        help="HRPose checkpoint (.pt); default: the shipped weights, else a student with random weights",
+        help="HRPose checkpoint (.pt); default: the shipped weights, else a student with random weights "
+        "(--estimator crops: a crops weights file, default the shipped one)",
     )
     parser.add_argument(
         "--variant",
@@ -1286,6 +1312,85 @@ def write_outputs(out: Path, results: dict, report: str) -> None:
     plot(results, out / "benchmark.png")
 
 
+def crops_main(args, settings: Settings, out: Path) -> int:
+    """Run ``--estimator crops``: the crop estimator's stages per backend and its live node; return 0."""
+    started = time.time()
+    weights = args.checkpoint if args.checkpoint is not None else default_weights("crops")
+    backends = []
+    for label, backend in (("torch fp32", "torch"), ("ORT fp32", "onnxruntime")):
+        before = rss_mb()
+        estimator = load_estimator(weights, "crops", backend=backend, device=args.device)
+        backends.append(Backend(label, estimator, estimator.engine.description, node_backend=backend,
+                                node_model=str(weights), node_estimator="crops"))
+        backends[-1].rss_increase_mb = rss_mb() - before
+    objects = backends[0].pipeline.objects
+    rng = np.random.default_rng(0)
+    if args.split:
+        from hrpose_ros import bop
+
+        split = bop.read_split(args.split)[: max(settings.frames, 10)]
+        frames = [Frame(f.read_rgb(), f.camera, []) for f in split]
+        frames_note = f"BOP split {args.split}"
+    else:
+        frames = []
+        for _ in range(10):
+            chosen = scene_instances(objects, args.instances, CAMERA, rng)
+            frames.append(Frame(paint_scene(objects, chosen, CAMERA, rng), CAMERA, chosen))
+        frames_note = "synthetic painted boxes (the detector may find few: see poses found)"
+    ros = RosSide(objects)
+    nodes = []
+    try:
+        samples, found = measure_stages(backends, frames, ros, settings.frames, settings.warmup,
+                                        pipeline_stages=_CROP_PIPELINE_STAGES)
+        if not args.no_node:
+            transport = "SHM" if args.transport == "shm" else ""
+            for backend in [b for b in backends if b.label in settings.node_backends]:
+                print(f"live pose_node: crops {backend.label}, transport {transport or 'default'}",
+                      file=sys.stderr)
+                nodes.append(measure_node(backend, frames, settings.node_frames, settings.warmup,
+                                          settings.open_loop_seconds, args.node_timeout, ros, transport))
+    finally:
+        ros.close()
+    stages = {b: {s: Stats.of(v) for s, v in st.items()} for b, st in samples.items()}
+    names = list(stages)
+    rows = [[s, *(str(stages[b][s]) for b in names)] for s in stages[names[0]] if s != "frame"]
+    rows.append(["frame total", *(str(stages[b]["frame"]) for b in names)])
+    rows.append(["frames per second", *(f"{1e3 / stages[b]['frame'].median_ms:.1f}" for b in names)])
+    rows.append(["poses found (median)", *(f"{np.median(found[b]):.0f}" for b in names)])
+    lines = [
+        f"hrpose_ros benchmark, crop estimator {time.strftime('%Y-%m-%d %H:%M')} | weights {weights}",
+        f"frames: {frames[0].image.shape[1]}x{frames[0].image.shape[0]}, {frames_note}",
+        "",
+        "per stage, median / p90 ms",
+        table(["stage", *names], rows),
+    ]
+    node_rows = []
+    for n in nodes:
+        closed = Stats.of(n.get("closed_loop", []))
+        rate = n.get("open_loop", {}).get("output_hz", math.nan)
+        node_rows.append([n["backend"], str(closed), f"{rate:.1f}", n.get("error", "")])
+    if node_rows:
+        lines += ["", "live pose_node (estimator:=crops)",
+                  table(["backend", "closed loop ms", "Hz out at 30 Hz in", "error"], node_rows)]
+    report = "\n".join(lines)
+    report += f"\n\ntook {time.time() - started:.0f} s; wrote {out}/benchmark.json, report.txt"
+    print(report)
+    results = {
+        "estimator": "crops",
+        "weights": str(weights),
+        "frames_note": frames_note,
+        "backends": [
+            {"label": b.label, "detail": b.detail, "rss_increase_mb": b.rss_increase_mb} for b in backends
+        ],
+        "stages": stages,
+        "poses_found": {b: float(np.median(v)) for b, v in found.items()},
+        "nodes": nodes,
+    }
+    (out / "benchmark.json").write_text(json.dumps(to_jsonable(results), indent=2, ensure_ascii=False))
+    (out / "report.txt").write_text(report + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     """Run the benchmark, print its report and write it to --out; return the exit code."""
     args = parse_args(argv)
@@ -1299,6 +1404,8 @@ def main(argv=None) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
+    if args.estimator == "crops":
+        return crops_main(args, settings, out)
     started, load_start = time.time(), os.getloadavg()[0]
     cpu = cpu_features()
 

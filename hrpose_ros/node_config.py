@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields
 
-__all__ = ["PoseNodeConfig", "parameter_specs"]
+from hrpose_ros.estimators import ESTIMATORS  # imports no torch: the pipelines load lazily
+
+__all__ = ["PoseNodeConfig", "estimator_options", "parameter_specs"]
 
 
 def _param(default, description: str, low=None, high=None, choices: tuple[str, ...] = ()):
@@ -24,8 +26,14 @@ class PoseNodeConfig:
     """Validated parameters of pose_node; a bad value is a ValueError naming the parameter."""
 
     model_path: str = _param(
-        "", "Weights file of the pose network (.pt for torch, .onnx for onnxruntime); "
-            "empty = the default shipped in hrpose_ros/assets/weights")
+        "", "Weights file of the pose estimator (HRPose: .pt checkpoint or .onnx; crops: its .pt weights "
+            "file); empty = the estimator's default shipped in hrpose_ros/assets/weights")
+    estimator: str = _param(
+        "auto", "Pose estimator: auto (the one model_path's file belongs to; without model_path the "
+                "shipped default: crops when its weights are shipped, else hrpose); hrpose (HRPose, "
+                "whole frame: belief maps + vector fields); crops (detector, square crops, keypoint "
+                "network); a model_path of the other estimator is an error",
+        choices=("auto", *ESTIMATORS))
     backend: str = _param("onnxruntime", "Inference engine (onnxruntime: a .pt model is exported to ONNX "
                                          "once, cached)", choices=("torch", "onnxruntime"))
     device: str = _param("auto", "Device for inference: auto (a GPU where the backend can use one: torch "
@@ -45,9 +53,11 @@ class PoseNodeConfig:
     objects_dir: str = _param(
         "", "BOP models directory (models_info.json + obj_XXXXXX.ply) holding the meshes of the objects "
             "the network knows, for mesh markers; empty = no meshes")
-    score_threshold: float = _param(0.1, "Minimum score of a published object instance", 0.0, 1.0)
-    keypoint_threshold: float = _param(0.0, "Minimum belief-map peak for a keypoint to count as found "
-                                            "(0 = the model's own, chosen on its test split)", 0.0, 1.0)
+    score_threshold: float = _param(0.1, "Minimum score of a published object instance (crops: also the "
+                                         "detector's score threshold)", 0.0, 1.0)
+    keypoint_threshold: float = _param(0.0, "HRPose only: minimum belief-map peak for a keypoint to count "
+                                            "as found (0 = the model's own, chosen on its test split)",
+                                       0.0, 1.0)
     min_depth: float = _param(0.05, "Nearest published object origin along the optical axis (m)", 0.0, 100.0)
     max_depth: float = _param(5.0, "Farthest published object origin along the optical axis (m); PnP fits "
                                    "keypoints bunched within a few pixels far away", 0.0, 100.0)
@@ -55,10 +65,10 @@ class PoseNodeConfig:
         0.01, "Smallest 2D spread of an instance's keypoints across / along their main direction "
               "(eigenvalue ratio); keypoints along a line leave the rotation about it undetermined "
               "(0 = no check; lower it for objects thinner than a domino)", 0.0, 0.99)
-    input_width: int = _param(0, "Network input width in pixels; images are letterboxed into it "
-                                 "(0 = the model's trained input size)", 0, 4096)
-    input_height: int = _param(0, "Network input height in pixels (0 = the model's trained input size)",
-                               0, 4096)
+    input_width: int = _param(0, "HRPose only: network input width in pixels; images are letterboxed "
+                                 "into it (0 = the model's trained input size)", 0, 4096)
+    input_height: int = _param(0, "HRPose only: network input height in pixels (0 = the model's trained "
+                                  "input size)", 0, 4096)
     image_is_rectified: bool = _param(
         False, "True for rectified images (image_rect*): use camera_info P with zero distortion; "
                "false for raw images: use K and D")
@@ -116,6 +126,34 @@ class PoseNodeConfig:
     def input_size(self) -> tuple[int, int] | None:
         """Return (width, height) of the network input in pixels, or None for the model's own size."""
         return (self.input_width, self.input_height) if self.input_width else None
+
+
+# Parameters only HRPose reads, with the value that leaves them unset: the crop estimator has no
+# belief maps to threshold and its detector's input size is fixed by its weights file.
+_HRPOSE_ONLY = {"keypoint_threshold": 0.0, "input_width": 0, "input_height": 0}
+
+
+def estimator_options(config: PoseNodeConfig, estimator: str) -> dict:
+    """Return the keyword options of ``estimator``'s from_pretrained that ``config`` sets.
+
+    ``estimator`` is the resolved one, "hrpose" or "crops". Options of the other estimator are
+    never passed: an HRPose-only parameter set with the crop estimator is a ValueError naming it.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator: expected {' or '.join(ESTIMATORS)}, got {estimator!r}")
+    options = {"backend": config.backend, "device": config.device, "precision": config.precision,
+               "min_score": config.score_threshold, "min_depth": config.min_depth,
+               "max_depth": config.max_depth, "min_keypoint_spread": config.min_keypoint_spread}
+    if estimator == "hrpose":
+        # keypoint_threshold 0 keeps the checkpoint's own peak threshold (its codec config).
+        if config.keypoint_threshold > 0:
+            options["peak_threshold"] = config.keypoint_threshold
+        return {**options, "input_size": config.input_size}
+    for name, unset in _HRPOSE_ONLY.items():
+        if getattr(config, name) != unset:
+            raise ValueError(f"parameter '{name}': HRPose only, but the estimator is crops; set it to "
+                             f"{unset} (unset) or use estimator hrpose, got {getattr(config, name)!r}")
+    return options  # precision: CropPosePipeline.from_pretrained refuses what it cannot run
 
 
 def parameter_specs() -> list[tuple[str, object, str, object, object, tuple[str, ...]]]:

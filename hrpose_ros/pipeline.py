@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from hrpose_ros.codec import DecodedInstance, KeypointCodec
-from hrpose_ros.geometry import keypoints_3d, project, solve_pnp
+from hrpose_ros.pose_solver import PoseSolver, PoseThresholds, keypoint_spread
 from hrpose_ros.runtime import create_engine
 from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
 
@@ -58,13 +58,6 @@ class Letterbox:
 def scale_points(points: np.ndarray, scale: float) -> np.ndarray:
     """Return (..., 2) pixel coordinates after resizing the image by ``scale`` (pixel centres stay)."""
     return (np.asarray(points, dtype=np.float64) + 0.5) * scale - 0.5
-
-
-def keypoint_spread(points: np.ndarray) -> float:
-    """Return the smallest / largest eigenvalue of (N, 2) ``points``' scatter: 0 on a line, 1 when round."""
-    centred = points - points.mean(axis=0)
-    low, high = np.linalg.eigvalsh(centred.T @ centred)
-    return float(low / high) if high > 0 else 0.0
 
 
 def letterbox_scale(image_width: int, image_height: int, width: int, height: int) -> float:
@@ -104,50 +97,6 @@ class NetworkMaps:
     timings: dict[str, float]
 
 
-@dataclass(frozen=True)
-class PoseThresholds:
-    """Pose acceptance: score, PnP reprojection error (px), RANSAC, instances per image, depth range (m).
-
-    ``min_depth``/``max_depth`` bound the object origin's distance along the optical axis: keypoints
-    bunched within a few pixels fit a pose tens of metres away with a small reprojection error
-    (seen with the shipped weights on a uniform grey frame: 5 "mugs" at 16-68 m, 2-3 px RMS), which
-    no RGB pose network resolves. 5 m default: a 10 cm object is then 12 px wide at 600 px focal length.
-    """
-
-    min_score: float = 0.1
-    max_reprojection_error: float = 10.0
-    ransac: bool = True
-    ransac_threshold: float = 5.0  # px, in the input image
-    max_instances: int = 20  # PnP only for the best-scoring instances (bounds latency in clutter)
-    min_depth: float = 0.05  # m
-    max_depth: float = 5.0  # m
-    # Keypoints along one line fix no rotation about that line: PnP then returns one of several
-    # poses that fit equally (seen with the shipped weights: a torus from 5 keypoints, 2D spread
-    # ratio 0.003, whose torch and ONNX poses differ by 179 deg for keypoints 1e-4 px apart). A
-    # pose is kept only when the smallest / largest eigenvalue of its inlier keypoints' 2D scatter
-    # (spread across / along their main direction, squared) is at least this. 0.01 (spread across
-    # at least 10 % of the spread along), chosen on validation frames: with the shipped weights,
-    # of the poses below it 2 of 58 are right by ADD(-S) on data/val2 and 1 of 12 on data/val;
-    # with ground-truth maps (a perfect network) data/val2 keeps 99.13 % ADD(-S) (99.17 % without
-    # the check). 0.03 dropped thin dominoes seen edge-on (98.9 -> 85.3 %), whose keypoints lie
-    # nearly along a line yet give a good pose: for objects thinner than that, lower it; 0 = off.
-    # (geometry.solve_pnp itself refuses exactly collinear points as bad input; this is the
-    # acceptance threshold for nearly collinear ones, a policy, so it lives here.)
-    min_keypoint_spread: float = 0.01
-
-    def __post_init__(self):
-        for name in ("max_reprojection_error", "ransac_threshold"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: expected a positive number of pixels, got {getattr(self, name)}")
-        if not 0 <= self.min_keypoint_spread < 1:
-            raise ValueError(f"min_keypoint_spread: expected 0 <= value < 1, got {self.min_keypoint_spread}")
-        if not 0 <= self.min_depth < self.max_depth:
-            raise ValueError(
-                "min_depth/max_depth: expected 0 <= min_depth < max_depth, got "
-                f"{self.min_depth}/{self.max_depth}"
-            )
-
-
 class PosePipeline:
     """Image (H, W, 3) uint8 RGB + CameraModel -> list[ObjectPose], with per-stage timings."""
 
@@ -157,8 +106,9 @@ class PosePipeline:
         codec: KeypointCodec,
         objects: list[ObjectModel],
         input_size: tuple[int, int],
-        thresholds: PoseThresholds = PoseThresholds(),
+        thresholds: PoseThresholds | None = None,
     ):
+        thresholds = thresholds if thresholds is not None else PoseThresholds()
         if len(objects) != codec.config.num_classes:
             raise ValueError(
                 f"objects: the codec has {codec.config.num_classes} classes, got {len(objects)} objects"
@@ -167,8 +117,9 @@ class PosePipeline:
         self.codec = codec
         self.objects = list(objects)
         self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.solver = PoseSolver(self.objects, thresholds)
         self.thresholds = thresholds
-        self.keypoints_3d = [keypoints_3d(o.points) for o in self.objects]
+        self.keypoints_3d = self.solver.keypoints_3d
         self.last_timings: dict[str, float] = {}
 
     @classmethod
@@ -179,9 +130,16 @@ class PosePipeline:
         device: str = "auto",
         precision: str = "fp32",
         input_size: tuple[int, int] | None = None,
+        estimator: str = "hrpose",
         **thresholds,
     ) -> PosePipeline:
         """Return a pipeline for the checkpoint (.pt) or ONNX file at ``path`` (None = shipped default).
+
+        ``estimator`` "hrpose" (the default, as before it existed): this class, on the shipped HRPose
+        weights when ``path`` is None. "auto" or "crops" hand everything to
+        :func:`hrpose_ros.estimators.load_estimator`, which returns the estimator the file belongs
+        to ("auto"; with no ``path`` the shipped default, the crop estimator's when shipped) or
+        checks that it is a crops file ("crops"), so the result may be a CropPosePipeline.
 
         ``backend``, ``device`` ("auto": a GPU where the backend can use one, else the CPU) and
         ``precision`` ("fp32" | "bf16" | "int8" | "auto") choose the engine
@@ -193,6 +151,11 @@ class PosePipeline:
         codec decoding fields (peak_threshold, angle_threshold_deg, min_keypoints). A missing or
         corrupt file raises ValueError naming it.
         """
+        if estimator != "hrpose":
+            from hrpose_ros.estimators import load_estimator
+
+            return load_estimator(path, estimator, backend=backend, device=device, precision=precision,
+                                  input_size=input_size, **thresholds)
         path = Path(path) if path is not None else DEFAULT_WEIGHTS
         engine, checkpoint = create_engine(backend, path, device, precision, input_size)
         pose_fields = set(PoseThresholds.__dataclass_fields__)
@@ -270,85 +233,6 @@ class PosePipeline:
         instances = self.codec.decode(belief_maps, vector_fields)
         return [replace(i, keypoints=scale_points(i.keypoints, 1.0 / box.scale)) for i in instances]
 
-    def _pnp(self, points_2d: np.ndarray, points_3d: np.ndarray, camera: CameraModel):
-        """Return geometry.solve_pnp's solution, or None for degenerate keypoints.
-
-        With ``ransac``, the plain solution comes first: when it reprojects every keypoint within
-        ``ransac_threshold``, RANSAC's consensus would be all keypoints and its final fit the same
-        solver on the same set, so RANSAC (~0.1 ms per instance, ~1 ms with outliers) only runs
-        when a keypoint is off. OpenCV's SQPnP asserts (cv2.error) when a RANSAC sample of nearly
-        coincident keypoints has too little spread; the plain solution is then kept.
-        """
-        th = self.thresholds
-        dist = camera.dist if not camera.is_rectified else None
-        plain, plain_failed = None, False
-        try:
-            plain = solve_pnp(points_2d, points_3d, camera.K, dist, ransac=False)
-        except ValueError as exc:  # collinear keypoints: no pose for this instance (RANSAC checks the same)
-            logger.debug("instance skipped: %s", exc)
-            return None
-        except cv2.error as exc:
-            logger.debug("PnP failed (%s)", exc)
-            plain_failed = True
-        if not th.ransac or (plain is not None and self._all_within(plain, points_2d, points_3d, camera)):
-            return plain
-        # solvePnPRansac draws from OpenCV's global RNG, whose state depends on every earlier call:
-        # a fixed seed per instance makes a pose depend on its keypoints only (reproducible runs).
-        cv2.setRNGSeed(0)
-        try:
-            return solve_pnp(
-                points_2d, points_3d, camera.K, dist, ransac=True, ransac_threshold=th.ransac_threshold
-            )
-        except cv2.error as exc:
-            logger.debug("RANSAC PnP failed (%s); plain solution %s", exc, "none" if plain_failed else "kept")
-            return plain
-
-    def _all_within(self, solution, points_2d: np.ndarray, points_3d: np.ndarray, camera: CameraModel):
-        """Return True when ``solution`` reprojects every (N, 2) ``points_2d`` within ransac_threshold px."""
-        limit = self.thresholds.ransac_threshold
-        # max residual <= sqrt(N) * RMS: most clean instances pass without projecting again.
-        if solution.reprojection_error * np.sqrt(len(points_2d)) <= limit:
-            return True
-        projected = project(points_3d, solution.R, solution.t, camera.K, camera.dist)
-        return bool(np.all(np.sum((projected - points_2d) ** 2, axis=1) <= limit**2))
-
     def solve(self, instances: list[DecodedInstance], camera: CameraModel) -> list[ObjectPose]:
-        """Return an ObjectPose per instance whose PnP succeeds within the thresholds, best score first.
-
-        Within the thresholds: reprojection error at most ``max_reprojection_error`` px and the
-        object's origin between ``min_depth`` and ``max_depth`` metres along the optical axis.
-        """
-        th = self.thresholds
-        poses = []
-        per_class: dict[int, int] = {}  # poses so far per object: instances are numbered within their class
-        ranked = [i for i in sorted(instances, key=lambda i: -i.score) if i.score >= th.min_score]
-        for instance in ranked[: th.max_instances]:
-            ids = np.flatnonzero(instance.found)
-            points_2d = instance.keypoints[ids]
-            points_3d = self.keypoints_3d[instance.class_index][ids]
-            solution = self._pnp(points_2d, points_3d, camera)
-            if solution is None or solution.reprojection_error > th.max_reprojection_error:
-                continue
-            if not th.min_depth <= solution.t[2] <= th.max_depth:
-                continue
-            used = ids[solution.inliers]
-            if keypoint_spread(instance.keypoints[used]) < th.min_keypoint_spread:
-                continue
-            obj = self.objects[instance.class_index]
-            instance_id = per_class.get(obj.obj_id, 0)
-            per_class[obj.obj_id] = instance_id + 1
-            poses.append(
-                ObjectPose(
-                    class_name=obj.name,
-                    obj_id=obj.obj_id,
-                    # numbered within its class, as ObjectPose.msg and the TF frame names say
-                    instance_id=instance_id,
-                    score=instance.score,
-                    R=solution.R,
-                    t=solution.t,
-                    keypoints_2d=instance.keypoints[used],
-                    keypoint_ids=used,
-                    reprojection_error=solution.reprojection_error,
-                )
-            )
-        return poses
+        """Return the poses of ``instances`` (PoseSolver.solve: PnP and acceptance, shared by estimators)."""
+        return self.solver.solve(instances, camera)

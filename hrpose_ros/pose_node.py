@@ -1,20 +1,21 @@
 """pose_node: 6D poses of known objects from a camera stream, published for robots and RViz.
 
-Subscribes ``image`` (sensor_msgs/Image) and ``camera_info`` (sensor_msgs/CameraInfo),
-both relative names to remap, with sensor-data QoS (overridable via the
-``qos_overrides.<topic>.subscription.*`` parameters). Image and camera_info are matched
-by stamp (message_filters when installed, else :mod:`hrpose_ros.sync`), and the newest
-pair waits in a one-slot queue that drops the older pair, so latency never builds up
-behind a slow network. The work runs in two threads of the node's own, outside the
-executor, which only receives and times: measured with 30 Hz input, rclpy's
-MultiThreadedExecutor with the work in a busy callback group burnt a core re-polling the
-ready work (decode + PnP 10x slower, 1 Hz out instead of the closed loop's 6), and images
-waited ~3 s for DDS repairs. The network thread runs on frame n + 1 while the other decodes,
-solves and publishes frame n (a pipeline of two one-slot stages): on 2 CPU cores with 30 Hz
-input of bin scenes, ORT fp32 14.7 -> 16.5 Hz out, int8 17.8 -> 24.0 Hz, int8 with fp32 output
-convs 21.3 -> 25.8 Hz; latency median +19 / +24 / +18 ms, the stages sharing the cores (a GPU
-runs the network beside the CPU's decoding without that cost). Per processed image, stamped
-with the image's header:
+Subscribes ``image`` (sensor_msgs/Image) and ``camera_info`` (sensor_msgs/CameraInfo), both
+relative names to remap, with sensor-data QoS (overridable via the
+``qos_overrides.<topic>.subscription.*`` parameters). Image and camera_info are matched by
+stamp (message_filters when installed, else :mod:`hrpose_ros.sync`), and the newest pair waits
+in a one-slot queue that drops the older pair, so latency never builds up behind a slow
+network. The network is the estimator's (parameter ``estimator``: HRPose or the crop estimator,
+:mod:`hrpose_ros.estimators`; ``auto`` follows the weights file). The work runs in two threads
+of the node's own, outside the executor, which only receives and times: measured with 30 Hz
+input, rclpy's MultiThreadedExecutor with the work in a busy callback group burnt a core
+re-polling the ready work (decode + PnP 10x slower, 1 Hz out instead of the closed loop's 6), and
+images waited ~3 s for DDS repairs. The network thread runs on frame n + 1 while the other
+decodes, solves and publishes frame n (a pipeline of two one-slot stages): on 2 CPU cores with
+30 Hz input of bin scenes, ORT fp32 14.7 -> 16.5 Hz out, int8 17.8 -> 24.0 Hz, int8 with fp32
+output convs 21.3 -> 25.8 Hz; latency median +19 / +24 / +18 ms, the stages sharing the cores
+(a GPU runs the network beside the CPU's decoding without that cost). Per processed image,
+stamped with the image's header:
 
 - ``~/objects`` hrpose_ros/ObjectPoseArray (empty when nothing is seen),
 - ``~/poses`` geometry_msgs/PoseArray in the image frame,
@@ -58,12 +59,12 @@ from visualization_msgs.msg import MarkerArray
 from hrpose_ros import ros_conversions as convert
 from hrpose_ros.bop import load_object_models
 from hrpose_ros.msg import ObjectPoseArray
-from hrpose_ros.node_config import PoseNodeConfig, parameter_specs
+from hrpose_ros.node_config import PoseNodeConfig, estimator_options, parameter_specs
 from hrpose_ros.sync import ApproximateTimeSynchronizer
 from hrpose_ros.types import CameraModel, ObjectModel
 
-if TYPE_CHECKING:  # the pipeline imports torch: load_pipeline does, once the parameters are checked
-    from hrpose_ros.pipeline import NetworkMaps
+if TYPE_CHECKING:  # the estimators import torch: load_pipeline does, once the parameters are checked
+    from hrpose_ros.estimators import Estimator
 
 try:  # a full ROS 2 install
     import message_filters
@@ -85,18 +86,22 @@ class StartupError(Exception):
     """A parameter or the model is unusable: the node cannot start."""
 
 
-def load_pipeline(config: PoseNodeConfig):
-    """Return the PosePipeline the parameters describe, warmed up (ValueError naming what is wrong)."""
+def load_pipeline(config: PoseNodeConfig) -> Estimator:
+    """Return the estimator the parameters describe, warmed up (ValueError naming what is wrong).
+
+    The estimator is the one ``model_path``'s file belongs to (or the shipped default's), checked
+    against the ``estimator`` parameter; it gets only the options it has (estimator_options).
+    """
+    # A named estimator's options are checked first; load_estimator then checks the file is of its kind.
+    options = estimator_options(config, config.estimator) if config.estimator != "auto" else None
     # Imported here, after the parameters were checked: torch takes seconds to import, and a
     # wrong parameter should fail at once.
-    from hrpose_ros.pipeline import PosePipeline
+    from hrpose_ros.estimators import default_weights, estimator_of, load_estimator
 
-    # keypoint_threshold 0 keeps the checkpoint's own peak threshold (its codec config).
-    peak = {"peak_threshold": config.keypoint_threshold} if config.keypoint_threshold > 0 else {}
-    pipeline = PosePipeline.from_pretrained(
-        config.model_path or None, backend=config.backend, device=config.device, precision=config.precision,
-        input_size=config.input_size, min_score=config.score_threshold, min_depth=config.min_depth,
-        max_depth=config.max_depth, min_keypoint_spread=config.min_keypoint_spread, **peak)
+    path = config.model_path or default_weights(config.estimator)
+    if options is None:  # auto: the options of the estimator the file belongs to
+        options = estimator_options(config, estimator_of(path))
+    pipeline = load_estimator(path, config.estimator, **options)
     # One run on a blank frame: loads the kernels before the first image and proves the
     # engine accepts this input size (an ONNX export may have a fixed one).
     width, height = pipeline.input_size
@@ -107,7 +112,7 @@ def load_pipeline(config: PoseNodeConfig):
         pipeline(np.zeros((height, width, 3), np.uint8), camera)
     except Exception as exc:  # engines raise their own types (onnxruntime, torch) for a bad input shape
         where = "input_width/input_height" if config.input_size else "the model's input size"
-        raise ValueError(f"{where}: the model fails on a {width}x{height} input: {exc}") from exc
+        raise ValueError(f"{where}: the model fails on a blank {width}x{height} input: {exc}") from exc
     return pipeline
 
 
@@ -174,19 +179,19 @@ class _Stats:
 
 
 class _Inferred(NamedTuple):
-    """One frame between the node's two stages: its header, image, camera, network maps, times."""
+    """One frame between the node's two stages: its header, image, camera, network output, times."""
 
     header: object
     rgb: np.ndarray
     camera: CameraModel
-    maps: NetworkMaps
+    network_output: object  # what the estimator's estimate_maps returned, for its poses_from_maps
     received: float  # time.monotonic() when the pair was queued
     timings: dict[str, float]
     inferred: float  # time.monotonic() when the network finished
 
 
 class PoseNode(Node):
-    """The ROS side of :class:`~hrpose_ros.pipeline.PosePipeline`: messages in, messages out."""
+    """The ROS side of an :class:`~hrpose_ros.estimators.Estimator`: messages in, messages out."""
 
     def __init__(self, **kwargs):
         super().__init__("pose_node", **kwargs)
@@ -195,7 +200,8 @@ class PoseNode(Node):
             self.pipeline = load_pipeline(self.config)
             self.objects = display_objects(self.config, self.pipeline.objects)
         except (ValueError, OSError) as exc:
-            raise StartupError(f"cannot load the pose model (model_path={self.config.model_path!r}, "
+            raise StartupError(f"cannot load the pose model (estimator={self.config.estimator}, "
+                               f"model_path={self.config.model_path!r}, "
                                f"backend={self.config.backend}, device={self.config.device}, "
                                f"precision={self.config.precision}): {exc}") from exc
         if self.config.marker_mesh and not any(o.mesh_path for o in self.objects.values()):
@@ -204,11 +210,11 @@ class PoseNode(Node):
         self._throttle = _Throttle(self.config.log_throttle_period)
         self._stats = _Stats()
         # The two stages hand frames on through one-slot queues, both guarded by _queues (with
-        # _stopping): _slot holds the newest received pair (drop-oldest), _maps the network's output
+        # _stopping): _slot holds the newest received pair (drop-oldest), _inferred the network's output
         # for the decoding stage (the network waits for it to empty: nothing computed is dropped).
         self._queues = threading.Condition()
         self._slot: tuple[Image, CameraInfo, float] | None = None
-        self._maps: _Inferred | None = None
+        self._inferred: _Inferred | None = None
         self._stopping = False
         self._shown_markers: frozenset = frozenset()
         self._last_image_time: float | None = None
@@ -240,8 +246,8 @@ class PoseNode(Node):
         self._subscribe(io_group)
         self.create_timer(self.config.diagnostics_period, self._publish_diagnostics, callback_group=io_group)
         self.get_logger().info(
-            f"ready: {_engine_description(self.pipeline.engine)} (precision parameter "
-            f"{self.config.precision}), objects "
+            f"ready: {type(self.pipeline).__name__}, {_engine_description(self.pipeline.engine)} "
+            f"(precision parameter {self.config.precision}), objects "
             f"{', '.join(o.name for o in self.objects.values())}; listening on {self._image_topic} + "
             f"{self._info_topic} ({'rectified: P' if self.config.image_is_rectified else 'raw: K + D'})")
 
@@ -347,18 +353,18 @@ class PoseNode(Node):
             if inferred is None:
                 continue
             with self._queues:
-                if not self._wait(lambda: self._maps is None):
+                if not self._wait(lambda: self._inferred is None):
                     return
-                self._maps = inferred
+                self._inferred = inferred
                 self._queues.notify_all()
 
     def _decode_loop(self) -> None:
         """Decode, solve and publish the network's output for each frame, until :meth:`destroy_node`."""
         while True:
             with self._queues:
-                if not self._wait(lambda: self._maps is not None):
+                if not self._wait(lambda: self._inferred is not None):
                     return
-                inferred = self._maps
+                inferred = self._inferred
             try:
                 self._finish(inferred)
             except Exception as exc:
@@ -367,11 +373,14 @@ class PoseNode(Node):
                 self._report_failure(exc)
             finally:
                 with self._queues:
-                    self._maps = None  # emptied only now: the network stays one frame ahead, no more
+                    self._inferred = None  # emptied only now: the network stays one frame ahead, no more
                     self._queues.notify_all()
 
     def destroy_node(self) -> None:
         """Stop both stages (after the frames they are processing), then destroy the node."""
+        if not hasattr(self, "_workers"):  # the constructor failed; rclpy's shutdown destroys the node anyway
+            super().destroy_node()
+            return
         with self._queues:
             self._stopping = True
             self._queues.notify_all()
@@ -391,14 +400,14 @@ class PoseNode(Node):
             self._reject(str(exc))
             return None
         converted = time.monotonic()
-        maps = self.pipeline.estimate_maps(rgb, camera)
-        timings = {"queue": started - received, "convert": converted - started, **maps.timings}
-        return _Inferred(image.header, rgb, camera, maps, received, timings, time.monotonic())
+        network_output = self.pipeline.estimate_maps(rgb, camera)
+        timings = {"queue": started - received, "convert": converted - started, **network_output.timings}
+        return _Inferred(image.header, rgb, camera, network_output, received, timings, time.monotonic())
 
     def _finish(self, inferred: _Inferred) -> None:
         """Decode + PnP -> convert -> publish one frame's network output."""
         started = time.monotonic()
-        estimated, stage_timings = self.pipeline.poses_from_maps(inferred.maps, inferred.camera)
+        estimated, stage_timings = self.pipeline.poses_from_maps(inferred.network_output, inferred.camera)
         poses = [p for p in estimated if _all_finite(p)]
         if len(poses) != len(estimated):
             self._warn("non-finite", f"dropped {len(estimated) - len(poses)} pose(s) with NaN/inf values")

@@ -1,10 +1,11 @@
 """Replay evaluation: run the pose pipeline on every frame of a rosbag2 and score it against ground truth.
 
-``hrpose-replay-eval BAG --out DIR`` reads a replay bag (see :mod:`hrpose_ros.bag_io` for
-its topics and the ground-truth message), runs :class:`~hrpose_ros.pipeline.PosePipeline`
-on every image in bag order (no frame is dropped; one untimed warm-up call first), or with
-``--live-node`` drives a running ``pose_node`` over DDS frame by frame and records what it
-publishes, and writes to DIR:
+``hrpose-replay-eval BAG --out DIR`` reads a replay bag (see :mod:`hrpose_ros.bag_io` for its
+topics and the ground-truth message), runs a pose estimator (``--estimator``: HRPose or the
+crop estimator, :mod:`hrpose_ros.estimators`; ``auto`` follows ``--weights``) on every image in
+bag order (no frame is dropped; one untimed warm-up call first), or with ``--live-node`` drives
+a running ``pose_node`` over DDS frame by frame and records what it publishes, and writes to
+DIR:
 
 - ``results.csv``: BOP results (scene_id,im_id,obj_id,score,R,t,time; t in mm) where im_id
   is the image's index in the bag;
@@ -45,6 +46,7 @@ from tqdm import tqdm
 
 from hrpose_ros import bag_io, bop, metrics
 from hrpose_ros.bag_io import BagError, BagFrame, BagTopics
+from hrpose_ros.estimators import ESTIMATORS
 from hrpose_ros.metrics import Thresholds
 from hrpose_ros.node_driver import NodeDriver, NodeDriverError, pose_node_command
 from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
@@ -82,7 +84,7 @@ DEFAULT_START_NS = 1_700_000_000 * 1_000_000_000
 
 
 class Estimator(Protocol):
-    """What the evaluator runs: PosePipeline, or the live pose_node behind the same call."""
+    """What the evaluator runs: an estimator (hrpose_ros.estimators), or the live pose_node as one."""
 
     objects: list[ObjectModel]
     last_timings: dict[str, float]
@@ -580,10 +582,11 @@ class LiveNodeEstimator:
 
     Starts ``command`` (the pose_node executable) through :class:`~hrpose_ros.node_driver.NodeDriver`
     with the ``--ros-args`` a launch file would pass: a unique node name, ``image``/``camera_info``
-    remapped to private topics with reliable QoS, TF/markers/overlay off, and the score and
-    keypoint thresholds of the in-process pipeline, so both paths give the same poses. Each call
-    publishes the image then its camera_info and blocks until ``~/objects`` arrives with the image's
-    stamp, so no frame is dropped by the node's one-slot queue; the measured time is the round
+    remapped to private topics with reliable QoS, TF/markers/overlay off, and the weights file,
+    estimator and thresholds (keypoint threshold: HRPose only) of the in-process estimator, so both
+    paths give the same poses. Each call publishes the image then its camera_info and blocks until
+    ``~/objects`` arrives with the image's stamp, so no frame is dropped by the node's one-slot
+    queue; the measured time is the round
     trip (conversion, inference and DDS both ways). ``objects`` are the models the node's weights
     name (loaded here from the same weights). Close with :meth:`close`.
     """
@@ -606,21 +609,35 @@ class LiveNodeEstimator:
         precision: str = "fp32",
         params: Sequence[str] = (),
         timeout: float = 60.0,
+        estimator: str = "auto",
     ) -> LiveNodeEstimator:
-        """Return an estimator driving a freshly started pose_node; LiveNodeError if it does not come up."""
+        """Return an estimator driving a freshly started pose_node; LiveNodeError if it does not come up.
+
+        ``weights`` None: the shipped default of ``estimator`` (hrpose_ros.estimators.default_weights).
+        """
         import os
         import shlex
 
+        from hrpose_ros.estimators import default_weights, load_estimator
         from hrpose_ros.msg import ObjectPoseArray
         from hrpose_ros.pipeline import PosePipeline
 
         # The same weights in-process give the object models to score against and the thresholds
-        # the node must use to answer as the in-process pipeline would.
-        reference = PosePipeline.from_pretrained(weights, backend=backend, device=device, precision=precision)
+        # the node must use to answer as the in-process estimator would; the node gets the resolved
+        # file, so both run the same one whatever the defaults.
+        weights = Path(weights) if weights is not None else default_weights(estimator)
+        reference = load_estimator(weights, estimator, backend=backend, device=device, precision=precision)
         argv = shlex.split(command)
         if argv == ["pose_node"]:
             argv = pose_node_command()
+        if isinstance(reference, PosePipeline):
+            score = reference.thresholds.min_score
+            hrpose_only = {"keypoint_threshold": reference.codec.config.peak_threshold}
+        else:  # crops: poses scoring below the detector's own threshold are never made
+            score, hrpose_only = max(reference.thresholds.min_score, reference.detection_threshold), {}
         node_params = {
+            "model_path": weights,
+            "estimator": estimator,
             "backend": backend,
             "device": device,
             "precision": precision,
@@ -628,12 +645,11 @@ class LiveNodeEstimator:
             "publish_markers": "false",
             "publish_overlay": "false",
             "image_is_rectified": "false",
-            "score_threshold": reference.thresholds.min_score,
-            "keypoint_threshold": reference.codec.config.peak_threshold,
+            "score_threshold": score,
             "min_depth": reference.thresholds.min_depth,
             "max_depth": reference.thresholds.max_depth,
             "min_keypoint_spread": reference.thresholds.min_keypoint_spread,
-            **({"model_path": weights} if weights is not None else {}),
+            **hrpose_only,
         }
         for param in params:
             key, sep, value = param.partition(":=")
@@ -693,7 +709,14 @@ def _replay_parser() -> argparse.ArgumentParser:
     parser.add_argument("bag", type=Path, help="rosbag2 directory (or .mcap/.db3 file)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument(
-        "--weights", type=Path, default=None, help="model file (default: the shipped weights)"
+        "--weights", type=Path, default=None, help="weights file (default: the estimator's shipped weights)"
+    )
+    parser.add_argument(
+        "--estimator",
+        default="auto",
+        choices=("auto", *ESTIMATORS),
+        help="pose estimator: auto (the one --weights belongs to; without --weights the shipped default, "
+        "crops when shipped, else hrpose), hrpose or crops (--weights must then be of that kind)",
     )
     parser.add_argument("--backend", default="onnxruntime", choices=("torch", "onnxruntime"))
     parser.add_argument("--device", default="auto",
@@ -773,24 +796,29 @@ def replay_eval_main(argv: Sequence[str] | None = None) -> int:
         from hrpose_ros.runtime import resolve_device
 
         device = resolve_device(args.device, args.backend)  # the node and the reference on the same one
+        from hrpose_ros.estimators import default_weights, estimator_of
+
+        weights = args.weights if args.weights is not None else default_weights(args.estimator)
+        kind = estimator_of(weights)  # for the report; load_estimator checks it against --estimator
         if args.live_node:
             estimator = LiveNodeEstimator.start(
                 command=args.node_command,
-                weights=args.weights,
+                weights=weights,
                 backend=args.backend,
                 device=device,
                 precision=args.precision,
                 params=args.node_param,
                 timeout=args.node_timeout,
+                estimator=args.estimator,
             )
-            mode = f"live pose_node ({args.backend}, {args.precision}, {device})"
+            mode = f"live pose_node ({kind}, {args.backend}, {args.precision}, {device})"
         else:
-            from hrpose_ros.pipeline import PosePipeline
+            from hrpose_ros.estimators import load_estimator
 
-            estimator = PosePipeline.from_pretrained(
-                args.weights, backend=args.backend, device=device, precision=args.precision
+            estimator = load_estimator(
+                weights, args.estimator, backend=args.backend, device=device, precision=args.precision
             )
-            mode = f"pipeline ({args.backend}, {args.precision}, {device})"
+            mode = f"pipeline ({kind}, {args.backend}, {args.precision}, {device})"
     except ValueError as exc:
         print(f"hrpose-replay-eval: error: {exc}", file=sys.stderr)
         return 1

@@ -574,6 +574,7 @@ class OnnxEngine:
         threads: int | None = None,
         device: str = "cpu",
         spinning: bool = False,
+        output_names: Sequence[str] = OUTPUT_NAMES,
     ):
         import onnxruntime as ort
 
@@ -606,18 +607,17 @@ class OnnxEngine:
             raise ValueError(f"{path}: ONNX Runtime could not load the model ({exc})") from exc
         self.providers = tuple(self.session.get_providers())
         self.path = path
+        self.output_names = list(output_names)
 
     @property
     def description(self) -> str:
         """Return a one-line summary for logs, e.g. ``onnxruntime int8 on CPUExecutionProvider``."""
         return f"onnxruntime {self.precision} on {' > '.join(self.providers)} ({self.path.name})"
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return (belief_maps, vector_fields) float32, as :meth:`TorchEngine.__call__`."""
-        belief, vectors = self.session.run(
-            list(OUTPUT_NAMES), {"image": np.ascontiguousarray(images, dtype=np.float32)}
-        )
-        return belief, vectors
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Return the outputs ``output_names`` float32: for HRPose (belief_maps, vector_fields)."""
+        feed = {"image": np.ascontiguousarray(images, dtype=np.float32)}
+        return tuple(self.session.run(self.output_names, feed))
 
 
 def _provider_options(provider: str, device: str) -> dict[str, str]:

@@ -91,3 +91,34 @@ def test_fps_goal_names_the_best_node_and_the_default_one():
     summary["nodes"] = summary["nodes"][:1]
     (met, text), *_ = evaluate_goals(summary, random_weights=False)
     assert met is False and "default backend" not in text
+
+
+def test_crops_estimator_option_measures_the_crop_stages(tmp_path):
+    """--estimator crops: the crop estimator's own stages, torch and ORT (untrained weights, no node)."""
+    import json
+
+    import torch
+
+    from benchmarks.benchmark import main, parse_args
+    from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet
+    from hrpose_ros.crop_pipeline import keypoints_to_dict, save_crops_file
+    from hrpose_ros.detector import DetectorConfig, SingleShotDetector, detector_to_dict
+
+    assert parse_args([]).estimator == "hrpose"
+    torch.manual_seed(0)
+    objects = toy_objects()
+    detector = SingleShotDetector(DetectorConfig(num_classes=2, input_size=(160, 128), pretrained=False))
+    keypoints = CropKeypointNet(CropKeypointConfig(num_classes=2, crop_size=64, pretrained=False))
+    weights = save_crops_file(
+        tmp_path / "crops.pt", detector_to_dict(detector, objects), keypoints_to_dict(keypoints, objects)
+    )
+    out = tmp_path / "bench"
+    argv = ["--estimator", "crops", "--checkpoint", str(weights), "--quick", "--frames", "2", "--no-node"]
+    assert main([*argv, "--out", str(out)]) == 0
+    results = json.loads((out / "benchmark.json").read_text())
+    assert results["estimator"] == "crops" and results["weights"] == str(weights)
+    assert set(results["stages"]) == {"torch fp32", "ORT fp32"}
+    for stages in results["stages"].values():
+        assert list(stages) == ["message → image", "detection", "crops", "inference", "decode", "PnP",
+                                "message build + publish", "frame"]
+        assert stages["frame"]["n"] == 2

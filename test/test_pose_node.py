@@ -1,10 +1,11 @@
 """pose_node over real DDS: the installed executable, started with the arguments the launch file passes.
 
 launch_ros cannot run here, so the command line is built from launch/pose.launch.py itself
-(its literal argument defaults, node name and params file) the way launch_ros would build it:
-``--ros-args -r __node:=pose_node --params-file <share>/config/pose_node.yaml --params-file
-<launch overrides> -r image:=... -r camera_info:=...``. One node process serves the whole
-module; the test process publishes rendered images and camera_info and listens to every output.
+(its literal argument defaults, which arguments override which parameters, node name and params
+file) the way launch_ros would build it: ``--ros-args -r __node:=pose_node --params-file
+<share>/config/pose_node.yaml --params-file <launch overrides> -r image:=... -r camera_info:=...``.
+One HRPose node process serves most of the module, a crop-estimator node the crops test; the
+test process publishes images and camera_info and listens to every output.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ FRAME = "camera_color_optical_frame"
 WIDTH, HEIGHT = 640, 480
 K = DEFAULT_CAMERA.K  # the training data's camera
 DEMO_BAG = Path(__file__).resolve().parents[1] / "demo" / "bin_demo"
+HRPOSE_WEIGHTS = REPO / "hrpose_ros" / "assets" / "weights" / "hrpose_student_kd.pt"  # shipped
 # Settings of this test only, on top of the launch defaults: quicker diagnostics and warnings, and
 # reliable inputs: Fast DDS loses whole 640x480 images on best-effort QoS (the node's default,
 # which matches any publisher), so, as config/pose_node.yaml advises, the QoS is overridden.
@@ -68,6 +70,14 @@ def launch_defaults() -> dict[str, str]:
     return defaults
 
 
+def launch_parameter_overrides() -> dict[str, str]:
+    """Return the launch file's PARAMETER_OVERRIDES: {launch argument: pose_node parameter}."""
+    for node in ast.walk(ast.parse(LAUNCH_FILE.read_text())):
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["PARAMETER_OVERRIDES"]:
+            return ast.literal_eval(node.value)
+    raise AssertionError("launch/pose.launch.py has no PARAMETER_OVERRIDES")
+
+
 def launch_node_keywords() -> dict[str, str]:
     """Return the literal keywords of the launch file's hrpose_ros Node(...)."""
     for node in ast.walk(ast.parse(LAUNCH_FILE.read_text())):
@@ -78,27 +88,31 @@ def launch_node_keywords() -> dict[str, str]:
     raise AssertionError("launch/pose.launch.py starts no hrpose_ros node")
 
 
-def pose_node_command(tmp_dir: Path, params_file: Path | None = None, **parameters) -> list[str]:
+def pose_node_command(tmp_dir: Path, params_file: Path | None = None, launch_arguments=None,
+                      **parameters) -> list[str]:
     """Return the pose_node command line launch_ros would run, plus ``parameters`` (-p style).
 
-    ``params_file`` stands for the launch argument of that name (default: the installed YAML).
+    ``params_file`` stands for the launch argument of that name (default: the installed YAML);
+    ``launch_arguments`` ({name: value}) for the others, e.g. ``{"estimator": "crops"}``.
     """
     defaults = launch_defaults()
     keywords = launch_node_keywords()
     executable = Path(get_package_prefix("hrpose_ros")) / "lib" / "hrpose_ros" / keywords["executable"]
     if params_file is None:
         params_file = Path(get_package_share_directory("hrpose_ros")) / "config" / "pose_node.yaml"
-    # launch_ros writes the Node's dict parameters to a temporary YAML file like this one.
-    overrides = {"model_path": defaults["model"], "backend": defaults["backend"],
-                 "device": defaults["device"], "use_sim_time": defaults["use_sim_time"] == "true",
-                 **parameters}
+    # The launch file passes an override argument only when it is not empty, and launch_ros
+    # writes the Node's dict parameters to a temporary YAML file like this one.
+    arguments = {**defaults, **(launch_arguments or {})}
+    overrides = {parameter: arguments[argument]
+                 for argument, parameter in launch_parameter_overrides().items() if arguments[argument]}
+    overrides = {**overrides, "use_sim_time": arguments["use_sim_time"] == "true", **parameters}
     launch_params = tmp_dir / "launch_params.yaml"
     launch_params.write_text(yaml.safe_dump({"/**": {"ros__parameters": overrides}}))
-    camera = defaults["camera_namespace"]
+    camera = arguments["camera_namespace"]
     return [str(executable), "--ros-args", "-r", f"__node:={keywords['name']}",
             "--params-file", str(params_file), "--params-file", str(launch_params),
-            "-r", f"image:={camera}/{defaults['image_topic']}",
-            "-r", f"camera_info:={camera}/{defaults['camera_info_topic']}"]
+            "-r", f"image:={camera}/{arguments['image_topic']}",
+            "-r", f"camera_info:={camera}/{arguments['camera_info_topic']}"]
 
 
 # -- the node under test and a listener ----------------------------------------------------------
@@ -127,6 +141,17 @@ class Listener(Node):
                 ("rosout", Log, "/rosout", QoSProfile(depth=1000))):
             self.create_subscription(msg_type, topic, self._recorder(name), qos)
         self.overlay_sub = None
+
+    def add_node(self, node_name: str, camera: str) -> tuple:
+        """Return (image, camera_info) publishers on ``camera``; record /<node_name>/objects and poses."""
+        defaults = launch_defaults()
+        pubs = (self.create_publisher(Image, f"{camera}/{defaults['image_topic']}", 10),
+                self.create_publisher(CameraInfo, f"{camera}/{defaults['camera_info_topic']}", 10))
+        for output, msg_type in (("objects", ObjectPoseArray), ("poses", PoseArray)):
+            self.received[f"{node_name}/{output}"] = []
+            key = f"{node_name}/{output}"
+            self.create_subscription(msg_type, f"/{key}", self._recorder(key), 10)
+        return pubs
 
     def _recorder(self, name):
         def record(msg):
@@ -168,22 +193,25 @@ def listener():
     thread.join(timeout=5)
 
 
-@pytest.fixture(scope="module")
-def pose_node(listener, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pose_node")
+def run_pose_node(listener, tmp: Path, publishers, objects_topic: str, command: list[str]):
+    """Start ``command``; yield the process once it subscribes ``publishers`` and advertises ~/objects."""
     log = (tmp / "pose_node.log").open("w")
-    process = subprocess.Popen(pose_node_command(tmp, **TEST_PARAMETERS), stdout=log,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
     def ready():
         if process.poll() is not None:
             raise AssertionError(f"pose_node exited with {process.returncode}:\n"
                                  f"{(tmp / 'pose_node.log').read_text()}")
-        return (listener.image_pub.get_subscription_count() > 0
-                and listener.info_pub.get_subscription_count() > 0
-                and listener.count_publishers("/pose_node/objects") > 0)
+        return (all(pub.get_subscription_count() > 0 for pub in publishers)
+                and listener.count_publishers(objects_topic) > 0)
 
-    wait_for(ready, 90.0, "pose_node to subscribe and advertise")
+    try:
+        wait_for(ready, 90.0, "pose_node to subscribe and advertise")
+    except AssertionError:
+        process.kill()  # no teardown follows a failed set-up: do not leave the node running
+        process.wait()
+        log.close()
+        raise
     yield process
     alive = process.poll() is None
     process.send_signal(signal.SIGINT)
@@ -194,6 +222,15 @@ def pose_node(listener, tmp_path_factory):
         process.wait()
     log.close()
     assert alive, "pose_node died during the tests"
+
+
+@pytest.fixture(scope="module")
+def pose_node(listener, tmp_path_factory):
+    """The launch file's pose_node with HRPose (estimator:=hrpose), the estimator ``scene`` is chosen for."""
+    tmp = tmp_path_factory.mktemp("pose_node")
+    command = pose_node_command(tmp, launch_arguments={"estimator": "hrpose"}, **TEST_PARAMETERS)
+    yield from run_pose_node(listener, tmp, (listener.image_pub, listener.info_pub), "/pose_node/objects",
+                             command)
 
 
 # -- camera input ---------------------------------------------------------------------------------
@@ -229,22 +266,25 @@ def same_stamp(msg, stamp) -> bool:
     return (msg.header.stamp.sec, msg.header.stamp.nanosec) == tuple(stamp)
 
 
-def send(listener, image: Image, info: CameraInfo | None, timeout: float = 30.0) -> ObjectPoseArray:
+def send(listener, image: Image, info: CameraInfo | None, timeout: float = 30.0, publishers=None,
+         outputs: str = "objects") -> ObjectPoseArray:
     """Publish image (+ camera_info) and return the ObjectPoseArray for its stamp.
 
     Image first, then camera_info, as image_transport's CameraPublisher does (the other order
     let camera_info lag by seconds behind images in a node busy in Python: rclpy + GIL). A
-    pair that got lost is sent again with the same stamp.
+    pair that got lost is sent again with the same stamp. ``publishers`` (image, camera_info) and
+    ``outputs`` (the recorded ObjectPoseArray) default to the HRPose node's.
     """
+    image_pub, info_pub = publishers or (listener.image_pub, listener.info_pub)
     stamp = (image.header.stamp.sec, image.header.stamp.nanosec)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        listener.image_pub.publish(image)
+        image_pub.publish(image)
         if info is not None:
-            listener.info_pub.publish(info)
+            info_pub.publish(info)
         resend = time.monotonic() + 3.0
         while time.monotonic() < min(resend, deadline):
-            found = [m for m in listener.messages("objects") if same_stamp(m, stamp)]
+            found = [m for m in listener.messages(outputs) if same_stamp(m, stamp)]
             if found:
                 return found[0]
             time.sleep(0.05)
@@ -271,8 +311,26 @@ def test_launch_file_starts_pose_node_with_the_shipped_params_file():
                                                                               "pose_node")
     assert "pose_node.yaml" in LAUNCH_FILE.read_text()
     defaults = launch_defaults()
-    assert {"camera_namespace", "image_topic", "camera_info_topic", "model", "backend", "device",
-            "use_sim_time", "rviz"} <= set(defaults) | {"params_file"}
+    assert {"camera_namespace", "image_topic", "camera_info_topic", "model", "estimator", "backend", "device",
+            "precision", "use_sim_time", "rviz"} <= set(defaults) | {"params_file"}
+
+
+def test_launch_overrides_left_empty_keep_the_params_files_values(tmp_path):
+    """One source of defaults: the YAML's (PoseNodeConfig's); an empty override argument passes nothing."""
+    from hrpose_ros.node_config import parameter_specs
+
+    overrides = launch_parameter_overrides()
+    assert overrides == {"model": "model_path", "estimator": "estimator", "backend": "backend",
+                         "device": "device", "precision": "precision"}
+    assert set(overrides.values()) <= {name for name, *_ in parameter_specs()}
+    defaults = launch_defaults()
+    assert [defaults[argument] for argument in overrides] == [""] * len(overrides)
+    pose_node_command(tmp_path)
+    passed = yaml.safe_load((tmp_path / "launch_params.yaml").read_text())["/**"]["ros__parameters"]
+    assert passed == {"use_sim_time": False}
+    pose_node_command(tmp_path, launch_arguments={"estimator": "crops", "device": "cpu"})
+    passed = yaml.safe_load((tmp_path / "launch_params.yaml").read_text())["/**"]["ros__parameters"]
+    assert passed == {"estimator": "crops", "device": "cpu", "use_sim_time": False}
 
 
 def test_empty_result_is_published_with_the_image_header(listener, pose_node):
@@ -407,8 +465,14 @@ def test_diagnostics_are_periodic_with_rates_latencies_and_counters(listener, po
 
 STARTUP_FAILURES = {
     "missing-model": ({"model_path": "/nonexistent/hrpose.pt"},
-                      "/nonexistent/hrpose.pt: model file not found"),
-    "corrupt-model": ({"model_path": "CORRUPT"}, "not a readable HRPose checkpoint"),
+                      "/nonexistent/hrpose.pt: weights file not found"),
+    "corrupt-model": ({"model_path": "CORRUPT"}, "not a readable weights file"),
+    # HRPose-only parameters never reach the crop estimator: set, they stop the node by name (the
+    # others: test_crop_estimator_refuses_what_it_does_not_have_by_name, test_pose_node_config).
+    "crops-keypoint-threshold": ({"estimator": "crops", "keypoint_threshold": 0.3},
+                                 "parameter 'keypoint_threshold': HRPose only, but the estimator is crops"),
+    "estimator-mismatch": ({"estimator": "crops", "model_path": "HRPOSE"},
+                           "estimator: 'crops' asked for, but HRPOSE holds 'hrpose' weights"),
     "out-of-range": ({"score_threshold": 1.5}, "parameter 'score_threshold'"),
     "bad-choice": ({"backend": "tensorflow"},
                    "parameter 'backend': expected one of torch, onnxruntime, got 'tensorflow'"),
@@ -428,6 +492,8 @@ def startup_failures(tmp_path_factory) -> dict[str, tuple[int, str]]:
             corrupt = folder / "corrupt.pt"
             corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint" * 10)
             parameters = {"model_path": str(corrupt)}
+        if parameters.get("model_path") == "HRPOSE":
+            parameters = {**parameters, "model_path": str(HRPOSE_WEIGHTS)}
         if "params_file" in parameters:  # a user's own params file (launch argument params_file)
             values = yaml.safe_load((REPO / "config" / "pose_node.yaml").read_text())
             values["/**"]["ros__parameters"].update(parameters["params_file"])
@@ -442,7 +508,8 @@ def startup_failures(tmp_path_factory) -> dict[str, tuple[int, str]]:
 def test_unusable_model_or_parameter_stops_the_node_with_a_clear_message(startup_failures, case):
     returncode, output = startup_failures[case]
     assert returncode == 1, output
-    assert "cannot start" in output and STARTUP_FAILURES[case][1] in output, output
+    expected = STARTUP_FAILURES[case][1].replace("HRPOSE", str(HRPOSE_WEIGHTS))
+    assert "cannot start" in output and expected in output, output
 
 
 # -- a frame with objects (shipped weights) ----------------------------------------------------
@@ -521,6 +588,78 @@ def test_overlay_is_drawn_only_while_subscribed(listener, pose_node, scene):
                          for d in listener.messages("diagnostics")), 5, "overlay latency in diagnostics")
 
 
+# -- the crop estimator (estimator:=crops, shipped crops weights) ---------------------------------
+
+CROPS_NODE = "pose_node_crops"  # a second launch of the file, under another node name and camera
+CROPS_CAMERA = "/crops_camera"
+
+
+@pytest.fixture(scope="module")
+def crops_frame():
+    """Return (rendered SceneFrame, poses the in-process crop estimator finds in it: at least one).
+
+    The first of 10 seeded cut-and-paste frames of the estimator's objects in which the shipped
+    crops weights find an object. The renderer's camera is DEFAULT_CAMERA, which info_message() describes.
+    """
+    from hrpose_ros.crop_pipeline import DEFAULT_CROPS_WEIGHTS
+    from hrpose_ros.data.objects import load_default_objects
+    from hrpose_ros.data.scenes import SceneGenerator
+    from hrpose_ros.estimators import load_estimator
+    from hrpose_ros.node_config import PoseNodeConfig
+
+    assert DEFAULT_CROPS_WEIGHTS.is_file(), f"{DEFAULT_CROPS_WEIGHTS}: the shipped crop estimator is missing"
+    # The node's engine (crops_node: backend:=torch; device auto = the CPU here). One engine for both:
+    # RANSAC's inliers can flip on the 1e-5 px keypoint differences between engines (test_estimators).
+    # score_threshold (config/pose_node.yaml) filters poses; the detector keeps its file's threshold.
+    estimator = load_estimator(DEFAULT_CROPS_WEIGHTS, "crops", backend="torch", device="cpu",
+                               min_score=PoseNodeConfig().score_threshold)
+    known = {o.obj_id for o in estimator.objects}
+    with SceneGenerator([o for o in load_default_objects() if o.obj_id in known]) as generator:
+        for seed in range(10):
+            frame = generator.cutpaste(np.random.default_rng(seed))
+            poses = estimator(frame.rgb, generator.camera)
+            if poses:
+                return frame, poses
+    raise AssertionError(f"{DEFAULT_CROPS_WEIGHTS} finds no object in 10 rendered frames")
+
+
+@pytest.fixture(scope="module")
+def crops_node(listener, tmp_path_factory, crops_frame):
+    """Return (process, image + camera_info publishers) of pose_node launched with estimator:=crops."""
+    tmp = tmp_path_factory.mktemp("crops_node")
+    publishers = listener.add_node(CROPS_NODE, CROPS_CAMERA)
+    arguments = {"estimator": "crops", "backend": "torch", "camera_namespace": CROPS_CAMERA}
+    reliable = {f"qos_overrides.{CROPS_CAMERA}/{topic}.subscription.reliability": "reliable"
+                for topic in ("image_raw", "camera_info")}
+    command = pose_node_command(tmp, launch_arguments=arguments, **{**TEST_PARAMETERS, **reliable})
+    command[command.index("__node:=pose_node")] = f"__node:={CROPS_NODE}"
+    for process in run_pose_node(listener, tmp, publishers, f"/{CROPS_NODE}/objects", command):
+        yield process, publishers
+
+
+def test_crops_estimator_node_publishes_the_in_process_poses_with_the_image_header(listener, crops_node,
+                                                                                    crops_frame):
+    frame, expected = crops_frame
+    _, publishers = crops_node
+    stamp = new_stamp()
+    msg = send(listener, image_message(frame.rgb, stamp), info_message(stamp), publishers=publishers,
+               outputs=f"{CROPS_NODE}/objects")
+    assert msg.header.frame_id == FRAME
+    poses = wait_for(lambda: [m for m in listener.messages(f"{CROPS_NODE}/poses") if same_stamp(m, stamp)], 5,
+                     "PoseArray")[0]
+    assert poses.header.frame_id == FRAME and len(poses.poses) == len(msg.objects)
+    # The same estimator and engine in-process: the same poses (float64 in the messages).
+    assert [(o.class_id, o.instance_id) for o in msg.objects] == [(p.obj_id, p.instance_id) for p in expected]
+    for published, pose in zip(msg.objects, expected):
+        position = published.pose.position
+        np.testing.assert_allclose([position.x, position.y, position.z], pose.t, atol=1e-4)
+    # Loosely right: some pose within 5 cm of a ground-truth instance of its object (the weights are
+    # early; the replay evaluation measures accuracy).
+    errors = [np.linalg.norm(truth.t - pose.t) for pose in expected for truth in frame.instances
+              if truth.obj_id == pose.obj_id]
+    assert errors and min(errors) < 0.05, errors
+
+
 # -- model loading, without DDS -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -584,3 +723,47 @@ def test_objects_dir_gives_mesh_files_for_markers(tiny_checkpoint):
     unknown = ObjectModel(obj_id=42, name="unknown", points=objects[0].points, diameter=0.1)
     with pytest.raises(ValueError, match=r"objects_dir: .* has no models for obj_id \[42\]"):
         display_objects(config, [unknown])
+
+
+@pytest.fixture(scope="module")
+def tiny_crops_file(tmp_path_factory):
+    """A crops weights file with untrained networks for the toy objects: enough to load and run."""
+    import torch
+
+    from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet
+    from hrpose_ros.crop_pipeline import keypoints_to_dict, save_crops_file
+    from hrpose_ros.detector import DetectorConfig, SingleShotDetector, detector_to_dict
+    from training.toy_data import toy_objects
+
+    torch.manual_seed(0)
+    objects = toy_objects()
+    detector = SingleShotDetector(DetectorConfig(num_classes=2, input_size=(160, 128), pretrained=False))
+    keypoints = CropKeypointNet(CropKeypointConfig(num_classes=2, crop_size=64, pretrained=False))
+    return save_crops_file(tmp_path_factory.mktemp("crops") / "tiny_crops.pt",
+                           detector_to_dict(detector, objects), keypoints_to_dict(keypoints, objects))
+
+
+def test_crop_estimator_gets_the_shared_thresholds_from_auto(tiny_crops_file):
+    from hrpose_ros.crop_pipeline import CropPosePipeline
+    from hrpose_ros.node_config import PoseNodeConfig
+    from hrpose_ros.pose_node import load_pipeline
+
+    pipeline = load_pipeline(PoseNodeConfig(model_path=str(tiny_crops_file), backend="torch",
+                                            score_threshold=0.25, max_depth=2.0))
+    assert isinstance(pipeline, CropPosePipeline)  # estimator auto: the file's
+    assert (pipeline.thresholds.min_score, pipeline.thresholds.max_depth) == (0.25, 2.0)
+    assert set(pipeline.last_timings) == {"detection", "crops", "inference", "decode", "pnp"}  # warmed up
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [({"keypoint_threshold": 0.3}, "parameter 'keypoint_threshold': HRPose only, but the estimator is crops"),
+     ({"input_width": 320, "input_height": 256}, "parameter 'input_width': HRPose only"),
+     ({"estimator": "hrpose"}, "estimator: 'hrpose' asked for, but .*tiny_crops.pt holds 'crops' weights")],
+)
+def test_crop_estimator_refuses_what_it_does_not_have_by_name(tiny_crops_file, values, message):
+    from hrpose_ros.node_config import PoseNodeConfig
+    from hrpose_ros.pose_node import load_pipeline
+
+    with pytest.raises(ValueError, match=message):
+        load_pipeline(PoseNodeConfig(model_path=str(tiny_crops_file), backend="torch", **values))

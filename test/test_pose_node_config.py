@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hrpose_ros.node_config import PoseNodeConfig, parameter_specs
+from hrpose_ros.node_config import PoseNodeConfig, estimator_options, parameter_specs
 
 YAML = Path(__file__).resolve().parents[1] / "config" / "pose_node.yaml"
 
@@ -54,6 +54,7 @@ def test_input_size():
      ({"input_width": 640}, "parameters 'input_width'/'input_height': set both or neither"),
      ({"min_depth": 2.0, "max_depth": 1.0},
       "parameters 'min_depth'/'max_depth': expected min_depth < max_depth, got 2.0/1.0"),
+     ({"estimator": "dope"}, "parameter 'estimator': expected one of auto, hrpose, crops, got 'dope'"),
      ({"frame_prefix": "/hrpose/"}, "parameter 'frame_prefix'"),
      ({"frame_prefix": "my prefix"}, "parameter 'frame_prefix'")],
 )
@@ -69,3 +70,31 @@ def test_precision_defaults_to_fp32_and_accepts_each_backends_own_precisions():
     assert PoseNodeConfig(backend="torch", precision="bf16").precision == "bf16"
     specs = {name: choices for name, *_, choices in parameter_specs()}
     assert specs["precision"] == ("fp32", "bf16", "int8", "auto")
+
+
+def test_estimator_defaults_to_auto_and_offers_both_estimators():
+    assert PoseNodeConfig().estimator == "auto"
+    specs = {name: choices for name, *_, choices in parameter_specs()}
+    assert specs["estimator"] == ("auto", "hrpose", "crops")
+
+
+def test_each_estimator_gets_only_its_own_options():
+    config = PoseNodeConfig(backend="torch", device="cpu", score_threshold=0.3, min_depth=0.1, max_depth=2.0,
+                            min_keypoint_spread=0.02)
+    shared = {"backend": "torch", "device": "cpu", "precision": "fp32", "min_score": 0.3, "min_depth": 0.1,
+              "max_depth": 2.0, "min_keypoint_spread": 0.02}
+    assert estimator_options(config, "crops") == shared
+    assert estimator_options(config, "hrpose") == {**shared, "input_size": None}  # 0: the model's own peak
+    hrpose = PoseNodeConfig(keypoint_threshold=0.3, input_width=320, input_height=256)
+    assert estimator_options(hrpose, "hrpose")["peak_threshold"] == 0.3
+    assert estimator_options(hrpose, "hrpose")["input_size"] == (320, 256)
+
+
+@pytest.mark.parametrize(
+    "values, name",
+    [({"keypoint_threshold": 0.3}, "keypoint_threshold"),
+     ({"input_width": 320, "input_height": 256}, "input_width")],
+)
+def test_hrpose_only_parameters_set_with_the_crop_estimator_name_the_parameter(values, name):
+    with pytest.raises(ValueError, match=f"parameter '{name}': HRPose only, but the estimator is crops"):
+        estimator_options(PoseNodeConfig(**values), "crops")

@@ -362,7 +362,8 @@ def test_truncated_bag_names_bag_and_topic_and_keeps_partial_results(tmp_path, s
         data = path.read_bytes()
         (bag / path.name).write_bytes(data[: int(0.6 * len(data))] if path.suffix == ".mcap" else data)
     out = tmp_path / "out"
-    code = replay.replay_eval_main([str(bag), "--out", str(out), "--quiet", "--no-video"])
+    argv = [str(bag), "--out", str(out), "--quiet", "--no-video", "--estimator", "hrpose"]  # the fixture's
+    code = replay.replay_eval_main(argv)
     captured = capsys.readouterr()
     assert code == 2
     assert f"bag {bag}, topic {bag_io.IMAGE_TOPIC}: truncated" in captured.err
@@ -379,6 +380,7 @@ def test_cm_deg_bounds_of_the_command_line_reach_metrics_and_report(tmp_path, sc
     """--max-translation-cm / --max-rotation-deg: issue 6 measures well-visible objects at 1 cm 5 deg."""
     out = tmp_path / "out"
     argv = [str(scene_bag), "--out", str(out), "--quiet", "--no-video", "--max-frames", "2"]
+    argv += ["--estimator", "hrpose"]  # the pipeline fixture's
     assert replay.replay_eval_main([*argv, "--max-translation-cm", "1000", "--max-rotation-deg", "180"]) == 0
     assert "1000 cm 180 deg" in capsys.readouterr().out
     objects = {o.obj_id: o for o in pipeline.objects}
@@ -422,6 +424,8 @@ def test_live_node_path_gives_the_in_process_poses(tmp_path, scene_bag, pipeline
             "--out",
             str(tmp_path / "live"),
             "--live-node",
+            "--estimator",
+            "hrpose",  # the in-process pipeline's (the default, auto, takes the crop estimator when shipped)
             "--backend",
             "torch",  # the in-process pipeline's (ONNX Runtime's float differences can flip a RANSAC choice)
             "--quiet",
@@ -444,3 +448,48 @@ def test_live_node_path_gives_the_in_process_poses(tmp_path, scene_bag, pipeline
     assert [row["add_recall"] for row in live["objects"]] == pytest.approx(
         [s.add_recall for s in inline.summary]
     )
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["in-process", "live-node"])
+def test_estimator_of_the_command_line_must_match_the_weights(tmp_path, scene_bag, capsys, live):
+    """--estimator reaches the loader of both paths: crops asked for with an HRPose checkpoint stops both."""
+    from hrpose_ros.pipeline import DEFAULT_WEIGHTS
+
+    argv = [str(scene_bag), "--out", str(tmp_path / "out"), "--quiet", "--no-video", "--estimator", "crops",
+            "--weights", str(DEFAULT_WEIGHTS), *(["--live-node"] if live else [])]
+    assert replay.replay_eval_main(argv) == 1
+    expected = f"estimator: 'crops' asked for, but {DEFAULT_WEIGHTS} holds 'hrpose' weights"
+    assert expected in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def crops_bag_runs(tmp_path_factory, scene_bag):
+    """Return the metrics.json of --estimator crops in-process and through --live-node, 2 frames each."""
+    from hrpose_ros.crop_pipeline import DEFAULT_CROPS_WEIGHTS
+
+    assert DEFAULT_CROPS_WEIGHTS.is_file(), f"{DEFAULT_CROPS_WEIGHTS}: the shipped crop estimator is missing"
+    root = tmp_path_factory.mktemp("crops_runs")
+    runs = {}
+    for mode, extra in (("inline", []), ("live", ["--live-node", "--node-timeout", "120"])):
+        argv = [str(scene_bag), "--out", str(root / mode), "--quiet", "--no-video", "--max-frames", "2",
+                "--estimator", "crops", "--backend", "torch", *extra]
+        assert replay.replay_eval_main(argv) == 0, mode
+        runs[mode] = root / mode
+    return runs
+
+
+def test_crop_estimator_runs_in_process(crops_bag_runs):
+    data = json.loads((crops_bag_runs["inline"] / "metrics.json").read_text())
+    assert data["complete"] and data["frames"] == 2 and data["mode"].startswith("pipeline (crops, torch")
+    assert set(data["latency_ms"]) >= {"detection", "crops", "inference", "decode", "pnp", "total"}
+
+
+@pytest.mark.ros
+def test_crop_estimator_through_the_live_node_gives_the_in_process_poses(crops_bag_runs):
+    live = json.loads((crops_bag_runs["live"] / "metrics.json").read_text())
+    assert live["complete"] and live["mode"].startswith("live pose_node (crops, torch")
+    ours = bop.read_results_csv(crops_bag_runs["inline"] / "results.csv")
+    theirs = bop.read_results_csv(crops_bag_runs["live"] / "results.csv")
+    assert [(r.im_id, r.obj_id) for r in theirs] == [(r.im_id, r.obj_id) for r in ours]
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(b.t, a.t, atol=1e-6)

@@ -50,6 +50,8 @@ from tqdm import tqdm
 
 from hrpose_ros import bop, metrics, replay
 from hrpose_ros.codec import DecodedInstance
+from hrpose_ros.crop_pipeline import CropPosePipeline
+from hrpose_ros.estimators import estimator_of, load_estimator
 from hrpose_ros.geometry import project
 from hrpose_ros.pipeline import (
     Letterbox,
@@ -60,7 +62,8 @@ from hrpose_ros.pipeline import (
     scale_points,
 )
 from hrpose_ros.runtime import resolve_device
-from hrpose_ros.types import ObjectModel, ObjectPose
+from hrpose_ros.types import Detection, ObjectModel, ObjectPose
+from training.crop_data import amodal_box
 from training.data import frame_keypoints
 
 __all__ = [
@@ -238,19 +241,37 @@ def ground_truth_maps(pipeline: PosePipeline, frame: bop.BopFrame) -> NetworkMap
     return NetworkMaps(belief, vectors, box, {})
 
 
+def ground_truth_boxes(frame: bop.BopFrame, objects: dict[int, ObjectModel],
+                       min_visib_fract: float = 0.1) -> list[Detection]:
+    """Return the scored instances' amodal boxes as detections (score 1): crops without the detector.
+
+    Boxes come from scene_gt_info's bbox_obj, else from the projected model points.
+    """
+    boxes = []
+    for gt in _evaluated(frame, objects, min_visib_fract):
+        obj = objects[gt.obj_id]
+        box = gt.info.bbox_obj if gt.info is not None else amodal_box(obj, gt.R, gt.t, frame.camera)
+        if box[2] > 0 and box[3] > 0:
+            boxes.append(Detection(obj.obj_id, obj.name, 1.0, np.asarray(box, dtype=np.float64)))
+    return boxes
+
+
 def evaluate_split(
     pipeline: PosePipeline,
     frames: Sequence[bop.BopFrame],
     desc: str = "",
     gt_maps: bool = False,
     bounds: tuple[float, float] | None = None,
+    gt_boxes: bool = False,
 ) -> dict:
     """Return {"instances": [InstanceResult], "seconds_per_frame": float} for ``pipeline`` on ``frames``.
 
     With ``gt_maps`` the network is replaced by :func:`ground_truth_maps` (decoding and PnP stay),
     and the seconds are those of decoding and PnP alone. ``bounds``: as :func:`match_poses`.
+    ``gt_boxes`` (crop estimator): crops around the ground-truth amodal boxes instead of detections.
     """
     objects = {o.obj_id: o for o in pipeline.objects}
+    crops = isinstance(pipeline, CropPosePipeline)
     results, seconds = [], []
     for frame in tqdm(frames, desc=desc, leave=False):
         if gt_maps:
@@ -259,9 +280,16 @@ def evaluate_split(
         else:
             image = frame.read_rgb()
             start = time.perf_counter()
-            maps = pipeline.estimate_maps(image, frame.camera)
+            if crops:
+                boxes = ground_truth_boxes(frame, objects) if gt_boxes else None
+                maps = pipeline.estimate_maps(image, frame.camera, detections=boxes)
+            else:
+                maps = pipeline.estimate_maps(image, frame.camera)
         # pipeline.poses_from_maps in its two steps, to keep the grouped instances for "decoded"
-        decoded = pipeline.decode(maps.belief_maps, maps.vector_fields, maps.box)
+        if crops:
+            decoded = pipeline.decode(maps)
+        else:
+            decoded = pipeline.decode(maps.belief_maps, maps.vector_fields, maps.box)
         poses = pipeline.solve(decoded, frame.camera)
         seconds.append(time.perf_counter() - start)
         own = match_poses(poses, frame, objects, bounds=bounds)
@@ -415,6 +443,27 @@ def _named(values: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
+def _columns(models: dict[str, str], gt_boxes: bool) -> dict[str, tuple[str, bool]]:
+    """Return {column: (weights, ground-truth boxes?)}: with ``gt_boxes``, crop models twice."""
+    columns = {}
+    for name, path in models.items():
+        columns[name] = (path, False)
+        if gt_boxes and name != GT_MAPS and estimator_of(path) == "crops":
+            columns[f"{name} GT boxes"] = (path, True)
+    return columns
+
+
+def _options(path: str, input_size, overrides: dict) -> dict:
+    """Return the from_pretrained options for ``path``'s estimator (HRPose-only ones refused for crops)."""
+    if estimator_of(path) == "hrpose":
+        return {"input_size": input_size, **overrides}
+    hrpose_only = [k for k in ("peak_threshold",) if k in overrides]
+    hrpose_only += ["--input-size"] if input_size else []
+    if hrpose_only:
+        raise ValueError(f"{path}: a crop estimator has no {', '.join(hrpose_only)} (HRPose options)")
+    return dict(overrides)
+
+
 def main(argv=None) -> None:
     """Command line: evaluate named models on named splits, print and write the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -447,6 +496,9 @@ def main(argv=None) -> None:
                              "well-visible objects; with --max-rotation-deg, default 5)")
     parser.add_argument("--max-rotation-deg", type=replay.positive_float, default=None, metavar="DEG",
                         help="rotation bound of that metric (default 5; alone, with 5 cm)")
+    parser.add_argument("--gt-boxes", action="store_true",
+                        help="for crop-estimator models, add a column with crops around the ground-truth "
+                             "amodal boxes (the keypoint network and PnP without the detector)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -486,18 +538,18 @@ def main(argv=None) -> None:
             frames = frames[: args.max_frames]
         summaries, timing, instances = {}, {}, {}
         rows = []
-        for model_name, path in models.items():
+        for model_name, (path, gt_boxes) in _columns(models, args.gt_boxes).items():
             gt_maps = model_name == GT_MAPS and path == args.gt_maps
-            pipeline = PosePipeline.from_pretrained(
+            pipeline = load_estimator(
                 path,
                 backend=_gt_maps_backend(path) if gt_maps else args.backend,
                 device=args.device,
-                input_size=args.input_size,
-                **overrides,
+                **_options(path, args.input_size, overrides),
             )
             names = {o.obj_id: o.name for o in pipeline.objects}
             result = evaluate_split(
-                pipeline, frames, desc=f"{split_name} {model_name}", gt_maps=gt_maps, bounds=bounds
+                pipeline, frames, desc=f"{split_name} {model_name}", gt_maps=gt_maps, bounds=bounds,
+                gt_boxes=gt_boxes,
             )
             summaries[model_name] = summarise(result["instances"], names, scored)
             timing[model_name] = result["seconds_per_frame"]
@@ -513,7 +565,7 @@ def main(argv=None) -> None:
                         **r.errors,
                     }
                 )
-        n_instances = sum(1 for r in rows if r["model"] == next(iter(models)))
+        n_instances = sum(1 for r in rows if r["model"] == next(iter(summaries)))
         markdown.append(f"## {split_name}: {len(frames)} frames, {n_instances} instances ({split_dir})\n")
         for metric in scored + DIAGNOSTICS:
             markdown.append(format_table(metric, summaries, args.baseline, args.distilled, titles) + "\n")

@@ -1,0 +1,397 @@
+"""The crop estimator: detector -> square crops -> keypoint network -> shared PnP, and its weights file.
+
+Two halves, as the node runs them on two threads (:meth:`CropPosePipeline.estimate_maps`, the
+networks; :meth:`CropPosePipeline.poses_from_maps`, decoding and PnP). Crops of one frame go
+through the keypoint network as one batch.
+
+A crops weights file is a ``torch.save`` of plain types: ``{"format": CROPS_FORMAT, "estimator":
+"crops", "detector": {...}, "keypoints": {...}}``; each network part holds its config, objects
+and fp16 weights, so the file alone builds the estimator. For ONNX Runtime each network is
+exported once into the cache (``~/.cache/hrpose_ros``), named by the file's content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hrpose_ros.codec import DecodedInstance
+from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet, decode_heatmaps, decode_votes
+from hrpose_ros.crops import Crop, crop_around_box, crop_images
+from hrpose_ros.detector import BoxCodec, detector_from_dict, postprocess, preprocess
+from hrpose_ros.pose_solver import PoseSolver, PoseThresholds
+from hrpose_ros.runtime import (
+    OnnxEngine,
+    _cache_dir,
+    _object_from_dict,
+    _object_to_dict,
+    _parse_device,
+    compact_points,
+    resolve_device,
+)
+from hrpose_ros.types import CameraModel, Detection, ObjectModel, ObjectPose
+
+__all__ = [
+    "CROPS_FORMAT",
+    "DEFAULT_CROPS_WEIGHTS",
+    "CropInference",
+    "CropPosePipeline",
+    "is_crops_file",
+    "keypoints_from_dict",
+    "keypoints_to_dict",
+    "load_crops_file",
+    "save_crops_file",
+]
+
+CROPS_FORMAT = "hrpose_ros/crops-1"
+DEFAULT_CROPS_WEIGHTS = Path(__file__).resolve().parent / "assets" / "weights" / "crops_lite0.pt"
+
+
+def keypoints_to_dict(
+    model: CropKeypointNet, objects: list[ObjectModel], history: dict | None = None
+) -> dict:
+    """Return the keypoint network as plain types (config, objects, fp16 weights, training history)."""
+    return {
+        "kind": "crop_keypoints",
+        "config": model.config.to_dict(),
+        # PnP needs the box corners only; compact_points keeps them (and the ADD metrics a sample).
+        "objects": [
+            _object_to_dict(o) | {"points": compact_points(o.points).astype(np.float32).tolist()}
+            for o in objects
+        ],
+        "state_dict": {
+            k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu().clone()
+            for k, v in model.state_dict().items()
+        },
+        "history": history or {},
+    }
+
+
+def keypoints_from_dict(d: dict, where: str = "keypoints") -> tuple[CropKeypointNet, list[ObjectModel], dict]:
+    """Return (CropKeypointNet in eval mode, objects in class order, history) of :func:`keypoints_to_dict`."""
+    if not isinstance(d, dict) or d.get("kind") != "crop_keypoints":
+        found = d.get("kind") if isinstance(d, dict) else type(d).__name__
+        raise ValueError(f"{where}: not a crop keypoint network (kind {found!r})")
+    try:
+        config = CropKeypointConfig(**{**d["config"], "pretrained": False})  # the weights come from the file
+        model = CropKeypointNet(config)
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in d["state_dict"].items()}
+        )
+        objects = [_object_from_dict(o) for o in d["objects"]]
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"{where}: keypoint network incomplete ({exc})") from exc
+    model.config = CropKeypointConfig(**d["config"])
+    return model.eval(), objects, dict(d.get("history", {}))
+
+
+def save_crops_file(path, detector: dict, keypoints: dict) -> Path:
+    """Write the crops weights file (``detector_to_dict`` + ``keypoints_to_dict`` parts) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(
+        {"format": CROPS_FORMAT, "estimator": "crops", "detector": detector, "keypoints": keypoints}, tmp
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def _load(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"{path}: weights file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise ValueError(f"{path}: not a readable weights file ({exc})") from exc
+
+
+def is_crops_file(path) -> bool:
+    """Return True when ``path`` is a crops weights file (False for HRPose checkpoints and ONNX files)."""
+    path = Path(path)
+    if path.suffix == ".onnx" or not path.is_file():
+        return False
+    d = _load(path)
+    return isinstance(d, dict) and d.get("format") == CROPS_FORMAT
+
+
+def load_crops_file(path):
+    """Return (detector model, keypoint model, objects, file dict) of the crops weights file at ``path``."""
+    path = Path(path)
+    d = _load(path)
+    if not isinstance(d, dict) or d.get("format") != CROPS_FORMAT:
+        found = d.get("format") if isinstance(d, dict) else type(d).__name__
+        raise ValueError(f"{path}: not a crops weights file (format {found!r}, expected {CROPS_FORMAT!r})")
+    detector, det_objects = detector_from_dict(d["detector"], f"{path} detector")
+    keypoints, objects, _ = keypoints_from_dict(d["keypoints"], f"{path} keypoints")
+    if [o.obj_id for o in det_objects] != [o.obj_id for o in objects]:
+        raise ValueError(f"{path}: the detector and the keypoint network know other objects")
+    return detector, keypoints, objects, d
+
+
+class _TorchModule:
+    """Run a module in torch (eval, inference_mode) on a device; numpy in, tuple of float32 numpy out."""
+
+    def __init__(self, module: torch.nn.Module, device: str, outputs: int):
+        self.device = _parse_device(device)
+        self.module = module.eval().to(self.device)
+        self.outputs = outputs
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
+        return tuple(o.float().cpu().numpy() for o in out[: self.outputs])
+
+
+def _export(
+    module: torch.nn.Module, target: Path, size: tuple[int, int], outputs: list[str], batch_axis: bool
+):
+    """Export ``module`` to ONNX at ``target`` (legacy exporter, opset 17, weights embedded)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.stem + f".{os.getpid()}.tmp.onnx")
+    axes = {name: {0: "batch"} for name in ["image", *outputs]} if batch_axis else None
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            module.eval(),
+            (torch.zeros(1, 3, size[1], size[0]),),
+            str(tmp),
+            input_names=["image"],
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+            external_data=False,
+        )
+    os.replace(tmp, target)
+
+
+def export_crops_onnx(path, cache_dir=None) -> tuple[Path, Path]:
+    """Return (detector .onnx, keypoint .onnx) of the crops file at ``path``, exported once into the cache."""
+    path = Path(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    root = _cache_dir(cache_dir)
+    det_path = root / f"{path.stem}-{digest}-detector.onnx"
+    kp_path = root / f"{path.stem}-{digest}-keypoints.onnx"
+    if not (det_path.is_file() and kp_path.is_file()):
+        detector, keypoints, _, _ = load_crops_file(path)
+        _export(detector, det_path, detector.config.input_size, ["heatmap", "size", "offset"], False)
+        size = keypoints.config.crop_size
+        _export(_HeatmapsOnly(keypoints), kp_path, (size, size), ["heatmaps"], True)
+    return det_path, kp_path
+
+
+class _HeatmapsOnly(torch.nn.Module):
+    """The keypoint network without its feature output (only the heatmaps are needed at run time)."""
+
+    def __init__(self, model: CropKeypointNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, crops):
+        return (self.model(crops).heatmaps,)
+
+
+@dataclass(frozen=True)
+class CropInference:
+    """One frame's network work: detections (image px), crops, keypoint outputs (N, P, h, w), timings."""
+
+    detections: list[Detection]
+    crops: list[Crop]
+    class_indices: np.ndarray
+    heatmaps: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Engines:
+    """The two engines behind one description (what pose_node logs)."""
+
+    def __init__(self, detector, keypoints, description: str, precision: str = "fp32"):
+        self.detector, self.keypoints = detector, keypoints
+        self.description = description
+        self.precision = precision
+
+
+class CropPosePipeline:
+    """Image (H, W, 3) uint8 RGB + CameraModel -> list[ObjectPose]: detector, crops, keypoints, PnP."""
+
+    estimator = "crops"
+
+    def __init__(
+        self,
+        detector_engine,
+        keypoint_engine,
+        detector_config,
+        keypoint_config: CropKeypointConfig,
+        objects: list[ObjectModel],
+        thresholds: PoseThresholds | None = None,
+        detection_threshold: float | None = None,
+        description: str = "torch fp32 on cpu",
+    ):
+        self.engine = _Engines(detector_engine, keypoint_engine, description)
+        self.detector_config = detector_config
+        self.keypoint_config = keypoint_config
+        self.box_codec = BoxCodec.from_config(detector_config)
+        self.objects = list(objects)
+        self.thresholds = thresholds if thresholds is not None else PoseThresholds()
+        self.solver = PoseSolver(self.objects, self.thresholds)
+        self.keypoints_3d = self.solver.keypoints_3d
+        self.detection_threshold = (
+            detection_threshold if detection_threshold is not None else detector_config.score_threshold
+        )
+        self.input_size = tuple(int(v) for v in detector_config.input_size)
+        self.last_timings: dict[str, float] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path=None,
+        backend: str = "torch",
+        device: str = "auto",
+        precision: str = "fp32",
+        input_size=None,
+        **thresholds,
+    ) -> CropPosePipeline:
+        """Return the crop estimator of the crops weights file at ``path`` (None = the shipped default).
+
+        ``backend`` "torch" or "onnxruntime" (each network exported once into the cache);
+        ``device`` "auto" takes a GPU where the backend can use one. ``thresholds``: PoseThresholds
+        fields. The detector keeps its file's score threshold (its recall and AP were measured at
+        it); ``min_score`` then drops poses of detections scoring below it, when it is higher.
+        ``input_size`` is HRPose's whole-frame input and is refused here: the detector's input is
+        fixed by its file.
+        """
+        if input_size is not None:
+            raise ValueError("input_size: the crop estimator's detector input is set by its weights file")
+        if precision not in ("fp32", "auto"):
+            raise ValueError(f"precision: the crop estimator runs fp32 (got {precision!r})")
+        path = Path(path) if path is not None else DEFAULT_CROPS_WEIGHTS
+        detector, keypoints, objects, _ = load_crops_file(path)
+        pose_fields = set(PoseThresholds.__dataclass_fields__)
+        unknown = set(thresholds) - pose_fields
+        if unknown:
+            raise ValueError(
+                f"thresholds: unknown names {sorted(unknown)}; expected some of {sorted(pose_fields)}"
+            )
+        device = resolve_device(device, backend)
+        if backend == "torch":
+            det_engine, kp_engine = (
+                _TorchModule(detector, device, 3),
+                _TorchModule(_HeatmapsOnly(keypoints), device, 1),
+            )
+            description = f"torch fp32 on {device} (detector + keypoints)"
+        elif backend == "onnxruntime":
+            det_path, kp_path = export_crops_onnx(path)
+            det_engine = OnnxEngine(det_path, device=device, output_names=["heatmap", "size", "offset"])
+            kp_engine = OnnxEngine(kp_path, device=device, output_names=["heatmaps"])
+            description = f"onnxruntime fp32 on {' > '.join(det_engine.providers)} (detector + keypoints)"
+        else:
+            raise ValueError(f"backend: expected 'torch' or 'onnxruntime', got {backend!r}")
+        return cls(
+            det_engine,
+            kp_engine,
+            detector.config,
+            keypoints.config,
+            objects,
+            PoseThresholds(**thresholds),
+            None,
+            description,
+        )
+
+    def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:
+        """Return the object poses found in ``image_rgb`` (H, W, 3) uint8 seen by ``camera`` (metres)."""
+        inference = self.estimate_maps(image_rgb, camera)
+        poses, timings = self.poses_from_maps(inference, camera)
+        self.last_timings = {**inference.timings, **timings}
+        return poses
+
+    def detect(self, image_rgb: np.ndarray) -> list[Detection]:
+        """Return the detector's boxes (image px), best first, above the detection threshold."""
+        batch, scale = preprocess(image_rgb, self.input_size)
+        heatmap, size, offset = self.engine.detector(batch)
+        detections = postprocess(
+            heatmap[0], size[0], offset[0], scale, self.objects, self.box_codec, self.detection_threshold
+        )
+        return detections[: self.thresholds.max_instances]
+
+    def estimate_maps(
+        self, image_rgb: np.ndarray, camera: CameraModel, detections: list[Detection] | None = None
+    ) -> CropInference:
+        """Return the networks' work on one frame (stages detection, crops, inference), sizes checked.
+
+        ``detections`` given (e.g. ground-truth boxes for evaluation) skip the detector.
+        """
+        image_rgb = np.asarray(image_rgb)
+        if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+            raise ValueError(f"image_rgb: expected (H, W, 3) uint8, got {image_rgb.shape} {image_rgb.dtype}")
+        if (camera.width, camera.height) != (image_rgb.shape[1], image_rgb.shape[0]):
+            raise ValueError(
+                f"camera: size {camera.width}x{camera.height} differs from the image's "
+                f"{image_rgb.shape[1]}x{image_rgb.shape[0]}"
+            )
+        t0 = time.perf_counter()
+        if detections is None:
+            detections = self.detect(image_rgb)
+        t1 = time.perf_counter()
+        cfg = self.keypoint_config
+        crops = [crop_around_box(d.box_xywh, cfg.crop_size, cfg.padding) for d in detections]
+        index = {o.obj_id: i for i, o in enumerate(self.objects)}
+        classes = np.array([index[d.obj_id] for d in detections], np.int64)
+        k, m = cfg.outputs_per_class, cfg.map_size
+        heatmaps = np.zeros((0, k, m, m), np.float32)
+        t2 = t1
+        if crops:
+            batch = crop_images(image_rgb, crops).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+            t2 = time.perf_counter()
+            (logits,) = self.engine.keypoints(batch)
+            heatmaps = logits.reshape(len(crops), -1, k, m, m)[np.arange(len(crops)), classes]
+        t3 = time.perf_counter()
+        return CropInference(
+            detections,
+            crops,
+            classes,
+            heatmaps,
+            {"detection": t1 - t0, "crops": t2 - t1, "inference": t3 - t2},
+        )
+
+    def poses_from_maps(
+        self, inference: CropInference, camera: CameraModel
+    ) -> tuple[list[ObjectPose], dict[str, float]]:
+        """Return (the poses of ``inference``, seconds of the stages decode and pnp)."""
+        t0 = time.perf_counter()
+        instances = self.decode(inference)
+        t1 = time.perf_counter()
+        poses = self.solver.solve(instances, camera)
+        return poses, {"decode": t1 - t0, "pnp": time.perf_counter() - t1}
+
+    def decode(self, inference: CropInference) -> list[DecodedInstance]:
+        """Return one DecodedInstance per detection: keypoints in image px, score = detection score."""
+        if not inference.crops:
+            return []
+        if self.keypoint_config.head == "voting":
+            keypoints, _ = decode_votes(inference.heatmaps)
+        else:
+            keypoints, _ = decode_heatmaps(inference.heatmaps)
+        return [
+            DecodedInstance(
+                class_index=int(c),
+                score=float(d.score),
+                keypoints=crop.to_image(kps),
+                found=np.ones(len(kps), bool),
+            )
+            for d, crop, c, kps in zip(
+                inference.detections, inference.crops, inference.class_indices, keypoints
+            )
+        ]
+
+    def solve(self, instances: list[DecodedInstance], camera: CameraModel) -> list[ObjectPose]:
+        """Return the accepted poses of ``instances`` (the shared PoseSolver)."""
+        return self.solver.solve(instances, camera)

@@ -1,0 +1,145 @@
+"""The crop estimator's geometry and decoding: crops <-> image, heatmaps -> keypoints -> PnP."""
+
+import numpy as np
+import pytest
+import torch
+
+from hrpose_ros import bop
+from hrpose_ros.codec import DecodedInstance
+from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet, decode_heatmaps, heatmap_targets
+from hrpose_ros.crops import crop_around_box, crop_images
+from hrpose_ros.metrics import add_or_adds_error
+from hrpose_ros.pose_solver import PoseSolver
+from training.crop_data import crop_batch, load_crop_samples
+from training.toy_data import write_toy_split
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crops")
+    objects = write_toy_split(root / "split", n_frames=12, seed=3)
+    return root / "split", objects
+
+
+def test_crop_to_image_and_back_is_exact_to_a_hundredth_of_a_pixel():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        box = (*rng.uniform(-50, 600, 2), *rng.uniform(5, 300, 2))
+        crop = crop_around_box(box, 128, rng.uniform(1.0, 2.0))
+        points = rng.uniform(-100, 700, size=(9, 2))
+        assert np.abs(crop.to_image(crop.to_crop(points)) - points).max() < 0.01
+        centre = np.array([box[0] + box[2] / 2, box[1] + box[3] / 2])
+        assert np.allclose(crop.to_crop(centre), [63.5, 63.5])  # the box centre is the crop's centre
+
+
+def test_crop_pixels_follow_the_point_mapping():
+    image = np.zeros((240, 320, 3), np.uint8)
+    image[100:104, 200:204] = 255  # a 4x4 white square centred on (201.5, 101.5)
+    crop = crop_around_box((170, 70, 64, 64), 128, 1.0)  # 2 crop px per image px, no pyrDown
+    (patch,) = crop_images(image, [crop])
+    ys, xs = np.nonzero(patch[..., 0] > 127)
+    expected = crop.to_crop([201.5, 101.5])
+    assert abs(xs.mean() - expected[0]) < 0.6 and abs(ys.mean() - expected[1]) < 0.6
+
+
+def test_ground_truth_heatmaps_decode_to_the_keypoints():
+    rng = np.random.default_rng(1)
+    keypoints = torch.tensor(rng.uniform(16, 112, size=(4, 9, 2)))  # the map edge truncates blobs nearer
+    logits = torch.log(heatmap_targets(keypoints, 32).clamp_min(1e-30)).numpy()
+    decoded, confidence = decode_heatmaps(logits)
+    assert np.abs(decoded - keypoints.numpy()).max() < 0.05  # crop px: the 7x7 window truncates little
+    assert confidence.min() > 0.95
+
+
+def test_ground_truth_keypoints_through_crops_and_pnp_give_98_percent_add(toy):
+    split, objects = toy
+    samples = load_crop_samples([split], objects, progress=False)
+    crops, keypoints, classes = crop_batch(samples, np.arange(len(samples)), 128, 1.5, None)
+    logits = torch.log(heatmap_targets(keypoints.double(), 32).clamp_min(1e-30)).numpy()
+    decoded, _ = decode_heatmaps(logits)
+    # back to image pixels of each frame, then the shared PnP
+    frames = bop.read_split(split)
+    solver = PoseSolver(objects)
+    good = 0
+    for n, (frame_index, gt_id) in enumerate(samples.sources):
+        frame = frames[frame_index]
+        inst = next(i for i in frame.instances if i.gt_id == gt_id)
+        c = int(classes[n])
+        crop = samples.crop_in_context(n, 128, 1.5)
+        in_image = samples.contexts[n].to_image(crop.to_image(decoded[n]))
+        (pose,) = solver.solve([DecodedInstance(c, 1.0, in_image, np.ones(9, bool))], frame.camera)
+        good += add_or_adds_error(pose.R, pose.t, inst.R, inst.t, objects[c]) < 0.1 * objects[c].diameter
+    assert len(samples) >= 12
+    assert good / len(samples) >= 0.98
+
+
+def test_class_heatmaps_pick_each_crops_own_class():
+    model = CropKeypointNet(CropKeypointConfig(num_classes=3, pretrained=False, crop_size=64))
+    heatmaps = torch.arange(2 * 27 * 4).float().view(2, 27, 2, 2)
+    picked = model.class_heatmaps(heatmaps, torch.tensor([2, 0]))
+    assert torch.equal(picked[0], heatmaps[0, 18:27]) and torch.equal(picked[1], heatmaps[1, 0:9])
+
+
+def _rows(path):
+    import csv
+
+    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(open(path))]
+
+
+def test_short_crop_training_lowers_the_loss_and_saves_a_loadable_network(toy, tmp_path):
+    from hrpose_ros.crop_pipeline import keypoints_from_dict
+    from training.train_crops import CropTrainConfig, train
+
+    split, objects = toy
+    config = CropTrainConfig(
+        train=(str(split),),
+        val=str(split),
+        out=str(tmp_path / "s"),
+        crop_size=64,
+        batch=8,
+        steps=30,
+        threads=2,
+        val_every=15,
+        lr=2e-3,
+    )
+    path = train(config, progress=False)
+    rows = _rows(tmp_path / "s" / "log.csv")
+    assert len(rows) == 30
+    first, last = np.mean([r["total"] for r in rows[:5]]), np.mean([r["total"] for r in rows[-5:]])
+    assert last < 0.8 * first
+    model, loaded_objects, history = keypoints_from_dict(torch.load(path, weights_only=False))
+    assert [o.obj_id for o in loaded_objects] == [o.obj_id for o in objects]
+    assert history["steps"] in (15, 30) and (tmp_path / "s" / "loss.png").stat().st_size > 1000
+
+
+def test_distillation_adds_both_terms_from_a_frozen_teacher(toy, tmp_path):
+    from training.train_crops import CropTrainConfig, load_teacher, train
+
+    split, objects = toy
+    base = dict(train=(str(split),), val=str(split), crop_size=64, batch=4, steps=3, threads=2, val_every=3)
+    teacher_path = train(CropTrainConfig(out=str(tmp_path / "t"), **base), progress=False)
+    teacher = load_teacher(teacher_path, objects)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    train(CropTrainConfig(out=str(tmp_path / "kd"), teacher=str(teacher_path), **base), progress=False)
+    rows = _rows(tmp_path / "kd" / "log.csv")
+    assert all(r["od"] > 0 and r["fs"] > 0 for r in rows)
+    assert all(r["total"] > r["l1_cells"] + r["aux"] for r in rows)  # Eq. 7: both terms are added
+    with pytest.raises(ValueError, match="trained on other objects"):
+        load_teacher(teacher_path, objects[:1])
+
+
+def test_votes_of_exact_offsets_give_the_keypoints_in_torch_and_numpy():
+    from hrpose_ros.crop_keypoints import decode_votes, vote
+    from training.crop_losses import voting_loss
+
+    keypoints = torch.tensor(np.random.default_rng(2).uniform(-20, 150, size=(2, 9, 2)))  # some off the crop
+    ys, xs = torch.meshgrid(
+        torch.arange(32.0, dtype=torch.float64), torch.arange(32.0, dtype=torch.float64), indexing="ij"
+    )
+    offsets = ((keypoints - 1.5) / 4)[..., None, None] - torch.stack([xs, ys])
+    outputs = torch.cat([torch.randn(2, 9, 32, 32, dtype=torch.float64), offsets.reshape(2, 18, 32, 32)], 1)
+    voted, _ = vote(outputs)
+    decoded, _ = decode_votes(outputs.numpy())
+    assert (voted - keypoints).abs().max() < 1e-6 and np.abs(decoded - keypoints.numpy()).max() < 1e-3
+    loss, terms = voting_loss(outputs, keypoints, torch.ones(2, 9, dtype=torch.bool))
+    assert float(loss) < 1e-6 and float(terms["aux"]) < 1e-9

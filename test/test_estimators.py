@@ -1,0 +1,112 @@
+"""hrpose_ros.estimators: the weights file picks the estimator; the crop estimator's two engines agree.
+
+Dispatch runs on a small crops file built here (untrained networks: which estimator loads does not
+depend on the weights' values) and the shipped HRPose checkpoint. The engine parity needs real
+detections, so it runs the shipped crops weights on a rendered frame.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import hrpose_ros.networks  # noqa: F401  (first: torchvision before the renderer's EGL context, see test_pose_node)
+from hrpose_ros.crop_pipeline import DEFAULT_CROPS_WEIGHTS, CropPosePipeline
+from hrpose_ros.estimators import estimator_of, load_estimator
+from hrpose_ros.pipeline import DEFAULT_WEIGHTS, PosePipeline
+
+
+@pytest.fixture(scope="module")
+def crops_file(tmp_path_factory):
+    """A crops weights file with untrained networks for the 8 default objects (detector input 160x128)."""
+    import torch
+
+    from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet
+    from hrpose_ros.crop_pipeline import keypoints_to_dict, save_crops_file
+    from hrpose_ros.data.objects import load_default_objects
+    from hrpose_ros.detector import DetectorConfig, SingleShotDetector, detector_to_dict
+
+    torch.manual_seed(0)
+    objects = load_default_objects()
+    n = len(objects)
+    detector = SingleShotDetector(DetectorConfig(num_classes=n, input_size=(160, 128), pretrained=False))
+    keypoints = CropKeypointNet(CropKeypointConfig(num_classes=n, crop_size=64, pretrained=False))
+    return save_crops_file(tmp_path_factory.mktemp("crops") / "tiny_crops.pt",
+                           detector_to_dict(detector, objects), keypoints_to_dict(keypoints, objects))
+
+
+@pytest.mark.parametrize("estimator", ["auto", "crops"])
+def test_a_crops_file_gets_the_crop_estimator(crops_file, estimator):
+    assert estimator_of(crops_file) == "crops"
+    loaded = load_estimator(crops_file, estimator, backend="torch", device="cpu", min_score=0.3)
+    assert isinstance(loaded, CropPosePipeline)
+    assert loaded.input_size == (160, 128)  # the file's detector input
+    assert [o.obj_id for o in loaded.objects] == list(range(1, 9))
+    assert loaded.thresholds.min_score == 0.3 and loaded.detection_threshold == 0.3
+
+
+@pytest.mark.parametrize("estimator", ["auto", "hrpose"])
+def test_an_hrpose_checkpoint_gets_hrpose(estimator):
+    assert estimator_of(DEFAULT_WEIGHTS) == "hrpose"
+    loaded = load_estimator(DEFAULT_WEIGHTS, estimator, backend="torch", device="cpu", peak_threshold=0.2)
+    assert isinstance(loaded, PosePipeline)
+    assert loaded.codec.config.peak_threshold == 0.2 and loaded.input_size == (320, 256)
+
+
+def test_a_mismatching_estimator_is_a_value_error_naming_the_file(crops_file):
+    with pytest.raises(ValueError, match=re.escape(f"'hrpose' asked for, but {crops_file} holds 'crops'")):
+        load_estimator(crops_file, "hrpose")
+    mismatch = f"'crops' asked for, but {DEFAULT_WEIGHTS} holds 'hrpose'"
+    with pytest.raises(ValueError, match=re.escape(mismatch)):
+        load_estimator(DEFAULT_WEIGHTS, "crops")
+
+
+@pytest.mark.parametrize("estimator", ["auto", "hrpose", "crops"])
+def test_a_missing_file_is_a_value_error_naming_it(tmp_path, estimator):
+    missing = tmp_path / "no_such_weights.pt"
+    with pytest.raises(ValueError, match=re.escape(f"{missing}: weights file not found")):
+        load_estimator(missing, estimator)
+
+
+def test_an_unknown_estimator_is_a_value_error():
+    with pytest.raises(ValueError, match="estimator: expected auto, hrpose or crops, got 'dope'"):
+        load_estimator(DEFAULT_WEIGHTS, "dope")
+
+
+def test_pose_pipeline_from_pretrained_stays_hrpose_unless_asked(crops_file):
+    # Its default estimator is "hrpose": the shipped HRPose weights, whatever else is shipped.
+    assert type(PosePipeline.from_pretrained(backend="torch", device="cpu")) is PosePipeline
+    for estimator in ("auto", "crops"):  # handed to load_estimator
+        loaded = PosePipeline.from_pretrained(crops_file, estimator=estimator, device="cpu", min_score=0.3)
+        assert isinstance(loaded, CropPosePipeline) and loaded.thresholds.min_score == 0.3
+    with pytest.raises(ValueError, match="input_size: the crop estimator's detector input is set by"):
+        PosePipeline.from_pretrained(crops_file, estimator="auto", input_size=(320, 256))
+
+
+@pytest.fixture(scope="module")
+def rendered_frame():
+    """Return (SceneFrame, camera): a rendered cut-and-paste frame of the 8 default objects."""
+    from hrpose_ros.data.objects import load_default_objects
+    from hrpose_ros.data.scenes import SceneGenerator
+
+    assert DEFAULT_CROPS_WEIGHTS.is_file(), f"{DEFAULT_CROPS_WEIGHTS}: the shipped crop estimator is missing"
+    with SceneGenerator(load_default_objects()) as generator:
+        return generator.cutpaste(np.random.default_rng(3)), generator.camera
+
+
+def test_crop_estimator_torch_and_onnxruntime_give_the_same_poses(rendered_frame):
+    frame, camera = rendered_frame
+    # PnP without RANSAC is a continuous function of the keypoints; RANSAC's consensus is not: with
+    # the provisional crops weights (2026-12-04) the two engines' keypoints agreed to 5e-5 px, yet
+    # RANSAC kept other inliers in 5 of 6 rendered frames (poses up to 0.4 m apart, once a third
+    # pose); without it the poses agreed to 4e-7 m. As test_export does for HRPose.
+    kwargs = {"device": "cpu", "ransac": False}
+    by_torch = load_estimator(DEFAULT_CROPS_WEIGHTS, "crops", backend="torch", **kwargs)
+    by_ort = load_estimator(DEFAULT_CROPS_WEIGHTS, "crops", backend="onnxruntime", **kwargs)
+    a, b = by_torch(frame.rgb, camera), by_ort(frame.rgb, camera)
+    assert len(a) == len(b) >= 1
+    for pa, pb in zip(a, b):
+        assert (pa.obj_id, pa.instance_id) == (pb.obj_id, pb.instance_id)
+        assert np.abs(pa.t - pb.t).max() < 1e-4  # metres

@@ -1,0 +1,46 @@
+"""Put a trained detector and keypoint network into one crops weights file (what the node loads).
+
+    python -m training.bundle_crops --detector runs/det/detector.pt --keypoints runs/crops_s/keypoints.pt \\
+        --out hrpose_ros/assets/weights/crops_lite0.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from hrpose_ros.crop_pipeline import keypoints_from_dict, keypoints_to_dict, load_crops_file, save_crops_file
+from hrpose_ros.detector import detector_to_dict, load_detector
+
+__all__ = ["bundle"]
+
+
+def bundle(detector_path, keypoints_path, out) -> Path:
+    """Write the crops file ``out`` from the two checkpoints (checked to know the same objects)."""
+    detector, det_objects = load_detector(detector_path)
+    keypoints, objects, history = keypoints_from_dict(
+        torch.load(keypoints_path, map_location="cpu", weights_only=False), str(keypoints_path)
+    )
+    if [o.obj_id for o in det_objects] != [o.obj_id for o in objects]:
+        raise ValueError(f"{detector_path} and {keypoints_path}: trained on other objects")
+    path = save_crops_file(
+        out, detector_to_dict(detector, det_objects), keypoints_to_dict(keypoints, objects, history)
+    )
+    load_crops_file(path)  # reads back
+    return path
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--detector", required=True)
+    parser.add_argument("--keypoints", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    path = bundle(args.detector, args.keypoints, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""Train the crop keypoint network: teacher (Lite2), student (Lite0), or student + KD (HRPose Eq. 7 on crops).
+
+    python -m training.train_crops --train data/ctrain,data/ctrain2 --val data/test --out runs/crops_s \\
+        --variant lite0 --minutes 60
+    python -m training.train_crops ... --variant lite2 --out runs/crops_t             # teacher
+    python -m training.train_crops ... --variant lite0 --teacher runs/crops_t/keypoints.pt --out runs/crops_kd
+
+Loss: the integral-regression keypoint loss (L1 of soft-argmax keypoints + distribution CE, see
+hrpose_ros.crop_keypoints) in place of Eq. 3's belief-map MSE; with a teacher, Eq. 7's
+distillation terms are added with the paper's lambda_1 = 0.5 and lambda_2 = 5e-5: L_od (Eq. 4) is
+the MSE between student and teacher heatmap probabilities (x map cells, so it is O(1) like Eq. 3's
+per-pixel sum), L_fs (Eq. 5-6) compares the similarity matrices of the FPN features.
+Optimiser: Adam as in the paper, but lr 1e-3 with cosine decay over the step budget instead of
+1e-4 halved every 20 epochs: the backbone starts from ImageNet and the budget is hours, not
+120 epochs. Writes log.csv, val.csv, loss.png, keypoints.pt (the best validation checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hrpose_ros import bop
+from hrpose_ros.crop_keypoints import HEAD_OUTPUTS, CropKeypointConfig, CropKeypointNet, soft_argmax, vote
+from hrpose_ros.crop_pipeline import keypoints_from_dict, keypoints_to_dict
+from training.crop_data import JitterConfig, crop_batch, load_crop_samples
+from training.crop_losses import keypoint_loss, voting_loss
+from training.losses import feature_similarity_loss
+
+__all__ = ["CropTrainConfig", "load_teacher", "train"]
+
+
+@dataclass(frozen=True)
+class CropTrainConfig:
+    """One training run; saved in the checkpoint's history."""
+
+    train: tuple
+    val: str
+    out: str
+    variant: str = "lite0"
+    teacher: str = ""
+    lambda_od: float = 0.5  # HRPose Eq. 7
+    lambda_fs: float = 5e-5
+    crop_size: int = 128
+    batch: int = 32
+    lr: float = 1e-3
+    steps: int = 4000
+    minutes: float = 0.0  # > 0: stop after this time (the cosine schedule then follows the clock)
+    threads: int = 2
+    seed: int = 0
+    val_crops: int = 512
+    val_every: int = 250
+    max_frames: int | None = None
+    pretrained: bool = True
+    head: str = "voting"  # crop_keypoints.CropKeypointConfig.head
+
+
+def _split_objects(split: str):
+    return bop.load_object_models(Path(split).parent / "models")
+
+
+def _validate(model, samples, config, indices) -> float:
+    """Return the mean keypoint error (crop px) of un-jittered ground-truth-box crops."""
+    model.eval()
+    errors = []
+    with torch.inference_mode():
+        for start in range(0, len(indices), 64):
+            crops, kps, classes = crop_batch(
+                samples, indices[start : start + 64], config.crop_size, model.config.padding, None
+            )
+            predicted = _keypoints(model, model.class_heatmaps(model(crops).heatmaps, classes))
+            errors.append((predicted - kps).norm(dim=-1).mean(-1))
+    model.train()
+    return float(torch.cat(errors).mean())
+
+
+def _keypoints(model: CropKeypointNet, outputs: torch.Tensor) -> torch.Tensor:
+    """Return (B, K, 2) crop px from each crop's own class's outputs, per the model's head."""
+    return vote(outputs)[0] if model.config.head == "voting" else soft_argmax(outputs)[0]
+
+
+def output_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, head: str) -> torch.Tensor:
+    """Return L_od (HRPose Eq. 4) on crops: the MSE between student and (detached) teacher outputs.
+
+    Heatmaps are compared as softmax probabilities (x map cells, so the term is O(1) like the
+    keypoint loss); voting outputs as weight probabilities likewise plus the offsets (map cells).
+    """
+    teacher = teacher.detach()
+    k = student.shape[1] // HEAD_OUTPUTS[head]
+    cells = student.shape[-1] * student.shape[-2]
+    probs = (student[:, :k].flatten(-2).softmax(-1) - teacher[:, :k].flatten(-2).softmax(-1)).pow(2)
+    loss = probs.sum(-1).mean() * cells
+    if head == "voting":
+        loss = loss + (student[:, k:] - teacher[:, k:]).pow(2).mean()
+    return loss
+
+
+def _plot(log_path: Path, val_path: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(log_path.open()))
+    vals = list(csv.DictReader(val_path.open())) if val_path.exists() else []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    steps = [int(r["step"]) for r in rows]
+    for key in ("total", "l1_cells", "aux", "od", "fs"):
+        if rows and key in rows[0]:
+            axes[0].plot(steps, [float(r[key]) for r in rows], label=key)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].legend()
+    axes[0].set_title("training loss")
+    if vals:
+        axes[1].plot([int(r["step"]) for r in vals], [float(r["val_px"]) for r in vals], marker="o")
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("mean keypoint error (crop px)")
+    axes[1].set_title("validation, ground-truth boxes")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def load_teacher(path, objects) -> CropKeypointNet:
+    """Return the teacher at ``path``, frozen (eval, no gradients: paper Fig. 1), knowing ``objects``."""
+    teacher, teacher_objects, _ = keypoints_from_dict(
+        torch.load(path, map_location="cpu", weights_only=False), str(path)
+    )
+    if [o.obj_id for o in teacher_objects] != [o.obj_id for o in objects]:
+        raise ValueError(f"--teacher {path}: trained on other objects than the training split's")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def train(config: CropTrainConfig, progress: bool = True) -> Path:
+    """Train per ``config``; return the path of the saved checkpoint (best validation error)."""
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    objects = _split_objects(config.train[0])
+    samples = load_crop_samples(config.train, objects, max_frames=config.max_frames, progress=progress)
+    val_samples = load_crop_samples([config.val], objects, progress=progress)
+    rng = np.random.default_rng(config.seed)
+    val_indices = rng.permutation(len(val_samples))[: config.val_crops]
+    model_config = CropKeypointConfig(
+        variant=config.variant,
+        num_classes=len(objects),
+        crop_size=config.crop_size,
+        pretrained=config.pretrained,
+        head=config.head,
+    )
+    model = CropKeypointNet(model_config).train()
+    teacher = load_teacher(config.teacher, objects) if config.teacher else None
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    log_path, val_path = out / "log.csv", out / "val.csv"
+    log_file, val_file = (
+        log_path.open("w", newline="", buffering=1),
+        val_path.open("w", newline="", buffering=1),
+    )
+    log = csv.writer(log_file)
+    log.writerow(["step", "seconds", "total", "l1_cells", "aux", "od", "fs", "lr"])
+    val_log = csv.writer(val_file)
+    val_log.writerow(["step", "seconds", "val_px"])
+    start, best, best_path = time.perf_counter(), math.inf, out / "keypoints.pt"
+    budget = config.minutes * 60
+    bar = tqdm(
+        total=config.steps if budget <= 0 else int(budget),
+        disable=not progress,
+        unit="step" if budget <= 0 else "s",
+        desc=f"{config.variant}{' + KD' if teacher else ''}",
+    )
+    step = 0
+    history = {"config": asdict(config), "val_px": []}
+    jitter = JitterConfig()
+    while True:
+        elapsed = time.perf_counter() - start
+        done = elapsed / budget if budget > 0 else step / config.steps
+        if done >= 1:
+            break
+        lr = config.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        indices = rng.integers(0, len(samples), config.batch)
+        crops, kps, classes = crop_batch(
+            samples, indices, config.crop_size, model_config.padding, rng, jitter
+        )
+        output = model(crops)
+        logits = model.class_heatmaps(output.heatmaps, classes)
+        valid = ((kps > -0.25 * config.crop_size) & (kps < 1.25 * config.crop_size)).all(-1)
+        head_loss = voting_loss if model_config.head == "voting" else keypoint_loss
+        loss, terms = head_loss(logits, kps, valid)
+        od = fs = torch.zeros(())
+        if teacher is not None:
+            with torch.no_grad():
+                t_out = teacher(crops)
+            t_logits = teacher.class_heatmaps(t_out.heatmaps, classes)
+            od = output_distillation_loss(logits, t_logits, model_config.head)
+            fs = feature_similarity_loss(output.features, t_out.features)
+            loss = loss + config.lambda_od * od + config.lambda_fs * fs
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        step += 1
+        seconds = time.perf_counter() - start
+        log.writerow(
+            [
+                step,
+                f"{seconds:.1f}",
+                f"{loss.item():.5f}",
+                f"{terms['l1_cells'].item():.5f}",
+                f"{terms['aux'].item():.5f}",
+                f"{od.item():.5f}",
+                f"{fs.item():.5f}",
+                f"{lr:.2e}",
+            ]
+        )
+        bar.set_postfix(loss=f"{loss.item():.3f}", l1=f"{terms['l1_cells'].item():.3f}", refresh=False)
+        bar.update(1 if budget <= 0 else int(seconds) - bar.n)
+        if step % config.val_every == 0:
+            val_px = _validate(model, val_samples, config, val_indices)
+            val_log.writerow([step, f"{seconds:.1f}", f"{val_px:.4f}"])
+            history["val_px"].append((step, val_px))
+            tqdm.write(f"step {step}: validation keypoint error {val_px:.3f} crop px")
+            if val_px < best:
+                best = val_px
+                torch.save(
+                    keypoints_to_dict(model, objects, {**history, "steps": step, "best_val_px": best}),
+                    best_path,
+                )
+            _plot(log_path, val_path, out / "loss.png")
+    bar.close()
+    val_px = _validate(model, val_samples, config, val_indices)
+    val_log.writerow([step, f"{time.perf_counter() - start:.1f}", f"{val_px:.4f}"])
+    history["val_px"].append((step, val_px))
+    if val_px < best:
+        best = val_px
+        torch.save(
+            keypoints_to_dict(model, objects, {**history, "steps": step, "best_val_px": best}), best_path
+        )
+    log_file.close()
+    val_file.close()
+    _plot(log_path, val_path, out / "loss.png")
+    print(
+        f"{step} steps in {(time.perf_counter() - start) / 60:.1f} min; best validation keypoint error "
+        f"{best:.3f} crop px -> {best_path}"
+    )
+    return best_path
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", required=True, help="BOP split folders, comma-separated")
+    parser.add_argument("--val", required=True, help="BOP split folder for validation")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--variant", default="lite0", choices=("lite0", "lite1", "lite2"))
+    parser.add_argument("--teacher", default="", help="teacher keypoints.pt: train with Eq. 7's distillation")
+    parser.add_argument("--lambda-od", type=float, default=0.5)
+    parser.add_argument("--lambda-fs", type=float, default=5e-5)
+    parser.add_argument("--crop-size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--minutes", type=float, default=0.0, help="time budget (overrides --steps)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-every", type=int, default=250)
+    parser.add_argument("--max-frames", type=int, default=None)
+    parser.add_argument("--random-init", action="store_true", help="no ImageNet weights (for comparison)")
+    parser.add_argument(
+        "--head",
+        default="voting",
+        choices=("voting", "heatmap"),
+        help="keypoint head (hrpose_ros.crop_keypoints)",
+    )
+    args = parser.parse_args(argv)
+    train(
+        CropTrainConfig(
+            train=tuple(s for s in args.train.split(",") if s),
+            val=args.val,
+            out=args.out,
+            variant=args.variant,
+            teacher=args.teacher,
+            lambda_od=args.lambda_od,
+            lambda_fs=args.lambda_fs,
+            crop_size=args.crop_size,
+            batch=args.batch,
+            lr=args.lr,
+            steps=args.steps,
+            minutes=args.minutes,
+            threads=args.threads,
+            seed=args.seed,
+            val_every=args.val_every,
+            max_frames=args.max_frames,
+            pretrained=not args.random_init,
+            head=args.head,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
