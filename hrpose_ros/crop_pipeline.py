@@ -5,7 +5,8 @@ networks; :meth:`CropPosePipeline.poses_from_maps`, decoding and PnP). Crops of 
 through the keypoint network as one batch.
 
 A crops weights file is a ``torch.save`` of plain types: ``{"format": CROPS_FORMAT, "estimator":
-"crops", "detector": {...}, "keypoints": {...}}``; each network part holds its config, objects
+"crops", "detector": {...}, "keypoints": {...}, "thresholds": {...}}``; each network part holds its
+config, objects
 and fp16 weights, so the file alone builds the estimator. For ONNX Runtime each network is
 exported once into the cache (``~/.cache/hrpose_ros``), named by the file's content hash.
 """
@@ -92,13 +93,21 @@ def keypoints_from_dict(d: dict, where: str = "keypoints") -> tuple[CropKeypoint
     return model.eval(), objects, dict(d.get("history", {}))
 
 
-def save_crops_file(path, detector: dict, keypoints: dict) -> Path:
-    """Write the crops weights file (``detector_to_dict`` + ``keypoints_to_dict`` parts) atomically."""
+def save_crops_file(path, detector: dict, keypoints: dict, thresholds: dict | None = None) -> Path:
+    """Write the crops weights file (``detector_to_dict`` + ``keypoints_to_dict`` parts) atomically.
+
+    ``thresholds``: PoseThresholds fields chosen for these weights on a validation split (the
+    estimator's defaults; arguments given to ``from_pretrained`` still win).
+    """
+    unknown = set(thresholds or {}) - set(PoseThresholds.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"thresholds: unknown names {sorted(unknown)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(
-        {"format": CROPS_FORMAT, "estimator": "crops", "detector": detector, "keypoints": keypoints}, tmp
+        {"format": CROPS_FORMAT, "estimator": "crops", "detector": detector, "keypoints": keypoints,
+         "thresholds": dict(thresholds or {})}, tmp
     )
     os.replace(tmp, path)
     return path
@@ -274,7 +283,8 @@ class CropPosePipeline:
         if precision not in ("fp32", "auto"):
             raise ValueError(f"precision: the crop estimator runs fp32 (got {precision!r})")
         path = Path(path) if path is not None else DEFAULT_CROPS_WEIGHTS
-        detector, keypoints, objects, _ = load_crops_file(path)
+        detector, keypoints, objects, stored = load_crops_file(path)
+        thresholds = {**stored.get("thresholds", {}), **thresholds}  # the file's, chosen on validation
         pose_fields = set(PoseThresholds.__dataclass_fields__)
         unknown = set(thresholds) - pose_fields
         if unknown:

@@ -34,7 +34,8 @@ def crops_file(tmp_path_factory):
     detector = SingleShotDetector(DetectorConfig(num_classes=n, input_size=(160, 128), pretrained=False))
     keypoints = CropKeypointNet(CropKeypointConfig(num_classes=n, crop_size=64, pretrained=False))
     return save_crops_file(tmp_path_factory.mktemp("crops") / "tiny_crops.pt",
-                           detector_to_dict(detector, objects), keypoints_to_dict(keypoints, objects))
+                           detector_to_dict(detector, objects), keypoints_to_dict(keypoints, objects),
+                           thresholds={"max_reprojection_error": 25.0})
 
 
 @pytest.mark.parametrize("estimator", ["auto", "crops"])
@@ -110,3 +111,11 @@ def test_crop_estimator_torch_and_onnxruntime_give_the_same_poses(rendered_frame
     for pa, pb in zip(a, b):
         assert (pa.obj_id, pa.instance_id) == (pb.obj_id, pb.instance_id)
         assert np.abs(pa.t - pb.t).max() < 1e-4  # metres
+
+
+def test_the_crops_files_thresholds_are_the_defaults_and_arguments_win(crops_file):
+    loaded = load_estimator(crops_file, backend="torch", device="cpu")
+    assert loaded.thresholds.max_reprojection_error == 25.0  # stored in the file
+    assert loaded.thresholds.ransac_threshold == 5.0  # not stored: PoseThresholds' default
+    given = load_estimator(crops_file, backend="torch", device="cpu", max_reprojection_error=7.0)
+    assert given.thresholds.max_reprojection_error == 7.0

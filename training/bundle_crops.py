@@ -17,8 +17,11 @@ from hrpose_ros.detector import detector_to_dict, load_detector
 __all__ = ["bundle"]
 
 
-def bundle(detector_path, keypoints_path, out) -> Path:
-    """Write the crops file ``out`` from the two checkpoints (checked to know the same objects)."""
+def bundle(detector_path, keypoints_path, out, thresholds: dict | None = None) -> Path:
+    """Write the crops file ``out`` from the two checkpoints (checked to know the same objects).
+
+    ``thresholds``: PoseThresholds fields chosen on a validation split, stored as the file's defaults.
+    """
     detector, det_objects = load_detector(detector_path)
     keypoints, objects, history = keypoints_from_dict(
         torch.load(keypoints_path, map_location="cpu", weights_only=False), str(keypoints_path)
@@ -26,7 +29,10 @@ def bundle(detector_path, keypoints_path, out) -> Path:
     if [o.obj_id for o in det_objects] != [o.obj_id for o in objects]:
         raise ValueError(f"{detector_path} and {keypoints_path}: trained on other objects")
     path = save_crops_file(
-        out, detector_to_dict(detector, det_objects), keypoints_to_dict(keypoints, objects, history)
+        out,
+        detector_to_dict(detector, det_objects),
+        keypoints_to_dict(keypoints, objects, history),
+        thresholds,
     )
     load_crops_file(path)  # reads back
     return path
@@ -37,8 +43,30 @@ def main(argv=None) -> None:
     parser.add_argument("--detector", required=True)
     parser.add_argument("--keypoints", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--max-reprojection-error",
+        type=float,
+        default=None,
+        metavar="PX",
+        help="the file's PnP acceptance (RMS px), chosen on a validation split",
+    )
+    parser.add_argument(
+        "--ransac-threshold",
+        type=float,
+        default=None,
+        metavar="PX",
+        help="the file's RANSAC inlier distance (px), chosen on a validation split",
+    )
     args = parser.parse_args(argv)
-    path = bundle(args.detector, args.keypoints, args.out)
+    thresholds = {
+        k: v
+        for k, v in (
+            ("max_reprojection_error", args.max_reprojection_error),
+            ("ransac_threshold", args.ransac_threshold),
+        )
+        if v is not None
+    }
+    path = bundle(args.detector, args.keypoints, args.out, thresholds)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
