@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -123,6 +124,10 @@ def test_short_training_run_on_toy_split_lowers_the_loss(tmp_path, one_thread):
     assert (tmp_path / "run" / "detector.pt").is_file() and (tmp_path / "run" / "loss.png").is_file()
     model, loaded = load_detector(tmp_path / "run" / "detector.pt")
     assert model.config.input_size == SMALL_INPUT and [o.obj_id for o in loaded] == [1, 2]
+    # --init goes on from the saved detector: its first steps start near where the run ended
+    resumed = train(dataclasses.replace(config, out_dir=str(tmp_path / "again"), max_steps=2,
+                                        init=str(tmp_path / "run" / "detector.pt")), objects)
+    assert np.mean(resumed["train_loss"]) < 0.7 * np.mean(losses[:2])
 
 
 def test_onnx_export_matches_torch_outputs(small_model, tmp_path):

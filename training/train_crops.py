@@ -61,6 +61,7 @@ class CropTrainConfig:
     max_frames: int | None = None
     pretrained: bool = True
     head: str = "heatmap"  # crop_keypoints.CropKeypointConfig.head (voting: no faster here, see README)
+    init: str = ""  # a keypoints.pt to go on training from (same objects, variant, head, crop size)
 
 
 def _split_objects(split: str):
@@ -161,6 +162,12 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
         head=config.head,
     )
     model = CropKeypointNet(model_config).train()
+    if config.init:
+        stored = torch.load(config.init, map_location="cpu", weights_only=False)
+        start, start_objects, _ = keypoints_from_dict(stored, config.init)
+        if [o.obj_id for o in start_objects] != [o.obj_id for o in objects] or start.config != model_config:
+            raise ValueError(f"--init {config.init}: another network ({start.config}) or other objects")
+        model.load_state_dict(start.state_dict())
     teacher = load_teacher(config.teacher, objects) if config.teacher else None
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     log_path, val_path = out / "log.csv", out / "val.csv"
@@ -283,6 +290,7 @@ def main(argv=None) -> None:
         choices=("voting", "heatmap"),
         help="keypoint head (hrpose_ros.crop_keypoints)",
     )
+    parser.add_argument("--init", default="", help="go on training from this keypoints.pt")
     args = parser.parse_args(argv)
     train(
         CropTrainConfig(
@@ -304,6 +312,7 @@ def main(argv=None) -> None:
             max_frames=args.max_frames,
             pretrained=not args.random_init,
             head=args.head,
+            init=args.init,
         )
     )
 
