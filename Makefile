@@ -41,3 +41,19 @@ views-eval: bootstrap
 	$(ENV) && hrpose-make-data --kind views --n 96 --out out/views/data --seed 26000 --no-depth \
 	  && hrpose-bop-to-bag out/views/data/000000 out/views/bag --quiet \
 	  && hrpose-replay-eval out/views/bag --live-node --max-translation-cm 1 --out out/views/eval --quiet
+
+# Accuracy of the shipped weights on the synthetic test split (made once, seed 1000): ADD(-S),
+# 2D projection, 5 cm 5 deg per object for cut-and-paste and bin frames; the crop estimator with
+# its detector and with ground-truth boxes beside HRPose (a few minutes). Writes out/accuracy/.
+.PHONY: accuracy
+accuracy: bootstrap
+	$(ENV) && { [ -d data/test/000001 ] || hrpose-make-data --kind cutpaste,bin --n 200 --out data/test --seed 1000; } \
+	  && mkdir -p out/accuracy/splits/cutpaste out/accuracy/splits/bin \
+	  && ln -sfn "$$(realpath data/test/000000)" out/accuracy/splits/cutpaste/000000 \
+	  && ln -sfn "$$(realpath data/test/000001)" out/accuracy/splits/bin/000001 \
+	  && python -m training.evaluate --split cutpaste=out/accuracy/splits/cutpaste \
+	     --split bin=out/accuracy/splits/bin --model Crops=hrpose_ros/assets/weights/crops_lite0.pt \
+	     --model HRPose=hrpose_ros/assets/weights/hrpose_student_kd.pt --gt-boxes --baseline HRPose \
+	     --distilled Crops --out out/accuracy \
+	  && python -m training.evaluate_detector --detector hrpose_ros/assets/weights/crops_lite0.pt \
+	     --split data/test --out out/accuracy/detector
