@@ -180,6 +180,15 @@ def make_batch(
     return batch
 
 
+def batch_losses(model: SingleShotDetector, batch: dict, config: TrainDetectorConfig) -> dict:
+    """Return the detection loss terms (CenterNet's weights from ``config``) of one prepared batch."""
+    image = batch["image"]
+    if config.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    return detection_losses(model.forward_logits(image), batch["heatmap"], batch["size"], batch["offset"],
+                            batch["mask"], config.size_weight, config.offset_weight)
+
+
 def plot_losses(csv_path: Path, png_path: Path) -> None:
     """Write a PNG of the loss terms (log scale) per step, with validation totals when logged."""
     import matplotlib
@@ -228,20 +237,7 @@ def validation_loss(model, samples: list[Sample], codec: BoxCodec, config: Train
     with torch.no_grad():
         for start in range(0, len(samples), config.batch_size):
             batch = make_batch(samples[start : start + config.batch_size], codec, config, None)
-            image = (
-                batch["image"].contiguous(memory_format=torch.channels_last)
-                if config.channels_last
-                else batch["image"]
-            )
-            losses = detection_losses(
-                model.forward_logits(image),
-                batch["heatmap"],
-                batch["size"],
-                batch["offset"],
-                batch["mask"],
-                config.size_weight,
-                config.offset_weight,
-            )
+            losses = batch_losses(model, batch, config)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(batch["image"])
     model.train()
@@ -317,20 +313,7 @@ def train(config: TrainDetectorConfig, objects: list[ObjectModel] | None = None)
         lr = _set_lr(optimizer, config, step, fraction)
         picks = rng.integers(len(train_samples), size=config.batch_size)
         batch = make_batch([train_samples[i] for i in picks], codec, config, rng)
-        image = (
-            batch["image"].contiguous(memory_format=torch.channels_last)
-            if config.channels_last
-            else batch["image"]
-        )
-        losses = detection_losses(
-            model.forward_logits(image),
-            batch["heatmap"],
-            batch["size"],
-            batch["offset"],
-            batch["mask"],
-            config.size_weight,
-            config.offset_weight,
-        )
+        losses = batch_losses(model, batch, config)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         optimizer.step()
