@@ -55,8 +55,8 @@ class CropKeypointConfig:
     pretrained: bool = True  # ImageNet backbone weights when building for training
     # "heatmap": one softmax heatmap per keypoint, read by integral regression. "voting": per map
     # cell, an offset to each keypoint and a weight; the keypoint is the weighted mean of the
-    # votes. Voting supervises every cell (the offsets' L1), where a heatmap only learns through
-    # its softmax: it learns much faster on a CPU budget, and reaches keypoints off the crop.
+    # votes. Voting supervises every cell (the offsets' L1) and reaches keypoints off the crop;
+    # it did not learn faster here (training/README.md).
     head: str = "heatmap"
 
     def __post_init__(self):

@@ -7,15 +7,11 @@ stamp (message_filters when installed, else :mod:`hrpose_ros.sync`), and the new
 in a one-slot queue that drops the older pair, so latency never builds up behind a slow
 network. The network is the estimator's (parameter ``estimator``: HRPose or the crop estimator,
 :mod:`hrpose_ros.estimators`; ``auto`` follows the weights file). The work runs in two threads
-of the node's own, outside the executor, which only receives and times: measured with 30 Hz
-input, rclpy's MultiThreadedExecutor with the work in a busy callback group burnt a core
-re-polling the ready work (decode + PnP 10x slower, 1 Hz out instead of the closed loop's 6), and
-images waited ~3 s for DDS repairs. The network thread runs on frame n + 1 while the other
-decodes, solves and publishes frame n (a pipeline of two one-slot stages): on 2 CPU cores with
-30 Hz input of bin scenes, ORT fp32 14.7 -> 16.5 Hz out, int8 17.8 -> 24.0 Hz, int8 with fp32
-output convs 21.3 -> 25.8 Hz; latency median +19 / +24 / +18 ms, the stages sharing the cores
-(a GPU runs the network beside the CPU's decoding without that cost). Per processed image,
-stamped with the image's header:
+of the node's own, outside the executor, which only receives and times: a MultiThreadedExecutor
+with the work in a busy callback group spent a core re-polling the ready work. The network
+thread runs on frame n + 1 while the other decodes, solves and publishes frame n (a pipeline of
+two one-slot stages), so throughput is set by the slower stage (benchmarks/README.md has the
+numbers). Per processed image, stamped with the image's header:
 
 - ``~/objects`` hrpose_ros/ObjectPoseArray (empty when nothing is seen),
 - ``~/poses`` geometry_msgs/PoseArray in the image frame,

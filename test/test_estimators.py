@@ -99,10 +99,8 @@ def rendered_frame():
 
 def test_crop_estimator_torch_and_onnxruntime_give_the_same_poses(rendered_frame):
     frame, camera = rendered_frame
-    # PnP without RANSAC is a continuous function of the keypoints; RANSAC's consensus is not: with
-    # the provisional crops weights (2026-12-04) the two engines' keypoints agreed to 5e-5 px, yet
-    # RANSAC kept other inliers in 5 of 6 rendered frames (poses up to 0.4 m apart, once a third
-    # pose); without it the poses agreed to 4e-7 m. As test_export does for HRPose.
+    # PnP without RANSAC is a continuous function of the keypoints; RANSAC's consensus is not, so
+    # keypoints 1e-5 px apart can keep other inliers (model card). As test_export does for HRPose.
     kwargs = {"device": "cpu", "ransac": False}
     by_torch = load_estimator(DEFAULT_CROPS_WEIGHTS, "crops", backend="torch", **kwargs)
     by_ort = load_estimator(DEFAULT_CROPS_WEIGHTS, "crops", backend="onnxruntime", **kwargs)
