@@ -27,7 +27,7 @@ from hrpose_ros.codec import DecodedInstance
 from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet, decode_heatmaps, decode_votes
 from hrpose_ros.crops import Crop, crop_around_box, crop_images
 from hrpose_ros.detector import BoxCodec, detector_from_dict, postprocess, preprocess
-from hrpose_ros.pose_solver import PoseSolver, PoseThresholds
+from hrpose_ros.pose_solver import PoseSolver, PoseThresholds, split_thresholds
 from hrpose_ros.runtime import (
     OnnxEngine,
     _cache_dir,
@@ -37,7 +37,7 @@ from hrpose_ros.runtime import (
     compact_points,
     resolve_device,
 )
-from hrpose_ros.types import CameraModel, Detection, ObjectModel, ObjectPose
+from hrpose_ros.types import CameraModel, Detection, ObjectModel, ObjectPose, checked_image
 
 __all__ = [
     "CROPS_FORMAT",
@@ -99,9 +99,7 @@ def save_crops_file(path, detector: dict, keypoints: dict, thresholds: dict | No
     ``thresholds``: PoseThresholds fields chosen for these weights on a validation split (the
     estimator's defaults; arguments given to ``from_pretrained`` still win).
     """
-    unknown = set(thresholds or {}) - set(PoseThresholds.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"thresholds: unknown names {sorted(unknown)}")
+    split_thresholds(thresholds or {})  # names and values checked before anything is written
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -127,7 +125,10 @@ def is_crops_file(path) -> bool:
     path = Path(path)
     if path.suffix == ".onnx" or not path.is_file():
         return False
-    d = _load(path)
+    try:  # memory-mapped: only the format key is read, the weights stay on disk
+        d = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # not torch's zip format: the full load says what is wrong
+        d = _load(path)
     return isinstance(d, dict) and d.get("format") == CROPS_FORMAT
 
 
@@ -285,12 +286,7 @@ class CropPosePipeline:
         path = Path(path) if path is not None else DEFAULT_CROPS_WEIGHTS
         detector, keypoints, objects, stored = load_crops_file(path)
         thresholds = {**stored.get("thresholds", {}), **thresholds}  # the file's, chosen on validation
-        pose_fields = set(PoseThresholds.__dataclass_fields__)
-        unknown = set(thresholds) - pose_fields
-        if unknown:
-            raise ValueError(
-                f"thresholds: unknown names {sorted(unknown)}; expected some of {sorted(pose_fields)}"
-            )
+        pose_thresholds, _ = split_thresholds(thresholds)
         device = resolve_device(device, backend)
         if backend == "torch":
             det_engine, kp_engine = (
@@ -311,7 +307,7 @@ class CropPosePipeline:
             detector.config,
             keypoints.config,
             objects,
-            PoseThresholds(**thresholds),
+            pose_thresholds,
             None,
             description,
         )
@@ -339,14 +335,7 @@ class CropPosePipeline:
 
         ``detections`` given (e.g. ground-truth boxes for evaluation) skip the detector.
         """
-        image_rgb = np.asarray(image_rgb)
-        if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
-            raise ValueError(f"image_rgb: expected (H, W, 3) uint8, got {image_rgb.shape} {image_rgb.dtype}")
-        if (camera.width, camera.height) != (image_rgb.shape[1], image_rgb.shape[0]):
-            raise ValueError(
-                f"camera: size {camera.width}x{camera.height} differs from the image's "
-                f"{image_rgb.shape[1]}x{image_rgb.shape[0]}"
-            )
+        image_rgb = checked_image(image_rgb, camera)
         t0 = time.perf_counter()
         if detections is None:
             detections = self.detect(image_rgb)

@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 
 from hrpose_ros.codec import DecodedInstance, KeypointCodec
-from hrpose_ros.pose_solver import PoseSolver, PoseThresholds, keypoint_spread
+from hrpose_ros.pose_solver import PoseSolver, PoseThresholds, keypoint_spread, split_thresholds
 from hrpose_ros.runtime import create_engine
-from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
+from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose, checked_image
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -158,18 +158,10 @@ class PosePipeline:
                                   input_size=input_size, **thresholds)
         path = Path(path) if path is not None else DEFAULT_WEIGHTS
         engine, checkpoint = create_engine(backend, path, device, precision, input_size)
-        pose_fields = set(PoseThresholds.__dataclass_fields__)
-        codec_fields = {"peak_threshold", "angle_threshold_deg", "min_keypoints"}
-        unknown = set(thresholds) - pose_fields - codec_fields
-        if unknown:
-            raise ValueError(
-                f"thresholds: unknown names {sorted(unknown)}; expected some of "
-                f"{sorted(pose_fields | codec_fields)}"
-            )
-        codec_config = replace(
-            checkpoint.codec_config, **{k: v for k, v in thresholds.items() if k in codec_fields}
+        pose_thresholds, decoding = split_thresholds(
+            thresholds, ("peak_threshold", "angle_threshold_deg", "min_keypoints")
         )
-        pose_thresholds = PoseThresholds(**{k: v for k, v in thresholds.items() if k in pose_fields})
+        codec_config = replace(checkpoint.codec_config, **decoding)
         return cls(
             engine,
             KeypointCodec(codec_config),
@@ -191,14 +183,7 @@ class PosePipeline:
         With :meth:`poses_from_maps` this is ``__call__`` in two halves, so a caller can run the
         network on one frame while another thread decodes the previous one (pose_node does).
         """
-        image_rgb = np.asarray(image_rgb)
-        if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
-            raise ValueError(f"image_rgb: expected (H, W, 3) uint8, got {image_rgb.shape} {image_rgb.dtype}")
-        if (camera.width, camera.height) != (image_rgb.shape[1], image_rgb.shape[0]):
-            raise ValueError(
-                f"camera: size {camera.width}x{camera.height} differs from the image's "
-                f"{image_rgb.shape[1]}x{image_rgb.shape[0]}"
-            )
+        image_rgb = checked_image(image_rgb, camera)
         t0 = time.perf_counter()
         batch, box = self.preprocess(image_rgb)
         t1 = time.perf_counter()

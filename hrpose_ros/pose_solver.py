@@ -19,7 +19,7 @@ from hrpose_ros.codec import DecodedInstance
 from hrpose_ros.geometry import keypoints_3d, project, solve_pnp
 from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
 
-__all__ = ["PoseSolver", "PoseThresholds", "keypoint_spread"]
+__all__ = ["PoseSolver", "PoseThresholds", "keypoint_spread", "split_thresholds"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +37,8 @@ class PoseThresholds:
     """Pose acceptance: score, PnP reprojection error (px), RANSAC, instances per image, depth range (m).
 
     ``min_depth``/``max_depth`` bound the object origin's distance along the optical axis: keypoints
-    bunched within a few pixels fit a pose tens of metres away with a small reprojection error
-    (seen with the shipped weights on a uniform grey frame: 5 "mugs" at 16-68 m, 2-3 px RMS), which
-    no RGB pose network resolves. 5 m default: a 10 cm object is then 12 px wide at 600 px focal length.
+    bunched within a few pixels fit a pose tens of metres away with a small reprojection error.
+    5 m default: a 10 cm object is then 12 px wide at 600 px focal length.
     """
 
     min_score: float = 0.1
@@ -50,17 +49,11 @@ class PoseThresholds:
     min_depth: float = 0.05  # m
     max_depth: float = 5.0  # m
     # Keypoints along one line fix no rotation about that line: PnP then returns one of several
-    # poses that fit equally (seen with the shipped weights: a torus from 5 keypoints, 2D spread
-    # ratio 0.003, whose torch and ONNX poses differ by 179 deg for keypoints 1e-4 px apart). A
-    # pose is kept only when the smallest / largest eigenvalue of its inlier keypoints' 2D scatter
-    # (spread across / along their main direction, squared) is at least this. 0.01 (spread across
-    # at least 10 % of the spread along), chosen on validation frames: with the shipped weights,
-    # of the poses below it 2 of 58 are right by ADD(-S) on data/val2 and 1 of 12 on data/val;
-    # with ground-truth maps (a perfect network) data/val2 keeps 99.13 % ADD(-S) (99.17 % without
-    # the check). 0.03 dropped thin dominoes seen edge-on (98.9 -> 85.3 %), whose keypoints lie
-    # nearly along a line yet give a good pose: for objects thinner than that, lower it; 0 = off.
-    # (geometry.solve_pnp itself refuses exactly collinear points as bad input; this is the
-    # acceptance threshold for nearly collinear ones, a policy, so it lives here.)
+    # poses that fit equally. A pose is kept only when the smallest / largest eigenvalue of its
+    # inlier keypoints' 2D scatter is at least this (0.01: spread across at least 10 % of the
+    # spread along; chosen on validation frames, training/HRPOSE_MODEL_CARD.md). Thin objects seen
+    # edge-on come close: lower it for objects thinner than a domino; 0 = off. (solve_pnp refuses
+    # exactly collinear points as bad input; this is the policy for nearly collinear ones.)
     min_keypoint_spread: float = 0.01
 
     def __post_init__(self):
@@ -74,6 +67,21 @@ class PoseThresholds:
                 "min_depth/max_depth: expected 0 <= min_depth < max_depth, got "
                 f"{self.min_depth}/{self.max_depth}"
             )
+
+
+def split_thresholds(options: dict, other_names=()) -> tuple[PoseThresholds, dict]:
+    """Return (PoseThresholds of ``options``' fields, the options named in ``other_names``).
+
+    ValueError for any other name, listing the accepted ones: the estimators' ``from_pretrained``
+    take PoseThresholds fields plus their own decoding options as keyword arguments.
+    """
+    pose_fields = set(PoseThresholds.__dataclass_fields__)
+    accepted = pose_fields | set(other_names)
+    unknown = set(options) - accepted
+    if unknown:
+        raise ValueError(f"thresholds: unknown names {sorted(unknown)}; expected some of {sorted(accepted)}")
+    pose = PoseThresholds(**{k: v for k, v in options.items() if k in pose_fields})
+    return pose, {k: v for k, v in options.items() if k in other_names}
 
 
 class PoseSolver:

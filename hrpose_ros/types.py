@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CameraModel", "Detection", "ObjectModel", "ObjectPose", "checked_array"]
+__all__ = ["CameraModel", "Detection", "ObjectModel", "ObjectPose", "checked_array", "checked_image"]
 
 
 def checked_array(value, name: str, shape: tuple, allow_batch: bool = False) -> np.ndarray:
@@ -149,3 +149,16 @@ class ObjectPose:
     keypoints_2d: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     keypoint_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     reprojection_error: float = 0.0
+
+
+def checked_image(image_rgb, camera: CameraModel) -> np.ndarray:
+    """Return ``image_rgb`` as an (H, W, 3) uint8 array the size ``camera`` says; ValueError otherwise."""
+    image_rgb = np.asarray(image_rgb)
+    if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+        raise ValueError(f"image_rgb: expected (H, W, 3) uint8, got {image_rgb.shape} {image_rgb.dtype}")
+    if (camera.width, camera.height) != (image_rgb.shape[1], image_rgb.shape[0]):
+        raise ValueError(
+            f"camera: size {camera.width}x{camera.height} differs from the image's "
+            f"{image_rgb.shape[1]}x{image_rgb.shape[0]}"
+        )
+    return image_rgb

@@ -37,6 +37,7 @@ from hrpose_ros.detector import (
 from hrpose_ros.geometry import project
 from hrpose_ros.pipeline import letterbox
 from hrpose_ros.types import ObjectModel
+from training.plots import plot_losses
 
 LOG_FIELDS = ["step", "total", "heatmap", "size", "offset", "lr", "seconds"]
 VAL_FIELDS = ["step", "total", "heatmap", "size", "offset", "frames"]
@@ -189,39 +190,6 @@ def batch_losses(model: SingleShotDetector, batch: dict, config: TrainDetectorCo
                             batch["mask"], config.size_weight, config.offset_weight)
 
 
-def plot_losses(csv_path: Path, png_path: Path) -> None:
-    """Write a PNG of the loss terms (log scale) per step, with validation totals when logged."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [int(r["step"]) for r in rows]
-    for name in ("total", "heatmap", "size", "offset"):
-        values = np.array([float(r[name]) for r in rows])
-        window = min(25, len(values))
-        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1 :], smooth, label=f"{name} (mean of {window})")
-    val_path = csv_path.with_name("val.csv")
-    if val_path.exists():
-        with open(val_path) as f:
-            val = list(csv.DictReader(f))
-        if val:
-            ax.plot([int(r["step"]) for r in val], [float(r["total"]) for r in val], "ko-", label="val total")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-
-
 def _set_lr(optimizer, config: TrainDetectorConfig, step: int, fraction: float) -> float:
     """Set linear warm-up then cosine decay (over the budget's ``fraction`` spent); return the head lr."""
     factor = min(1.0, (step + 1) / config.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0)))
@@ -335,7 +303,7 @@ def train(config: TrainDetectorConfig, objects: list[ObjectModel] | None = None)
             last_checkpoint = time.time()
     bar.close()
     _checkpoint(model, objects, history, step, start, val_samples, codec, config, val_path, losses_seen)
-    plot_losses(csv_path, out_dir / "loss.png")
+    plot_losses(csv_path, out_dir / "loss.png", ("total", "heatmap", "size", "offset"), "total", "total")
     return history
 
 

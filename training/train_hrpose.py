@@ -39,13 +39,13 @@ from hrpose_ros.types import ObjectModel
 from training.config import RECIPES, STAGES, TrainConfig, parse_scale_range, recipe
 from training.data import KeypointDataset
 from training.losses import LossTerms, total_loss
+from training.plots import plot_losses
 
 __all__ = [
     "accumulate_gradients",
     "load_backbone_weights",
     "load_objects",
     "main",
-    "plot_losses",
     "read_splits",
     "split_loss",
     "train",
@@ -146,48 +146,6 @@ def load_backbone_weights(model: HRPose, source: str) -> None:
         )
     model.backbone.load_state_dict({k: weights[k] for k in own})
     logger.info("backbone %s initialised from %s", name, source)
-
-
-def plot_losses(csv_path: Path, png_path: Path) -> None:
-    """Write a PNG of the loss terms per step from the training CSV log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    steps = np.array([int(r["step"]) for r in rows])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    window = max(1, len(rows) // 100)  # per-step losses are noisy: draw their running mean on top
-    for name in ("total", "mse", "od", "fs"):
-        values = np.array([float(r[name]) for r in rows])
-        if np.any(values):
-            (raw,) = ax.plot(steps, values, linewidth=0.5, alpha=0.3)
-            mean = np.convolve(values, np.ones(window) / window, mode="valid")
-            ax.plot(steps[window - 1 :], mean, color=raw.get_color(), label=f"{name} (mean of {window})")
-    val_path = csv_path.with_name("val.csv")
-    if val_path.exists():
-        with open(val_path) as f:
-            val = list(csv.DictReader(f))
-        if val:
-            ax.plot(
-                [int(r["step"]) for r in val],
-                [float(r["val_mse"]) for r in val],
-                "o-",
-                label=f"mse, {val[0]['frames']} val frames",
-                linewidth=1.5,
-            )
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title(csv_path.parent.name)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
 
 
 def bf16_is_native(device: torch.device) -> bool:
