@@ -58,6 +58,10 @@ class CropKeypointConfig:
     # votes. Voting supervises every cell (the offsets' L1) and reaches keypoints off the crop;
     # it did not learn faster here (training/README.md).
     head: str = "heatmap"
+    # The 3D points the K heatmaps locate (geometry.model_keypoints): "box", HRPose's 8 box
+    # corners + centre; or "surface", 8 farthest-point samples on the model + centre (PVNet):
+    # points on the object, which a crop shows, instead of corners in the air around it.
+    keypoints: str = "box"
 
     def __post_init__(self):
         if self.num_classes < 1 or self.num_keypoints < 4:
@@ -69,6 +73,8 @@ class CropKeypointConfig:
             raise ValueError(f"crop_size: expected a multiple of 32, got {self.crop_size}")
         if self.head not in HEAD_OUTPUTS:
             raise ValueError(f"head: expected one of {sorted(HEAD_OUTPUTS)}, got {self.head!r}")
+        if self.keypoints not in ("box", "surface"):
+            raise ValueError(f"keypoints: expected 'box' or 'surface', got {self.keypoints!r}")
 
     @property
     def outputs_per_class(self) -> int:
@@ -91,7 +97,13 @@ class CropKeypointOutput(NamedTuple):
 
 
 class CropKeypointNet(nn.Module):
-    """Crops (B, 3, S, S) RGB in [0, 1] -> CropKeypointOutput at stride 4."""
+    """Crops (B, 3, S, S) RGB in [0, 1] -> CropKeypointOutput at stride 4.
+
+    ``keypoints_3d`` (C, K, 3) metres, set when the objects are known (training, loading): the
+    model points the heatmaps of each class locate, which PnP needs with them.
+    """
+
+    keypoints_3d: np.ndarray | None = None
 
     def __init__(self, config: CropKeypointConfig = CropKeypointConfig()):
         super().__init__()

@@ -27,6 +27,7 @@ from hrpose_ros.codec import DecodedInstance
 from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet, decode_heatmaps, decode_votes
 from hrpose_ros.crops import Crop, crop_around_box, crop_images
 from hrpose_ros.detector import BoxCodec, detector_from_dict, postprocess, preprocess
+from hrpose_ros.geometry import model_keypoints
 from hrpose_ros.pose_solver import PoseSolver, PoseThresholds, split_thresholds
 from hrpose_ros.runtime import (
     OnnxEngine,
@@ -58,11 +59,20 @@ DEFAULT_CROPS_WEIGHTS = Path(__file__).resolve().parent / "assets" / "weights" /
 def keypoints_to_dict(
     model: CropKeypointNet, objects: list[ObjectModel], history: dict | None = None
 ) -> dict:
-    """Return the keypoint network as plain types (config, objects, fp16 weights, training history)."""
+    """Return the keypoint network as plain types (config, objects, 3D keypoints, fp16 weights, history).
+
+    The 3D keypoints are the model's own (set by training or loading) or else computed from
+    ``objects``' points; they are stored because surface keypoints depend on every model point
+    and the file keeps only a sample.
+    """
+    keypoints_3d = model.keypoints_3d
+    if keypoints_3d is None:
+        keypoints_3d = np.stack([model_keypoints(o.points, model.config.keypoints) for o in objects])
     return {
         "kind": "crop_keypoints",
         "config": model.config.to_dict(),
-        # PnP needs the box corners only; compact_points keeps them (and the ADD metrics a sample).
+        "keypoints_3d": np.asarray(keypoints_3d, dtype=np.float64).tolist(),
+        # PnP uses the stored keypoints_3d; the ADD metrics need only a sample of the points.
         "objects": [
             _object_to_dict(o) | {"points": compact_points(o.points).astype(np.float32).tolist()}
             for o in objects
@@ -87,9 +97,19 @@ def keypoints_from_dict(d: dict, where: str = "keypoints") -> tuple[CropKeypoint
             {k: v.float() if v.is_floating_point() else v for k, v in d["state_dict"].items()}
         )
         objects = [_object_from_dict(o) for o in d["objects"]]
+        if "keypoints_3d" in d:
+            keypoints_3d = np.asarray(d["keypoints_3d"], dtype=np.float64)
+        elif config.keypoints == "box":  # files before stored keypoints: the compact points keep the box
+            keypoints_3d = np.stack([model_keypoints(o.points, "box") for o in objects])
+        else:
+            raise KeyError("keypoints_3d")
     except (KeyError, TypeError, RuntimeError) as exc:
         raise ValueError(f"{where}: keypoint network incomplete ({exc})") from exc
+    expected = (len(objects), config.num_keypoints, 3)
+    if keypoints_3d.shape != expected:
+        raise ValueError(f"{where}: keypoints_3d has shape {keypoints_3d.shape}, expected {expected}")
     model.config = CropKeypointConfig(**d["config"])
+    model.keypoints_3d = keypoints_3d
     return model.eval(), objects, dict(d.get("history", {}))
 
 
@@ -245,14 +265,17 @@ class CropPosePipeline:
         thresholds: PoseThresholds | None = None,
         detection_threshold: float | None = None,
         description: str = "torch fp32 on cpu",
+        keypoints_3d=None,
     ):
+        """``keypoints_3d``: per object the (K, 3) points the heatmaps locate (default: box corners
+        + centre)."""
         self.engine = _Engines(detector_engine, keypoint_engine, description)
         self.detector_config = detector_config
         self.keypoint_config = keypoint_config
         self.box_codec = BoxCodec.from_config(detector_config)
         self.objects = list(objects)
         self.thresholds = thresholds if thresholds is not None else PoseThresholds()
-        self.solver = PoseSolver(self.objects, self.thresholds)
+        self.solver = PoseSolver(self.objects, self.thresholds, keypoints_3d)
         self.keypoints_3d = self.solver.keypoints_3d
         self.detection_threshold = (
             detection_threshold if detection_threshold is not None else detector_config.score_threshold
@@ -310,6 +333,7 @@ class CropPosePipeline:
             pose_thresholds,
             None,
             description,
+            keypoints.keypoints_3d,
         )
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:

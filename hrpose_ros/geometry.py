@@ -23,11 +23,13 @@ __all__ = [
     "check_rotation",
     "keypoints_3d",
     "matrix_from_quaternion",
+    "model_keypoints",
     "matrix_from_rotation_6d",
     "project",
     "quaternion_from_matrix",
     "rotation_6d_from_matrix",
     "solve_pnp",
+    "surface_keypoints",
     "symmetry_transformations",
     "transform_points",
 ]
@@ -113,6 +115,39 @@ def keypoints_3d(points) -> np.ndarray:
     """
     corners = box_corners_3d(points)
     return np.vstack([corners, corners.mean(axis=0, keepdims=True)])
+
+
+def surface_keypoints(points, count: int = NUM_KEYPOINTS - 1) -> np.ndarray:
+    """Return (count + 1, 3) keypoints on the model: ``count`` farthest-point samples, then the box centre.
+
+    PVNet's keypoints (Peng et al., CVPR 2019): farthest point sampling over the model points,
+    seeded with the box centre. Unlike box corners they lie on the object, where a crop network
+    sees them, and inside its box, so they never leave the crop. Written here (a few lines)
+    because neither OpenCV nor trimesh offers farthest point sampling; deterministic, so the
+    same model always gives the same keypoints.
+    """
+    points = _array(points, "points", (-1, 3))
+    if len(points) < count:
+        raise ValueError(
+            f"points: need at least {count} model points for surface keypoints, got {len(points)}"
+        )
+    centre = keypoints_3d(points)[-1]
+    nearest = np.linalg.norm(points - centre, axis=1)  # distance of each point to the chosen set
+    chosen = []
+    for _ in range(count):
+        i = int(np.argmax(nearest))
+        chosen.append(points[i])
+        nearest = np.minimum(nearest, np.linalg.norm(points - points[i], axis=1))
+    return np.vstack([np.asarray(chosen), centre[None]])
+
+
+def model_keypoints(points, kind: str = "box") -> np.ndarray:
+    """Return an object's (9, 3) keypoints of ``kind``: "box" (HRPose's corners + centre) or "surface"."""
+    if kind == "box":
+        return keypoints_3d(points)
+    if kind == "surface":
+        return surface_keypoints(points)
+    raise ValueError(f"keypoints: expected 'box' or 'surface', got {kind!r}")
 
 
 def project(points, R, t, K, dist=None) -> np.ndarray:

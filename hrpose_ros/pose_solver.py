@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 
 from hrpose_ros.codec import DecodedInstance
-from hrpose_ros.geometry import keypoints_3d, project, solve_pnp
+from hrpose_ros.geometry import keypoints_3d as box_keypoints
+from hrpose_ros.geometry import project, solve_pnp
 from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
 
 __all__ = ["PoseSolver", "PoseThresholds", "keypoint_spread", "split_thresholds"]
@@ -87,10 +88,22 @@ def split_thresholds(options: dict, other_names=()) -> tuple[PoseThresholds, dic
 class PoseSolver:
     """Decoded instances (class index, score, 2D keypoints) + camera -> accepted ObjectPoses."""
 
-    def __init__(self, objects: Sequence[ObjectModel], thresholds: PoseThresholds = PoseThresholds()):
+    def __init__(
+        self,
+        objects: Sequence[ObjectModel],
+        thresholds: PoseThresholds = PoseThresholds(),
+        keypoints_3d: Sequence[np.ndarray] | None = None,
+    ):
+        """``keypoints_3d``: per object, the (K, 3) model points the 2D keypoints locate (default:
+        HRPose's box corners + centre, :func:`geometry.keypoints_3d`)."""
         self.objects = list(objects)
         self.thresholds = thresholds
-        self.keypoints_3d = [keypoints_3d(o.points) for o in self.objects]
+        if keypoints_3d is None:
+            keypoints_3d = [box_keypoints(o.points) for o in self.objects]
+        if len(keypoints_3d) != len(self.objects):
+            raise ValueError(f"keypoints_3d: expected one (K, 3) array per object ({len(self.objects)}), "
+                             f"got {len(keypoints_3d)}")
+        self.keypoints_3d = [np.asarray(k, dtype=np.float64).reshape(-1, 3) for k in keypoints_3d]
 
     def _pnp(self, points_2d: np.ndarray, points_3d: np.ndarray, camera: CameraModel):
         """Return geometry.solve_pnp's solution, or None for degenerate keypoints.

@@ -8,6 +8,7 @@ from hrpose_ros import bop
 from hrpose_ros.codec import DecodedInstance
 from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet, decode_heatmaps, heatmap_targets
 from hrpose_ros.crops import crop_around_box, crop_images
+from hrpose_ros.geometry import model_keypoints
 from hrpose_ros.metrics import add_or_adds_error
 from hrpose_ros.pose_solver import PoseSolver
 from training.crop_data import crop_batch, load_crop_samples
@@ -51,15 +52,17 @@ def test_ground_truth_heatmaps_decode_to_the_keypoints():
     assert confidence.min() > 0.95
 
 
-def test_ground_truth_keypoints_through_crops_and_pnp_give_98_percent_add(toy):
+@pytest.mark.parametrize("kind", ["box", "surface"])
+def test_ground_truth_keypoints_through_crops_and_pnp_give_98_percent_add(toy, kind):
     split, objects = toy
-    samples = load_crop_samples([split], objects, progress=False)
+    keypoints_3d = [model_keypoints(o.points, kind) for o in objects]
+    samples = load_crop_samples([split], objects, progress=False, keypoints_3d=keypoints_3d)
     crops, keypoints, classes = crop_batch(samples, np.arange(len(samples)), 128, 1.5, None)
     logits = torch.log(heatmap_targets(keypoints.double(), 32).clamp_min(1e-30)).numpy()
     decoded, _ = decode_heatmaps(logits)
     # back to image pixels of each frame, then the shared PnP
     frames = bop.read_split(split)
-    solver = PoseSolver(objects)
+    solver = PoseSolver(objects, keypoints_3d=keypoints_3d)
     good = 0
     for n, (frame_index, gt_id) in enumerate(samples.sources):
         frame = frames[frame_index]
@@ -117,6 +120,37 @@ def test_short_crop_training_lowers_the_loss_and_saves_a_loadable_network(toy, t
     train(again, progress=False)
     resumed = np.mean([r["total"] for r in _rows(tmp_path / "again" / "log.csv")])
     assert resumed < 0.9 * first
+
+
+def test_surface_keypoints_travel_with_the_network_and_box_files_without_them_still_load(toy, tmp_path):
+    from hrpose_ros.crop_pipeline import keypoints_from_dict, keypoints_to_dict
+    from training.train_crops import CropTrainConfig, load_teacher, train
+
+    split, objects = toy
+    base = dict(train=(str(split),), val=str(split), crop_size=64, batch=4, steps=2, threads=2, val_every=2)
+    box_path = train(CropTrainConfig(out=str(tmp_path / "box"), **base), progress=False)
+    # --init from a box-keypoint network is allowed: only the targets change
+    path = train(CropTrainConfig(out=str(tmp_path / "s"), keypoints="surface", init=str(box_path), **base),
+                 progress=False)
+    stored = torch.load(path, weights_only=False)
+    model, loaded_objects, _ = keypoints_from_dict(stored)
+    models = bop.load_object_models(split.parent / "models")  # what training reads: the split's models
+    expected = np.stack([model_keypoints(o.points, "surface") for o in models])
+    assert model.config.keypoints == "surface" and np.allclose(model.keypoints_3d, expected)
+    # saved again from the compact points the file keeps, the keypoints stay the full models'
+    again, _, _ = keypoints_from_dict(keypoints_to_dict(model, loaded_objects))
+    assert np.allclose(again.keypoints_3d, expected)
+    with pytest.raises(ValueError, match="keypoints_3d"):
+        keypoints_from_dict({k: v for k, v in stored.items() if k != "keypoints_3d"}, "old.pt")
+    shapes = rf"keypoints_3d has shape \({len(objects)}, 9, 3\), expected \(1, 9, 3\)"
+    with pytest.raises(ValueError, match=shapes):
+        keypoints_from_dict({**stored, "objects": stored["objects"][:1], "state_dict": stored["state_dict"]})
+    old_box = torch.load(box_path, weights_only=False)
+    del old_box["keypoints_3d"]  # files written before the keypoints were stored
+    box, box_objects, _ = keypoints_from_dict(old_box)
+    assert np.allclose(box.keypoints_3d, [model_keypoints(o.points, "box") for o in objects])
+    with pytest.raises(ValueError, match="locates 'box' keypoints, the student 'surface'"):
+        load_teacher(box_path, objects, "surface")
 
 
 def test_distillation_adds_both_terms_from_a_frozen_teacher(toy, tmp_path):

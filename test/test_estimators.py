@@ -48,6 +48,28 @@ def test_a_crops_file_gets_the_crop_estimator(crops_file, estimator):
     assert loaded.thresholds.min_score == 0.3 and loaded.detection_threshold == 0.3
 
 
+def test_the_crop_estimator_solves_with_the_files_3d_keypoints(tmp_path):
+    import torch
+
+    from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet
+    from hrpose_ros.crop_pipeline import keypoints_to_dict, save_crops_file
+    from hrpose_ros.data.objects import load_default_objects
+    from hrpose_ros.detector import DetectorConfig, SingleShotDetector, detector_to_dict
+    from hrpose_ros.geometry import model_keypoints
+
+    objects = load_default_objects()
+    n = len(objects)
+    detector = SingleShotDetector(DetectorConfig(num_classes=n, input_size=(160, 128), pretrained=False))
+    keypoints = CropKeypointNet(CropKeypointConfig(num_classes=n, crop_size=64, pretrained=False,
+                                                   keypoints="surface"))
+    path = save_crops_file(tmp_path / "surface.pt", detector_to_dict(detector, objects),
+                           keypoints_to_dict(keypoints, objects))
+    loaded = load_estimator(path, backend="torch", device="cpu")
+    for class_index, obj in enumerate(objects):
+        assert np.allclose(loaded.solver.keypoints_3d[class_index], model_keypoints(obj.points, "surface"))
+    assert torch.load(path, weights_only=False)["keypoints"]["config"]["keypoints"] == "surface"
+
+
 @pytest.mark.parametrize("estimator", ["auto", "hrpose"])
 def test_an_hrpose_checkpoint_gets_hrpose(estimator):
     assert estimator_of(DEFAULT_WEIGHTS) == "hrpose"

@@ -12,10 +12,12 @@ from hrpose_ros.geometry import (
     keypoints_3d,
     matrix_from_quaternion,
     matrix_from_rotation_6d,
+    model_keypoints,
     project,
     quaternion_from_matrix,
     rotation_6d_from_matrix,
     solve_pnp,
+    surface_keypoints,
     symmetry_transformations,
 )
 
@@ -246,3 +248,24 @@ def test_symmetry_transformations_rejects_malformed_fields():
         symmetry_transformations({"symmetries_continuous": [{"axis": [0, 0, 1]}]})
     with pytest.raises(ValueError, match=r"symmetries_continuous\[0\].axis: expected a non-zero"):
         symmetry_transformations({"symmetries_continuous": [{"axis": [0, 0, 0], "offset": [0, 0, 0]}]})
+
+
+def test_surface_keypoints_are_spread_model_points_then_the_box_centre():
+    points = np.random.default_rng(4).normal(size=(500, 3)) * [0.05, 0.03, 0.02] + [0.01, 0.0, -0.02]
+    keypoints = surface_keypoints(points)
+    assert keypoints.shape == (NUM_KEYPOINTS, 3)
+    assert np.allclose(keypoints[-1], keypoints_3d(points)[-1])  # the centre as HRPose's ninth keypoint
+    assert all(np.any(np.all(points == k, axis=1)) for k in keypoints[:-1])  # on the model
+    gaps = np.linalg.norm(keypoints[:-1, None] - keypoints[None, :-1], axis=-1) + np.eye(8)
+    assert gaps.min() > 0.3 * np.linalg.norm(points.max(0) - points.min(0)) / 2  # spread, not clustered
+    assert np.array_equal(surface_keypoints(points), keypoints)  # deterministic
+    # on a cube's corners the farthest points are the corners themselves: the box keypoints' set
+    assert {tuple(k) for k in surface_keypoints(CUBE)[:-1]} == {tuple(c) for c in box_corners_3d(CUBE)}
+
+
+def test_model_keypoints_kinds():
+    assert np.array_equal(model_keypoints(CUBE, "box"), keypoints_3d(CUBE))
+    with pytest.raises(ValueError, match="keypoints: expected 'box' or 'surface', got 'corners'"):
+        model_keypoints(CUBE, "corners")
+    with pytest.raises(ValueError, match="need at least 8 model points"):
+        surface_keypoints(CUBE[:5])

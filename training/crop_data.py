@@ -21,7 +21,8 @@ from tqdm import tqdm
 from hrpose_ros import bop
 from hrpose_ros.crops import Crop, crop_around_box, crop_images
 from hrpose_ros.data.augment import AugmentConfig, augment
-from hrpose_ros.geometry import keypoints_3d, project
+from hrpose_ros.geometry import keypoints_3d as box_keypoints
+from hrpose_ros.geometry import project
 from hrpose_ros.types import ObjectModel
 from training.data import canonical_pose
 
@@ -76,10 +77,16 @@ def load_crop_samples(
     min_visib_fract: float = 0.1,
     max_frames: int | None = None,
     progress: bool = True,
+    keypoints_3d: Sequence[np.ndarray] | None = None,
 ) -> CropSamples:
-    """Return every usable instance of the BOP ``splits`` as a context crop (see module docstring)."""
+    """Return every usable instance of the BOP ``splits`` as a context crop (see module docstring).
+
+    ``keypoints_3d``: per object the (K, 3) keypoints to label (default HRPose's box corners + centre).
+    """
     index = {o.obj_id: i for i, o in enumerate(objects)}
-    model_keypoints = [keypoints_3d(o.points) for o in objects]
+    if keypoints_3d is None:
+        keypoints_3d = [box_keypoints(o.points) for o in objects]
+    model_keypoints = [np.asarray(k, dtype=np.float64) for k in keypoints_3d]
     frames = [f for s in splits for f in bop.read_split(s)]
     if max_frames is not None:
         frames = frames[:max_frames]

@@ -21,7 +21,7 @@ import argparse
 import csv
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from tqdm import tqdm
 from hrpose_ros import bop
 from hrpose_ros.crop_keypoints import HEAD_OUTPUTS, CropKeypointConfig, CropKeypointNet, soft_argmax, vote
 from hrpose_ros.crop_pipeline import keypoints_from_dict, keypoints_to_dict
+from hrpose_ros.geometry import model_keypoints
 from training.crop_data import JitterConfig, crop_batch, load_crop_samples
 from training.crop_losses import keypoint_loss, voting_loss
 from training.losses import feature_similarity_loss
@@ -62,6 +63,7 @@ class CropTrainConfig:
     pretrained: bool = True
     head: str = "heatmap"  # crop_keypoints.CropKeypointConfig.head (voting: no faster here, see README)
     init: str = ""  # a keypoints.pt to go on training from (same objects, variant, head, crop size)
+    keypoints: str = "box"  # crop_keypoints.CropKeypointConfig.keypoints
 
 
 def _split_objects(split: str):
@@ -131,13 +133,18 @@ def _plot(log_path: Path, val_path: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def load_teacher(path, objects) -> CropKeypointNet:
-    """Return the teacher at ``path``, frozen (eval, no gradients: paper Fig. 1), knowing ``objects``."""
+def load_teacher(path, objects, keypoints: str = "box") -> CropKeypointNet:
+    """Return the teacher at ``path``, frozen (eval, no gradients: paper Fig. 1), knowing ``objects``
+    and locating the same ``keypoints`` kind as the student."""
     teacher, teacher_objects, _ = keypoints_from_dict(
         torch.load(path, map_location="cpu", weights_only=False), str(path)
     )
     if [o.obj_id for o in teacher_objects] != [o.obj_id for o in objects]:
         raise ValueError(f"--teacher {path}: trained on other objects than the training split's")
+    if teacher.config.keypoints != keypoints:
+        raise ValueError(
+            f"--teacher {path}: locates {teacher.config.keypoints!r} keypoints, the student {keypoints!r}"
+        )
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
@@ -150,8 +157,11 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     objects = _split_objects(config.train[0])
-    samples = load_crop_samples(config.train, objects, max_frames=config.max_frames, progress=progress)
-    val_samples = load_crop_samples([config.val], objects, progress=progress)
+    keypoints_3d = np.stack([model_keypoints(o.points, config.keypoints) for o in objects])
+    samples = load_crop_samples(
+        config.train, objects, max_frames=config.max_frames, progress=progress, keypoints_3d=keypoints_3d
+    )
+    val_samples = load_crop_samples([config.val], objects, progress=progress, keypoints_3d=keypoints_3d)
     rng = np.random.default_rng(config.seed)
     val_indices = rng.permutation(len(val_samples))[: config.val_crops]
     model_config = CropKeypointConfig(
@@ -160,15 +170,19 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
         crop_size=config.crop_size,
         pretrained=config.pretrained,
         head=config.head,
+        keypoints=config.keypoints,
     )
     model = CropKeypointNet(model_config).train()
+    model.keypoints_3d = keypoints_3d
     if config.init:
         stored = torch.load(config.init, map_location="cpu", weights_only=False)
         start, start_objects, _ = keypoints_from_dict(stored, config.init)
-        if [o.obj_id for o in start_objects] != [o.obj_id for o in objects] or start.config != model_config:
+        # Another keypoint set is allowed: the heads then start from related maps.
+        same = replace(start.config, keypoints=model_config.keypoints, pretrained=model_config.pretrained)
+        if [o.obj_id for o in start_objects] != [o.obj_id for o in objects] or same != model_config:
             raise ValueError(f"--init {config.init}: another network ({start.config}) or other objects")
         model.load_state_dict(start.state_dict())
-    teacher = load_teacher(config.teacher, objects) if config.teacher else None
+    teacher = load_teacher(config.teacher, objects, config.keypoints) if config.teacher else None
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     log_path, val_path = out / "log.csv", out / "val.csv"
     log_file, val_file = (
@@ -291,6 +305,12 @@ def main(argv=None) -> None:
         help="keypoint head (hrpose_ros.crop_keypoints)",
     )
     parser.add_argument("--init", default="", help="go on training from this keypoints.pt")
+    parser.add_argument(
+        "--keypoints",
+        default="box",
+        choices=("box", "surface"),
+        help="3D keypoints: HRPose's box corners or surface points (hrpose_ros.crop_keypoints)",
+    )
     args = parser.parse_args(argv)
     train(
         CropTrainConfig(
@@ -313,6 +333,7 @@ def main(argv=None) -> None:
             pretrained=not args.random_init,
             head=args.head,
             init=args.init,
+            keypoints=args.keypoints,
         )
     )
 
