@@ -4,8 +4,11 @@
 #
 #   hrpose-make-data --kind cutpaste,bin,views --n 3000 --out data/ctrain --seed 7100 --no-depth
 #   hrpose-make-data --kind cutpaste,bin --n 3000 --out data/ctrain2 --seed 7200 --no-depth
+#   hrpose-make-data --kind cutpaste,bin --n 100 --out data/val --seed 2000 --no-depth
 #   hrpose-make-data --kind cutpaste,bin --n 200 --out data/test --seed 1000
-#   nice bash training/run_crops_recipe.sh data/ctrain,data/ctrain2 data/test runs/crops
+#   nice bash training/run_crops_recipe.sh data/ctrain,data/ctrain2 data/val data/test runs/crops
+#
+# Checkpoints are chosen on the validation split; the test split is read only by the final evaluation.
 #
 # 1. detector (Lite0, 320x240) and teacher (Lite2 keypoints on 128x128 crops) in parallel, one
 #    thread each (two threads each on two cores made OpenMP threads wait on each other);
@@ -13,12 +16,14 @@
 #    number of steps, so the KD gain is measured at equal training;
 # 3. the crops file of detector + student + KD, and the evaluation: detector recall/AP, ADD(-S)
 #    with detector boxes and with ground-truth boxes, per scene kind, against the HRPose file.
-# Budgets come from the environment (minutes; steps for the students).
+# Budgets come from the environment (minutes; steps for the students), and KEYPOINTS (box|surface).
 set -euo pipefail
 
 TRAIN=${1:-data/ctrain,data/ctrain2}
-TEST=${2:-data/test}
-OUT=${3:-runs/crops}
+VAL=${2:-data/val}
+TEST=${3:-data/test}
+OUT=${4:-runs/crops}
+KEYPOINTS=${KEYPOINTS:-box}
 DETECTOR_MINUTES=${DETECTOR_MINUTES:-90}
 TEACHER_MINUTES=${TEACHER_MINUTES:-90}
 STUDENT_STEPS=${STUDENT_STEPS:-5000}
@@ -27,20 +32,20 @@ mkdir -p "$OUT"
 export OMP_WAIT_POLICY=PASSIVE
 
 start=$(date +%s)
-python -m training.train_detector --train "$FIRST" --val "$TEST" --out "$OUT/detector" \
+python -m training.train_detector --train "$FIRST" --val "$VAL" --out "$OUT/detector" \
     --minutes "$DETECTOR_MINUTES" --threads 1 > "$OUT/detector.log" 2>&1 &
 detector_pid=$!
-python -m training.train_crops --train "$TRAIN" --val "$TEST" --out "$OUT/teacher" --variant lite2 \
+python -m training.train_crops --train "$TRAIN" --val "$VAL" --out "$OUT/teacher" --variant lite2 --keypoints "$KEYPOINTS" \
     --minutes "$TEACHER_MINUTES" --threads 1 > "$OUT/teacher.log" 2>&1 &
 teacher_pid=$!
 wait "$detector_pid" "$teacher_pid"
 echo "detector + teacher: $(( $(date +%s) - start )) s" | tee "$OUT/times.txt"
 
 start=$(date +%s)
-python -m training.train_crops --train "$TRAIN" --val "$TEST" --out "$OUT/student" --variant lite0 \
+python -m training.train_crops --train "$TRAIN" --val "$VAL" --out "$OUT/student" --variant lite0 --keypoints "$KEYPOINTS" \
     --steps "$STUDENT_STEPS" --threads 1 > "$OUT/student.log" 2>&1 &
 student_pid=$!
-python -m training.train_crops --train "$TRAIN" --val "$TEST" --out "$OUT/student_kd" --variant lite0 \
+python -m training.train_crops --train "$TRAIN" --val "$VAL" --out "$OUT/student_kd" --variant lite0 --keypoints "$KEYPOINTS" \
     --steps "$STUDENT_STEPS" --threads 1 --teacher "$OUT/teacher/keypoints.pt" > "$OUT/student_kd.log" 2>&1 &
 kd_pid=$!
 wait "$student_pid" "$kd_pid"
