@@ -12,13 +12,14 @@ metres, K (3, 3) pixels. Sources: ADD/ADD-S (ADI) Hinterstoisser et al., ACCV 20
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from hrpose_ros.geometry import check_intrinsics, project, transform_points
-from hrpose_ros.types import ObjectModel
+from hrpose_ros.types import ObjectModel, ObjectPose
 
 __all__ = [
     "ADD_THRESHOLD_DIAMETER",
@@ -40,6 +41,7 @@ __all__ = [
     "average_recall",
     "depth_to_distance",
     "iou_2d",
+    "match_estimates",
     "mspd_error",
     "mssd_error",
     "proj2d_error",
@@ -136,6 +138,31 @@ def add_or_adds_error(R_est, t_est, R_gt, t_gt, model: ObjectModel) -> float:
     """Return ADD(-S) in metres for ``model``: ADD-S when it has symmetries besides the identity, else ADD."""
     metric = adds_error if model.is_symmetric else add_error
     return metric(R_est, t_est, R_gt, t_gt, model.points)
+
+
+def match_estimates(
+    estimates: Sequence[ObjectPose], ground_truth: Sequence, objects: Mapping[int, ObjectModel]
+) -> list[int | None]:
+    """Return, per ground-truth instance, the index into ``estimates`` of the one matched to it, or None.
+
+    Per object: estimates in descending score (ties in the given order) each take the still
+    unmatched ground-truth instance of their object with the smallest ADD(-S) error (ties: the
+    first), so each ground truth and each estimate is matched at most once. ``ground_truth``
+    items have obj_id, R (3, 3) and t (3,) metres (ObjectPose, bop instances); ``objects`` holds
+    the model of every ground truth's obj_id. Estimates whose index is not returned are false
+    positives.
+    """
+    matched: list[int | None] = [None] * len(ground_truth)
+    # Best score first, as in bop_toolkit: the estimator's ranking picks the pairs, not the error scored.
+    for e in sorted(range(len(estimates)), key=lambda i: -estimates[i].score):
+        est = estimates[e]
+        free = [g for g, gt in enumerate(ground_truth) if gt.obj_id == est.obj_id and matched[g] is None]
+        if not free:
+            continue
+        obj = objects[est.obj_id]
+        errors = [add_or_adds_error(est.R, est.t, ground_truth[g].R, ground_truth[g].t, obj) for g in free]
+        matched[free[int(np.argmin(errors))]] = e
+    return matched
 
 
 def proj2d_error(R_est, t_est, R_gt, t_gt, K, points) -> float:

@@ -196,45 +196,34 @@ def match_frame(
 ) -> tuple[list[InstanceScore], dict[int, int]]:
     """Return one InstanceScore per ground-truth instance of ``frame`` and false positives per obj_id.
 
-    Greedy matching per object: estimates in descending score each take the unmatched
-    ground truth instance with the smallest ADD(-S) error.
+    Scores are ordered by obj_id, then as in ``frame.ground_truth``; the matching is
+    :func:`hrpose_ros.metrics.match_estimates` (per object, best score first, each taking the
+    unmatched ground truth with the smallest ADD(-S) error).
     """
     if frame.ground_truth is None:
         raise ValueError(f"frame {frame.im_id}: no ground truth to score against")
+    gts = frame.ground_truth
+    matched = metrics.match_estimates(frame.estimates, gts, objects)
     scores: list[InstanceScore] = []
-    false_positives: dict[int, int] = {}
-    K = frame.camera.K
-    for obj_id in sorted({g.obj_id for g in frame.ground_truth} | {e.obj_id for e in frame.estimates}):
-        gts = [g for g in frame.ground_truth if g.obj_id == obj_id]
-        ests = sorted((e for e in frame.estimates if e.obj_id == obj_id), key=lambda e: -e.score)
-        matched: dict[int, tuple[ObjectPose, tuple[float, ...]]] = {}
-        unmatched = 0
-        for est in ests:
-            free = [i for i in range(len(gts)) if i not in matched]
-            if not free:
-                unmatched += 1
-                continue
-            errors = {i: pose_errors(est, gts[i], objects[obj_id], K) for i in free}
-            best = min(free, key=lambda i: errors[i][0])
-            matched[best] = (est, errors[best])
-        if unmatched:
-            false_positives[obj_id] = unmatched
-        for i, gt in enumerate(gts):
-            est, errors = matched.get(i, (None, (math.inf,) * 4))
-            scores.append(
-                InstanceScore(
-                    im_id=frame.im_id,
-                    obj_id=obj_id,
-                    instance_id=gt.instance_id,
-                    found=est is not None,
-                    score=est.score if est is not None else 0.0,
-                    add_error=errors[0],
-                    proj2d_error=errors[1],
-                    rotation_error_deg=errors[2],
-                    translation_error=errors[3],
-                )
+    for g in sorted(range(len(gts)), key=lambda i: gts[i].obj_id):
+        gt = gts[g]
+        est = None if matched[g] is None else frame.estimates[matched[g]]
+        errors = (math.inf,) * 4 if est is None else pose_errors(est, gt, objects[gt.obj_id], frame.camera.K)
+        scores.append(
+            InstanceScore(
+                im_id=frame.im_id,
+                obj_id=gt.obj_id,
+                instance_id=gt.instance_id,
+                found=est is not None,
+                score=est.score if est is not None else 0.0,
+                add_error=errors[0],
+                proj2d_error=errors[1],
+                rotation_error_deg=errors[2],
+                translation_error=errors[3],
             )
-    return scores, false_positives
+        )
+    unmatched = sorted(est.obj_id for e, est in enumerate(frame.estimates) if e not in matched)
+    return scores, {obj_id: unmatched.count(obj_id) for obj_id in unmatched}
 
 
 def recalls(

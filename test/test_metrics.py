@@ -16,6 +16,7 @@ from hrpose_ros.metrics import (
     average_recall,
     depth_to_distance,
     iou_2d,
+    match_estimates,
     mspd_error,
     mssd_error,
     proj2d_error,
@@ -25,7 +26,7 @@ from hrpose_ros.metrics import (
     translation_error,
     vsd_error,
 )
-from hrpose_ros.types import ObjectModel
+from hrpose_ros.types import ObjectModel, ObjectPose
 
 K = np.array([[600.0, 0.0, 320.0], [0.0, 600.0, 240.0], [0.0, 0.0, 1.0]])
 A, B, C = 0.03, 0.04, 0.02  # half extents of a 6 x 8 x 4 cm box
@@ -127,6 +128,30 @@ def test_recall_helpers_and_defaults():
     assert (metrics.VSD_TAU_M, metrics.VSD_DELTA_M, metrics.VSD_THRESHOLD) == (0.02, 0.015, 0.3)
     assert metrics.BOP19_VSD_TAUS_DIAMETER == (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
     assert metrics.BOP19_MSPD_THRESHOLDS_PX[0] == 5.0 and metrics.BOP19_MSPD_THRESHOLDS_PX[-1] == 50.0
+
+
+def _estimate(obj_id, t, score):
+    return ObjectPose("", obj_id, 0, score, np.eye(3), np.asarray(t, dtype=float))
+
+
+def test_matching_goes_by_score_then_smallest_error_each_ground_truth_once():
+    # Pure translations of an unsymmetric box: ADD(-S) is the distance between the positions.
+    objects = {i: ObjectModel(i, f"box {i}", BOX, diameter=0.1077) for i in (1, 2)}
+    gts = [_estimate(1, T, 1.0), _estimate(1, T + [0.1, 0, 0], 1.0), _estimate(2, T - [0.1, 0, 0], 1.0)]
+    estimates = [
+        _estimate(1, T + [0.01, 0, 0], 0.5),  # 1 cm from gt 0, 9 cm from gt 1
+        _estimate(2, T - [0.1, 0, 0.002], 0.1),  # the only estimate of object 2: other objects do not compete
+        _estimate(1, T + [0.04, 0, 0], 0.9),  # 4 cm from gt 0, 6 cm from gt 1: chooses first
+        _estimate(3, T, 1.0),  # an object without ground truth (nor model): a false positive
+        _estimate(1, T, 0.2),  # exact, but both boxes are taken by better-scored estimates
+    ]
+    # Score first: 0.9 takes gt 0 (4 cm), 0.5 is left gt 1 (9 cm). Smallest error first would
+    # have given gt 0 the exact 0.2 guess and gt 1 the 0.9 one (6 cm).
+    assert match_estimates(estimates, gts, objects) == [2, 0, 1]
+    # Equal scores go in the given order: the 4 cm estimate listed first still takes gt 0.
+    tied = [_estimate(1, T + [0.04, 0, 0], 0.5), _estimate(1, T + [0.01, 0, 0], 0.5)]
+    assert match_estimates(tied, gts[:2], objects) == [0, 1]
+    assert match_estimates([], gts, objects) == [None, None, None]
 
 
 class RayCastRenderer:

@@ -151,45 +151,35 @@ def match_poses(
 ) -> list[InstanceResult]:
     """Return one result per ground-truth instance of ``frame``, matched to estimates of its object.
 
-    Pairs (gt, estimate) of the same object are matched greedily by ADD(-S) error, each estimate
-    at most once; an unmatched instance counts as wrong for every metric. Instances with less than
-    ``min_visib_fract`` visible (when the split has scene_gt_info) are not evaluated, as in BOP.
-    ``bounds`` (translation in metres, rotation in degrees) adds the verdict :data:`CM_DEG`: both
-    errors below them (strictly, as 5 cm 5 deg).
+    Matching is the rosbag replay's, :func:`hrpose_ros.metrics.match_estimates` (per object, best
+    score first, each taking the unmatched instance with the smallest ADD(-S) error); an unmatched
+    instance counts as wrong for every metric. Instances with less than ``min_visib_fract``
+    visible (when the split has scene_gt_info) are not evaluated, as in BOP. ``bounds``
+    (translation in metres, rotation in degrees) adds the verdict :data:`CM_DEG`: both errors
+    below them (strictly, as 5 cm 5 deg).
     """
     bounds = _bounds(bounds)
     names = metric_names(bounds)
     K = frame.camera.K
     gts = _evaluated(frame, objects, min_visib_fract)
-    pairs = []
-    for gi, gt in enumerate(gts):
-        obj = objects[gt.obj_id]
-        for ei, pose in enumerate(poses):
-            if pose.obj_id == gt.obj_id:
-                pairs.append((metrics.add_or_adds_error(pose.R, pose.t, gt.R, gt.t, obj), gi, ei))
     results = [InstanceResult(obj_id=g.obj_id) for g in gts]
-    used_gt, used_est = set(), set()
-    for error, gi, ei in sorted(pairs):
-        if gi in used_gt or ei in used_est:
+    for gt, result, e in zip(gts, results, metrics.match_estimates(poses, gts, objects)):
+        if e is None:
+            result.correct = {m: False for m in names}
             continue
-        used_gt.add(gi)
-        used_est.add(ei)
-        gt, pose, obj = gts[gi], poses[ei], objects[gts[gi].obj_id]
+        obj = objects[gt.obj_id]
         # 2D projection and 5 cm 5 deg against the symmetric equivalent of the ground truth closest
         # in rotation, as the rosbag replay scores them (a box-shaped jenga block turned by 180 deg
         # looks the same, and its keypoints are labelled from that equivalent: training/data.py).
-        _, proj, re, te = replay.pose_errors(pose, gt, obj, K)
-        results[gi].errors = {"add_m": error, "proj2d_px": proj, "re_deg": re, "te_m": te}
-        results[gi].correct = {
-            "add": error < metrics.ADD_THRESHOLD_DIAMETER * obj.diameter,
+        add, proj, re, te = replay.pose_errors(poses[e], gt, obj, K)
+        result.errors = {"add_m": add, "proj2d_px": proj, "re_deg": re, "te_m": te}
+        result.correct = {
+            "add": add < metrics.ADD_THRESHOLD_DIAMETER * obj.diameter,
             "proj2d": proj < metrics.PROJ2D_THRESHOLD_PX,
             "5cm5deg": re < metrics.ROTATION_THRESHOLD_DEG and te < metrics.TRANSLATION_THRESHOLD_M,
         }
         if bounds is not None:
-            results[gi].correct[CM_DEG] = te < bounds[0] and re < bounds[1]
-    for r in results:
-        if not r.correct:
-            r.correct = {m: False for m in names}
+            result.correct[CM_DEG] = te < bounds[0] and re < bounds[1]
     return results
 
 
