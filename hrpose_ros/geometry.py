@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from hrpose_ros.types import checked_array as _array
 
@@ -344,23 +345,9 @@ def solve_pnp(
 def quaternion_from_matrix(R) -> np.ndarray:
     """Return the unit quaternion (4,) x, y, z, w (ROS order, w >= 0) of rotation matrix ``R`` (3, 3)."""
     R = check_rotation(R, tol=1e-3)
-    # Shepperd's method: pick the largest of w, x, y, z to divide by, for stability.
-    trace = np.trace(R)
-    diag = np.diag(R)
-    k = int(np.argmax([trace, *diag]))
-    if k == 0:
-        s = 2.0 * math.sqrt(max(1.0 + trace, 0.0))
-        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
-    else:
-        i = k - 1
-        j, m = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * math.sqrt(max(1.0 + R[i, i] - R[j, j] - R[m, m], 0.0))
-        q = [0.0, 0.0, 0.0, (R[m, j] - R[j, m]) / s]
-        q[i] = 0.25 * s
-        q[j] = (R[j, i] + R[i, j]) / s
-        q[m] = (R[m, i] + R[i, m]) / s
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
+    # scipy's order is x, y, z, w (ROS's). R passed check_rotation, so its SVD orthonormalisation (4x
+    # slower, once per published pose) is skipped: Markley's method on R, then a normalised quaternion.
+    q = Rotation.from_matrix(R, assume_valid=True).as_quat()
     return -q if q[3] < 0 else q
 
 
@@ -373,12 +360,7 @@ def matrix_from_quaternion(q) -> np.ndarray:
     norm = np.linalg.norm(q)
     if norm < 1e-12:
         raise ValueError(f"q: expected a non-zero quaternion (x, y, z, w), got {q.tolist()}")
-    x, y, z, w = q / norm
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return Rotation.from_quat(q).as_matrix()  # scipy normalises q, in x, y, z, w order
 
 
 def matrix_from_rotation_6d(r6) -> np.ndarray:
@@ -403,13 +385,6 @@ def rotation_6d_from_matrix(R) -> np.ndarray:
     """Return the (..., 6) 6D representation (first two columns, Zhou et al. 2019) of (..., 3, 3) ``R``."""
     R = _array(R, "R", (3, 3), allow_batch=True)
     return np.concatenate([R[..., :, 0], R[..., :, 1]], axis=-1)
-
-
-def _axis_angle_matrix(axis: np.ndarray, angle: float) -> np.ndarray:
-    """Return the (3, 3) rotation by ``angle`` radians about unit ``axis`` (Rodrigues' formula)."""
-    x, y, z = axis
-    cross = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-    return np.eye(3) + math.sin(angle) * cross + (1.0 - math.cos(angle)) * cross @ cross
 
 
 def _field(model_info, key: str):
@@ -465,8 +440,8 @@ def symmetry_transformations(model_info, max_sym_disc_step: float = 0.01) -> np.
         # A rotation by angle a moves a point at distance <= diameter/2 from the axis by at most
         # a * diameter / 2, so steps of 2 pi / ceil(pi / step) keep each move below step * diameter.
         count = int(math.ceil(math.pi / max_sym_disc_step))
-        for k in range(count):
-            rot = _axis_angle_matrix(axis, 2.0 * math.pi * k / count)
+        angles = 2.0 * math.pi * np.arange(count) / count
+        for rot in Rotation.from_rotvec(angles[:, None] * axis).as_matrix():
             matrix = np.eye(4)
             matrix[:3, :3] = rot
             matrix[:3, 3] = offset - rot @ offset  # rotate about the axis through ``offset``

@@ -23,7 +23,7 @@ import numpy as np
 import trimesh
 
 from hrpose_ros import bop
-from hrpose_ros.geometry import box_corners_3d, check_intrinsics, check_rotation
+from hrpose_ros.geometry import box_corners_3d, check_intrinsics, check_rotation, quaternion_from_matrix
 from hrpose_ros.types import ObjectModel
 
 __all__ = ["Lighting", "RenderOutput", "Renderer", "TinyRendererBackend", "projection_matrix"]
@@ -400,9 +400,9 @@ class TinyRendererBackend:
         self.bodies = []
         for obj_id, R, t in poses:
             shape, texture = self.shapes[obj_id]
-            q = trimesh.transformations.quaternion_from_matrix(np.block([[R, t[:, None]], [0, 0, 0, 1]]))
+            q = quaternion_from_matrix(R)  # x, y, z, w: PyBullet's order
             body = pb.createMultiBody(baseVisualShapeIndex=shape, basePosition=t.tolist(),
-                                      baseOrientation=[q[1], q[2], q[3], q[0]], physicsClientId=self.client)
+                                      baseOrientation=q.tolist(), physicsClientId=self.client)
             if texture is not None:
                 pb.changeVisualShape(body, -1, textureUniqueId=texture, physicsClientId=self.client)
             self.bodies.append(body)

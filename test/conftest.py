@@ -11,3 +11,7 @@ import random
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 101)))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+# torch, torchvision and triton load before any test creates the renderer's EGL context (moderngl
+# on Mesa): loaded after it they crash the process, whatever subset of files runs first.
+import hrpose_ros.networks  # noqa: E402,F401

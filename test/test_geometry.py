@@ -192,7 +192,7 @@ def test_quaternion_round_trip_and_known_value():
     np.testing.assert_allclose(quaternion_from_matrix(Rz), [0, 0, math.sqrt(0.5), math.sqrt(0.5)], atol=1e-12)
     unnormalised = [0, 0, 2 * math.sqrt(0.5), 2 * math.sqrt(0.5)]
     np.testing.assert_allclose(matrix_from_quaternion(unnormalised), Rz, atol=1e-12)
-    # 180 degrees about x (w = 0): the branch that cannot divide by w.
+    # 180 degrees about x (w = 0): the quaternion cannot come from dividing by w.
     np.testing.assert_allclose(quaternion_from_matrix(np.diag([1.0, -1.0, -1.0])), [1, 0, 0, 0], atol=1e-12)
     for seed in range(50):
         R = Rotation.random(random_state=seed).as_matrix()
@@ -200,6 +200,11 @@ def test_quaternion_round_trip_and_known_value():
         assert q[3] >= 0
         np.testing.assert_allclose(q, Rotation.from_matrix(R).as_quat(canonical=True), atol=1e-12)
         np.testing.assert_allclose(matrix_from_quaternion(q), R, atol=1e-12)
+    # An R off orthonormal by less than the tolerance still gives a unit quaternion near its rotation.
+    R = Rotation.random(random_state=7).as_matrix()
+    q = quaternion_from_matrix(R + 2e-4 * np.random.default_rng(7).standard_normal((3, 3)))
+    assert np.linalg.norm(q) == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(q, quaternion_from_matrix(R), atol=1e-3)
     with pytest.raises(ValueError, match="q: expected a non-zero"):
         matrix_from_quaternion([0, 0, 0, 0])
     with pytest.raises(ValueError, match="R: expected a rotation"):
