@@ -71,7 +71,7 @@ from tqdm import tqdm
 from hrpose_ros.codec import CodecConfig, KeypointCodec
 from hrpose_ros.estimators import ESTIMATORS, default_weights, load_estimator
 from hrpose_ros.geometry import box_corners_3d, keypoints_3d, project
-from hrpose_ros.networks import BACKBONES, HRPose, HRPoseConfig
+from hrpose_ros.networks import BACKBONES, HRPose, HRPoseConfig, count_flops
 from hrpose_ros.node_config import PoseNodeConfig
 from hrpose_ros.node_driver import NodeDriver, NodeDriverError, pose_node_command
 from hrpose_ros.pipeline import DEFAULT_WEIGHTS, PosePipeline, letterbox, letterbox_scale, scale_points
@@ -79,13 +79,14 @@ from hrpose_ros.runtime import (
     Checkpoint,
     OnnxEngine,
     TorchEngine,
+    cpu_features,
+    cpu_model,
     export_onnx,
     has_native_bf16,
     load_checkpoint,
     save_checkpoint,
 )
-from hrpose_ros.runtime import cpu_features as runtime_cpu_features
-from hrpose_ros.types import CameraModel, ObjectModel
+from hrpose_ros.types import CameraModel, ObjectModel, ns_to_stamp, stamp_to_ns
 from training.quantize_int8 import calibration_images, int8_path_for, quantize_int8
 
 logger = logging.getLogger("benchmark")
@@ -163,19 +164,11 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[
     return out
 
 
-def cpu_features() -> dict:
+def cpu_summary() -> dict:
     """Return the CPU model, logical CPUs and hrpose_ros.runtime.cpu_features()'s flags with summaries."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:  # not Linux: the platform's name stays
-        pass
-    flags = runtime_cpu_features()
+    flags = cpu_features()
     return {
-        "model": model,
+        "model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "flags": flags,
         "bf16_hardware": has_native_bf16(flags),
@@ -190,15 +183,6 @@ def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> fl
     b = torch.randn(size, size).to(dtype)
     seconds = time_calls(lambda: torch.mm(a, b), repeats, warmup=2)
     return 2.0 * size**3 / float(np.median(seconds)) / 1e9
-
-
-def network_flops(model: torch.nn.Module, width: int, height: int) -> int:
-    """Return the FLOPs (2 per multiply-accumulate) of one forward pass at ``width`` x ``height``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, height, width))
-    return int(counter.get_total_flops())
 
 
 def rss_mb(pid: int | None = None) -> float:
@@ -521,7 +505,7 @@ class RosSide:
         from hrpose_ros import ros_conversions
 
         header = Header(frame_id="camera_color_optical_frame")
-        header.stamp.sec, header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+        header.stamp.sec, header.stamp.nanosec = ns_to_stamp(stamp_ns)
         return ros_conversions.rgb_to_image(rgb, header), ros_conversions.camera_info_msg(camera, header)
 
     def publish(self, poses, header) -> None:
@@ -712,9 +696,7 @@ class NodeRun:
                     self.node_latency.setdefault(stage, []).append(float(kv.value.split()[1]))
 
     def _on_poses(self, msg) -> None:
-        self.received[int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)] = (
-            time.perf_counter()
-        )
+        self.received[stamp_to_ns(msg.header.stamp)] = time.perf_counter()
 
     def wait_ready(self) -> str:
         """Return "" once the node subscribes and publishes, else why not."""
@@ -729,7 +711,8 @@ class NodeRun:
         from builtin_interfaces.msg import Time
 
         image, info = messages
-        stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+        sec, nanosec = ns_to_stamp(stamp_ns)
+        stamp = Time(sec=sec, nanosec=nanosec)
         image.header.stamp = stamp
         info.header.stamp = stamp
         return self.driver.send(image, info)
@@ -1407,7 +1390,7 @@ def main(argv=None) -> int:
     if args.estimator == "crops":
         return crops_main(args, settings, out)
     started, load_start = time.time(), os.getloadavg()[0]
-    cpu = cpu_features()
+    cpu = cpu_summary()
 
     checkpoint_path = resolve_checkpoint(args, out)
     checkpoint = load_checkpoint(checkpoint_path)
@@ -1427,7 +1410,8 @@ def main(argv=None) -> int:
         checkpoint_path, checkpoint, onnx_path, int8_path, random_weights, args.device, args.threads, cpu
     )
     active = [b for b in backends if b.pipeline is not None]
-    raw = {"flops": network_flops(checkpoint.build_model(), in_w, in_h), "nodes": []}
+    # count_flops counts multiply-accumulates; GFLOP/s and the matmul reference count 2 FLOPs each.
+    raw = {"flops": 2 * count_flops(checkpoint.build_model(), in_h, in_w), "nodes": []}
     ros = RosSide(objects)
     try:
         raw["samples"], raw["found"] = measure_stages(active, frames, ros, settings.frames, settings.warmup)

@@ -46,7 +46,7 @@ except ImportError:
 from lz4.frame import decompress as _lz4_decompress
 
 from hrpose_ros.geometry import matrix_from_quaternion, quaternion_from_matrix
-from hrpose_ros.types import CameraModel, ObjectPose
+from hrpose_ros.types import CameraModel, ObjectPose, ns_to_stamp, stamp_to_ns
 
 __all__ = [
     "CAMERA_FRAME",
@@ -154,16 +154,11 @@ def hrpose_typestore() -> Typestore:
 # --- message <-> numpy ---------------------------------------------------------------------
 
 
-def _stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 def _header(typestore: Typestore, stamp_ns: int, frame_id: str):
     Time = typestore.types["builtin_interfaces/msg/Time"]
     Header = typestore.types["std_msgs/msg/Header"]
-    return Header(
-        stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id
-    )
+    sec, nanosec = ns_to_stamp(stamp_ns)
+    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
 def image_from_msg(msg) -> np.ndarray:
@@ -619,7 +614,7 @@ def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[Ba
                 break
             topic, msgtype, raw = item
             msg = typestore.deserialize_cdr(raw, msgtype)
-            stamp = _stamp_ns(msg.header)
+            stamp = stamp_to_ns(msg.header.stamp)
             if topic == topics.image:
                 pending.append((stamp, msg.header.frame_id, image_from_msg(msg)))
             elif topic == topics.camera_info:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field, fields
 
 from hrpose_ros.estimators import ESTIMATORS  # imports no torch: the pipelines load lazily
+from hrpose_ros.types import checked_device
 
 __all__ = ["PoseNodeConfig", "estimator_options", "parameter_specs"]
 
@@ -105,8 +106,7 @@ class PoseNodeConfig:
             if meta["low"] is not None and not meta["low"] <= value <= meta["high"]:
                 raise ValueError(f"parameter '{spec.name}': expected a value in [{meta['low']}, "
                                  f"{meta['high']}], got {value!r}")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"parameter 'device': expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        checked_device(self.device, "parameter 'device'", allow_auto=True)
         if self.precision == "int8" and self.backend != "onnxruntime":
             raise ValueError(f"parameter 'precision': int8 needs backend onnxruntime (a QDQ .int8.onnx "
                              f"model), got backend {self.backend}")

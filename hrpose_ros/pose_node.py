@@ -57,7 +57,7 @@ from hrpose_ros.bop import load_object_models
 from hrpose_ros.msg import ObjectPoseArray
 from hrpose_ros.node_config import PoseNodeConfig, estimator_options, parameter_specs
 from hrpose_ros.sync import ApproximateTimeSynchronizer
-from hrpose_ros.types import CameraModel, ObjectModel
+from hrpose_ros.types import CameraModel, ObjectModel, stamp_to_ns
 
 if TYPE_CHECKING:  # the estimators import torch: load_pipeline does, once the parameters are checked
     from hrpose_ros.estimators import Estimator
@@ -128,10 +128,6 @@ def display_objects(config: PoseNodeConfig, objects: list[ObjectModel]) -> dict[
         raise ValueError(f"objects_dir: {config.objects_dir} has no models for obj_id {missing} "
                          f"that the network knows")
     return {obj_id: replace(obj, mesh_path=meshes[obj_id]) for obj_id, obj in by_id.items()}
-
-
-def _stamp_ns(msg) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
 def _all_finite(pose) -> bool:
@@ -289,11 +285,11 @@ class PoseNode(Node):
 
         def on_image(msg: Image) -> None:
             self._on_image_seen(msg)
-            self._sync.add(0, _stamp_ns(msg), msg)
+            self._sync.add(0, stamp_to_ns(msg.header.stamp), msg)
 
         def on_info(msg: CameraInfo) -> None:
             self._on_camera_info_seen(msg)
-            self._sync.add(1, _stamp_ns(msg), msg)
+            self._sync.add(1, stamp_to_ns(msg.header.stamp), msg)
 
         image_sub = self.create_subscription(Image, "image", on_image, **options)
         info_sub = self.create_subscription(CameraInfo, "camera_info", on_info, **options)

@@ -49,7 +49,7 @@ from hrpose_ros.bag_io import BagError, BagFrame, BagTopics
 from hrpose_ros.estimators import ESTIMATORS
 from hrpose_ros.metrics import Thresholds
 from hrpose_ros.node_driver import NodeDriver, NodeDriverError, pose_node_command
-from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
+from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose, ns_to_stamp, stamp_to_ns
 
 __all__ = [
     "DEFAULT_START_NS",
@@ -657,7 +657,7 @@ class LiveNodeEstimator:
         return estimator
 
     def _on_objects(self, msg) -> None:
-        self._answers[int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)] = msg
+        self._answers[stamp_to_ns(msg.header.stamp)] = msg
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:
         """Return the poses the live node publishes for one image (sent with a fresh stamp)."""
@@ -667,7 +667,7 @@ class LiveNodeEstimator:
 
         self._stamp_ns += 1_000_000  # a fresh stamp per call: the answer is recognised by it
         header = Header(frame_id=bag_io.CAMERA_FRAME)
-        header.stamp.sec, header.stamp.nanosec = divmod(self._stamp_ns, 1_000_000_000)
+        header.stamp.sec, header.stamp.nanosec = ns_to_stamp(self._stamp_ns)
         info = ros_conversions.camera_info_msg(camera, header)
         image = ros_conversions.rgb_to_image(np.ascontiguousarray(image_rgb), header)
         stamp = self._stamp_ns

@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import os
-import re
+import platform
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -35,7 +35,7 @@ import torch
 
 from hrpose_ros.codec import CodecConfig
 from hrpose_ros.networks import HRPose, HRPoseConfig
-from hrpose_ros.types import ObjectModel
+from hrpose_ros.types import ObjectModel, checked_device
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -49,6 +49,7 @@ __all__ = [
     "cached_onnx_export",
     "compact_points",
     "cpu_features",
+    "cpu_model",
     "create_engine",
     "export_onnx",
     "has_native_bf16",
@@ -105,6 +106,23 @@ _QUANTIZED_OPS = frozenset(
 )
 
 
+def _cpuinfo_field(cpuinfo, key: str) -> str | None:
+    """Return the value of the first ``key`` line of ``cpuinfo`` (Linux /proc/cpuinfo), or None."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(key):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model(cpuinfo="/proc/cpuinfo") -> str:
+    """Return the CPU's model name from ``cpuinfo``, else the platform's processor or machine name."""
+    return _cpuinfo_field(cpuinfo, "model name") or platform.processor() or platform.machine()
+
+
 def cpu_features(cpuinfo="/proc/cpuinfo") -> dict[str, bool]:
     """Return {flag: present} for each name in :data:`CPU_FLAGS`, from ``cpuinfo``'s first ``flags`` line.
 
@@ -112,17 +130,9 @@ def cpu_features(cpuinfo="/proc/cpuinfo") -> dict[str, bool]:
     cpuinfo probes answer the flags they cover (avx2, avx512f, avx512_vnni, avx512_bf16, amx_tile);
     every other flag is then False. Never raises.
     """
-    flags = None
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.partition(":")[2].split())
-                    break
-    except OSError:
-        pass
-    if flags is None:
-        flags = set()
+    line = _cpuinfo_field(cpuinfo, "flags")
+    flags = set() if line is None else set(line.split())
+    if line is None:
         for flag, probe in _TORCH_CPU_PROBES.items():
             check = getattr(torch.cpu, probe, None)
             try:
@@ -185,11 +195,7 @@ def resolve_device(device: str, backend: str = "torch", available: Sequence[str]
     a machine with a GPU uses it without being told. ValueError (naming ``device``) for anything
     but auto, cpu, cuda or cuda:N.
     """
-    if device != "auto":
-        try:
-            _parse_device(device)
-        except ValueError:
-            raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if checked_device(device, allow_auto=True) != "auto":
         return device
     if backend == "onnxruntime":
         if available is None:
@@ -202,9 +208,7 @@ def resolve_device(device: str, backend: str = "torch", available: Sequence[str]
 
 def _parse_device(device: str) -> torch.device:
     """Return ``device`` ("cpu", "cuda" or "cuda:N") as a torch.device (ValueError naming ``device``)."""
-    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise ValueError(f"device: expected cpu, cuda or cuda:N, got {device!r}")
-    return torch.device(device)
+    return torch.device(checked_device(device))
 
 
 def _cache_dir(cache_dir=None) -> Path:

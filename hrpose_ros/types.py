@@ -1,16 +1,32 @@
-"""Small frozen dataclasses for what travels between the pipeline's stages.
+"""Small frozen dataclasses for what travels between the pipeline's stages, and their input checks.
 
 Units follow REP 103 everywhere inside the package: metres and radians. Millimetres
-appear only at the BOP-format boundary (``hrpose_ros.bop``). Nothing here imports ROS.
+appear only at the BOP-format boundary (``hrpose_ros.bop``). Header stamps are integer
+nanoseconds inside the package (:func:`stamp_to_ns`, :func:`ns_to_stamp`). Nothing here
+imports ROS or torch.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CameraModel", "Detection", "ObjectModel", "ObjectPose", "checked_array", "checked_image"]
+__all__ = [
+    "CameraModel",
+    "Detection",
+    "ObjectModel",
+    "ObjectPose",
+    "checked_array",
+    "checked_device",
+    "checked_image",
+    "ns_to_stamp",
+    "stamp_to_ns",
+]
+
+_NS_PER_SEC = 1_000_000_000
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
 def checked_array(value, name: str, shape: tuple, allow_batch: bool = False) -> np.ndarray:
@@ -35,6 +51,28 @@ def checked_array(value, name: str, shape: tuple, allow_batch: bool = False) -> 
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name}: contains NaN or infinite values")
     return array
+
+
+def checked_device(device, name: str = "device", allow_auto: bool = False) -> str:
+    """Return ``device`` if it is "cpu", "cuda" or "cuda:N" ("auto" too with ``allow_auto``).
+
+    ValueError naming ``name`` otherwise. The one device-name check, torch-free so that
+    configuration can validate a device without importing torch.
+    """
+    if isinstance(device, str) and (_DEVICE.fullmatch(device) or (allow_auto and device == "auto")):
+        return device
+    expected = "auto, cpu, cuda or cuda:N" if allow_auto else "cpu, cuda or cuda:N"
+    raise ValueError(f"{name}: expected {expected}, got {device!r}")
+
+
+def stamp_to_ns(stamp) -> int:
+    """Return a ``builtin_interfaces/Time`` ``stamp`` (anything with ``sec``, ``nanosec``) in nanoseconds."""
+    return int(stamp.sec) * _NS_PER_SEC + int(stamp.nanosec)
+
+
+def ns_to_stamp(stamp_ns: int) -> tuple[int, int]:
+    """Return (sec, nanosec) of ``stamp_ns`` nanoseconds: the fields of a ``builtin_interfaces/Time``."""
+    return divmod(int(stamp_ns), _NS_PER_SEC)
 
 
 def _frozen_array(value, name: str, shape: tuple) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 from benchmarks.benchmark import (
     CAMERA,
     Stats,
-    cpu_features,
+    cpu_summary,
     encode_maps,
     evaluate_goals,
     paint_scene,
@@ -63,8 +63,8 @@ def test_stats_are_median_and_p90_in_milliseconds():
     assert Stats.of([]).n == 0 and str(Stats.of([])) == "-"
 
 
-def test_cpu_features_are_consistent_with_cpuinfo():
-    cpu = cpu_features()
+def test_cpu_summary_is_consistent_with_cpuinfo():
+    cpu = cpu_summary()
     assert set(cpu["flags"]) >= {"avx2", "avx512_bf16", "amx_bf16", "amx_int8"}
     assert cpu["amx"] == (cpu["flags"]["amx_bf16"] and cpu["flags"]["amx_int8"])
     assert cpu["bf16_hardware"] == (cpu["flags"]["avx512_bf16"] or cpu["flags"]["amx_bf16"])

@@ -8,6 +8,7 @@ project's machines) and check the clean fall-back to fp32 with the flags of a CP
 from __future__ import annotations
 
 import logging
+import platform
 import re
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from hrpose_ros.runtime import (
     OnnxEngine,
     TorchEngine,
     cpu_features,
+    cpu_model,
     create_engine,
     export_onnx,
     has_native_bf16,
@@ -128,6 +130,11 @@ def test_cpu_features_without_cpuinfo_come_from_torch_probes(tmp_path):
     covered = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
     assert {f: probed[f] for f in covered} == {f: real[f] for f in covered}
     assert not any(v for f, v in probed.items() if f not in covered)
+
+
+def test_cpu_model_is_the_model_name_of_cpuinfo_else_the_platform(tmp_path):
+    assert cpu_model(_cpuinfo(tmp_path, CASCADE_LAKE_FLAGS)) == "Intel(R) Xeon(R)"
+    assert cpu_model(tmp_path / "no_such_cpuinfo") == (platform.processor() or platform.machine())
 
 
 # -------------------------------------------------------------------------------- precision choice
