@@ -16,7 +16,8 @@ A replay bag holds three topics (any names; the defaults below are what the conv
 Frames are matched by header stamp: each image is paired with the ground truth carrying the
 same stamp and with the camera_info of the same stamp (or else the latest one before it).
 The package's own message types are registered in the rosbags typestore from ``msg/*.msg``
-(the checkout's, or ``share/hrpose_ros/msg`` of an installed package).
+(the checkout's, or ``share/hrpose_ros/msg`` of an installed package). Messages are converted by
+:mod:`hrpose_ros.ros_conversions`, the same code and checks as the live node's.
 
 Read errors (a truncated or corrupt bag, a missing topic, no camera_info, frame ids that do
 not match) raise :class:`BagError`, a ``ValueError`` naming the bag and the topic; the
@@ -32,7 +33,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from rosbags.rosbag2 import Reader, ReaderError, Writer
 from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
@@ -45,8 +45,8 @@ except ImportError:
     from backports.zstd import decompress as _zstd_decompress
 from lz4.frame import decompress as _lz4_decompress
 
-from hrpose_ros.geometry import matrix_from_quaternion, quaternion_from_matrix
-from hrpose_ros.types import CameraModel, ObjectPose, ns_to_stamp, stamp_to_ns
+from hrpose_ros import ros_conversions as convert
+from hrpose_ros.types import CameraModel, ObjectPose, stamp_to_ns
 
 __all__ = [
     "CAMERA_FRAME",
@@ -77,9 +77,7 @@ OBJECT_POSE_TYPE = "hrpose_ros/msg/ObjectPose"
 OBJECT_POSE_ARRAY_TYPE = "hrpose_ros/msg/ObjectPoseArray"
 
 _STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
-_IMAGE_FORMATS = ("raw", "png", "jpeg")
-# OpenCV's distortion vector understands these two ROS models; "" = none given.
-_DISTORTION_MODELS = ("", "plumb_bob", "rational_polynomial")
+_IMAGE_FORMATS = ("raw", *convert.COMPRESSED_FORMATS)
 # Images held back while waiting for their camera_info / ground truth (a few frames at most).
 _MAX_PENDING = 30
 _MCAP_MAGIC = b"\x89MCAP0\r\n"
@@ -149,183 +147,6 @@ def hrpose_typestore() -> Typestore:
     raise ValueError(
         f"hrpose_ros message definitions (ObjectPose.msg, ObjectPoseArray.msg) not found in: {searched}"
     )
-
-
-# --- message <-> numpy ---------------------------------------------------------------------
-
-
-def _header(typestore: Typestore, stamp_ns: int, frame_id: str):
-    Time = typestore.types["builtin_interfaces/msg/Time"]
-    Header = typestore.types["std_msgs/msg/Header"]
-    sec, nanosec = ns_to_stamp(stamp_ns)
-    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
-
-
-def image_from_msg(msg) -> np.ndarray:
-    """Return the (H, W, 3) uint8 RGB pixels of a sensor_msgs Image or CompressedImage message."""
-    if hasattr(msg, "format"):  # CompressedImage
-        data = np.asarray(msg.data, dtype=np.uint8)
-        decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-        if decoded is None:
-            raise ValueError(f"compressed image ({msg.format!r}, {data.size} bytes) could not be decoded")
-        if decoded.ndim == 2:
-            return np.ascontiguousarray(np.repeat(decoded[:, :, None], 3, axis=2))
-        if decoded.dtype != np.uint8:
-            raise ValueError(f"compressed image: expected 8-bit channels, got {decoded.dtype}")
-        code = cv2.COLOR_BGRA2RGB if decoded.shape[2] == 4 else cv2.COLOR_BGR2RGB
-        return cv2.cvtColor(decoded, code)
-    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
-    if msg.encoding not in channels:
-        raise ValueError(f"image encoding {msg.encoding!r} not supported; expected one of {sorted(channels)}")
-    c = channels[msg.encoding]
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if msg.step < msg.width * c or data.size < msg.step * msg.height:
-        raise ValueError(
-            f"image data: {data.size} bytes for {msg.width}x{msg.height} {msg.encoding} with step {msg.step}"
-        )
-    rows = data[: msg.step * msg.height].reshape(msg.height, msg.step)
-    pixels = rows[:, : msg.width * c].reshape(msg.height, msg.width, c)
-    if msg.encoding == "rgb8":
-        return np.ascontiguousarray(pixels)
-    if msg.encoding == "mono8":
-        return np.ascontiguousarray(np.repeat(pixels, 3, axis=2))
-    code = {"bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB}[msg.encoding]
-    return cv2.cvtColor(np.ascontiguousarray(pixels), code)
-
-
-def camera_from_msg(msg) -> CameraModel:
-    """Return the CameraModel (K, D, size) of a sensor_msgs CameraInfo message."""
-    if msg.distortion_model not in _DISTORTION_MODELS:
-        raise ValueError(
-            f"camera_info distortion_model {msg.distortion_model!r} not supported; "
-            f"expected one of {[m for m in _DISTORTION_MODELS if m]}"
-        )
-    return CameraModel(
-        K=np.asarray(msg.k, dtype=np.float64).reshape(3, 3),
-        width=int(msg.width),
-        height=int(msg.height),
-        dist=np.asarray(msg.d, dtype=np.float64),
-    )
-
-
-def poses_from_msg(msg) -> tuple[ObjectPose, ...]:
-    """Return the ObjectPoses (R (3, 3), t (3,) metres) of an hrpose_ros ObjectPoseArray message."""
-    poses = []
-    for obj in msg.objects:
-        p, q = obj.pose.position, obj.pose.orientation
-        quaternion = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
-        norm = np.linalg.norm(quaternion)
-        if not np.isfinite(norm) or abs(norm - 1.0) > 1e-3:
-            raise ValueError(
-                f"object {obj.class_name!r} (id {obj.class_id}): quaternion norm {norm}, expected 1"
-            )
-        keypoints = np.asarray(obj.keypoints_2d, dtype=np.float64)
-        if keypoints.size % 2:
-            raise ValueError(f"object {obj.class_name!r}: keypoints_2d has odd length {keypoints.size}")
-        poses.append(
-            ObjectPose(
-                class_name=obj.class_name,
-                obj_id=int(obj.class_id),
-                instance_id=int(obj.instance_id),
-                score=float(obj.score),
-                R=matrix_from_quaternion(quaternion / norm),
-                t=np.array([p.x, p.y, p.z], dtype=np.float64),
-                keypoints_2d=keypoints.reshape(-1, 2),
-                keypoint_ids=np.asarray(obj.keypoint_ids, dtype=np.int64),
-                reprojection_error=float(obj.reprojection_error),
-            )
-        )
-    return tuple(poses)
-
-
-def image_to_msg(
-    typestore: Typestore,
-    image: np.ndarray,
-    stamp_ns: int,
-    frame_id: str,
-    fmt: str = "raw",
-    jpeg_quality: int = 95,
-):
-    """Return a sensor_msgs Image (``fmt`` "raw", rgb8) or CompressedImage ("png", "jpeg") of RGB pixels."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image: expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
-    header = _header(typestore, stamp_ns, frame_id)
-    if fmt == "raw":
-        Image = typestore.types[IMAGE_TYPE]
-        h, w = image.shape[:2]
-        return Image(
-            header=header,
-            height=h,
-            width=w,
-            encoding="rgb8",
-            is_bigendian=0,
-            step=3 * w,
-            data=np.ascontiguousarray(image).reshape(-1),
-        )
-    if fmt not in ("png", "jpeg"):
-        raise ValueError(f"image format: expected one of {_IMAGE_FORMATS}, got {fmt!r}")
-    params = (
-        [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if fmt == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION, 6]
-    )
-    ok, encoded = cv2.imencode(
-        "." + ("jpg" if fmt == "jpeg" else "png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params
-    )
-    if not ok:
-        raise ValueError(f"image: OpenCV could not encode a {image.shape} image as {fmt}")
-    CompressedImage = typestore.types[COMPRESSED_IMAGE_TYPE]
-    # image_transport's compressed format string: "<original encoding>; <codec> compressed <encoded as>"
-    return CompressedImage(header=header, format=f"rgb8; {fmt} compressed bgr8", data=encoded.reshape(-1))
-
-
-def camera_to_msg(typestore: Typestore, camera: CameraModel, stamp_ns: int, frame_id: str):
-    """Return a sensor_msgs CameraInfo message for ``camera`` (P = [K | 0] of the raw image)."""
-    CameraInfo = typestore.types[CAMERA_INFO_TYPE]
-    RegionOfInterest = typestore.types["sensor_msgs/msg/RegionOfInterest"]
-    dist = np.asarray(camera.dist, dtype=np.float64)
-    model = "rational_polynomial" if dist.size > 5 else "plumb_bob"
-    if dist.size < 5:
-        dist = np.concatenate([dist, np.zeros(5 - dist.size)])
-    P = np.zeros((3, 4))
-    P[:, :3] = camera.K
-    return CameraInfo(
-        header=_header(typestore, stamp_ns, frame_id),
-        height=camera.height,
-        width=camera.width,
-        distortion_model=model,
-        d=dist,
-        k=np.asarray(camera.K, dtype=np.float64).reshape(-1),
-        r=np.eye(3).reshape(-1),
-        p=P.reshape(-1),
-        binning_x=0,
-        binning_y=0,
-        roi=RegionOfInterest(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
-    )
-
-
-def poses_to_msg(typestore: Typestore, poses: Sequence[ObjectPose], stamp_ns: int, frame_id: str):
-    """Return an hrpose_ros ObjectPoseArray message holding ``poses`` (metres, camera optical frame)."""
-    types = typestore.types
-    Pose, Point, Quaternion = (types[f"geometry_msgs/msg/{n}"] for n in ("Pose", "Point", "Quaternion"))
-    objects = []
-    for pose in poses:
-        q = quaternion_from_matrix(pose.R)
-        objects.append(
-            types[OBJECT_POSE_TYPE](
-                class_name=pose.class_name,
-                class_id=int(pose.obj_id),
-                instance_id=int(pose.instance_id),
-                score=float(pose.score),
-                pose=Pose(
-                    position=Point(x=float(pose.t[0]), y=float(pose.t[1]), z=float(pose.t[2])),
-                    orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])),
-                ),
-                keypoints_2d=np.asarray(pose.keypoints_2d, dtype=np.float32).reshape(-1),
-                keypoint_ids=np.asarray(pose.keypoint_ids, dtype=np.uint8).reshape(-1),
-                reprojection_error=float(pose.reprojection_error),
-            )
-        )
-    return types[OBJECT_POSE_ARRAY_TYPE](header=_header(typestore, stamp_ns, frame_id), objects=objects)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -577,13 +398,10 @@ def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[Ba
                 topics.camera_info,
                 f"frame_id {camera_frame!r} differs from the image's {frame_id!r} on {topics.image}",
             )
-        if (image.shape[1], image.shape[0]) != (camera.width, camera.height):
-            raise BagError(
-                bag,
-                topics.camera_info,
-                f"camera_info size {camera.width}x{camera.height} differs from the image's "
-                f"{image.shape[1]}x{image.shape[0]} at stamp {stamp} ns on {topics.image}",
-            )
+        try:
+            convert.check_image_size(image.shape[1], image.shape[0], (camera.width, camera.height))
+        except ValueError as exc:
+            raise BagError(bag, topics.camera_info, f"{exc} at stamp {stamp} ns on {topics.image}") from exc
         truth = None
         if topics.ground_truth is not None:
             if stamp not in truths:
@@ -614,14 +432,6 @@ def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[Ba
                 break
             topic, msgtype, raw = item
             msg = typestore.deserialize_cdr(raw, msgtype)
-            stamp = stamp_to_ns(msg.header.stamp)
-            if topic == topics.image:
-                pending.append((stamp, msg.header.frame_id, image_from_msg(msg)))
-            elif topic == topics.camera_info:
-                latest_camera = (camera_from_msg(msg), msg.header.frame_id)
-                cameras[stamp] = latest_camera
-            else:
-                truths[stamp] = (poses_from_msg(msg), msg.header.frame_id)
         except BagError:
             raise
         except _TruncatedError as exc:
@@ -630,7 +440,7 @@ def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[Ba
                 f"{index} of them with their camera_info and ground truth ({exc})"
             )
             raise BagError(bag, topics.image, reason) from exc
-        except Exception as exc:  # rosbags, CDR and decoding errors all mean: this message is unreadable
+        except Exception as exc:  # rosbags and CDR errors all mean: this message is unreadable
             name = topic or ", ".join(sorted(wanted))
             done = f"after {counts[topic]} good messages on it" if topic else "while reading"
             raise BagError(
@@ -638,6 +448,18 @@ def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[Ba
                 name,
                 f"unreadable message {done} (truncated or corrupt bag?): {type(exc).__name__}: {exc}",
             ) from exc
+        try:
+            stamp = stamp_to_ns(msg.header.stamp)
+            if topic == topics.image:
+                pending.append((stamp, msg.header.frame_id, convert.image_to_rgb(msg)))
+            elif topic == topics.camera_info:
+                latest_camera = (convert.camera_model_from_info(msg, rectified=False), msg.header.frame_id)
+                cameras[stamp] = latest_camera
+            else:
+                truths[stamp] = (convert.poses_from_msg(msg), msg.header.frame_id)
+        except Exception as exc:  # an intact message that the conversion refuses, as the live node would
+            reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            raise BagError(bag, topic, f"message {counts[topic] + 1}: {reason}") from exc
         counts[topic] += 1
         # An image waits for its partners at most _MAX_PENDING messages; then emit() names what is missing.
         while pending and (ready(pending[0][0]) or len(pending) > _MAX_PENDING):
@@ -728,27 +550,19 @@ class BagWriter:
         if (ground_truth is None) != (self._truth is None):
             raise ValueError("ground_truth: give it exactly when the bag has a ground-truth topic")
         ts = self.typestore
-        self._writer.write(
-            self._image,
-            stamp_ns,
-            ts.serialize_cdr(
-                image_to_msg(ts, image, stamp_ns, self.frame_id, self.image_format, self.jpeg_quality),
-                self._image.msgtype,
-            ),
-        )
-        self._writer.write(
-            self._info,
-            stamp_ns,
-            ts.serialize_cdr(camera_to_msg(ts, camera, stamp_ns, self.frame_id), CAMERA_INFO_TYPE),
-        )
-        if self._truth is not None:
-            self._writer.write(
-                self._truth,
-                stamp_ns,
-                ts.serialize_cdr(
-                    poses_to_msg(ts, ground_truth, stamp_ns, self.frame_id), OBJECT_POSE_ARRAY_TYPE
-                ),
+        header = convert.header_msg(stamp_ns, self.frame_id, ts.types)
+        if self.image_format == "raw":
+            image_msg = convert.rgb_to_image(image, header, ts.types)
+        else:
+            image_msg = convert.compressed_image_msg(
+                image, header, self.image_format, self.jpeg_quality, ts.types
             )
+        self._writer.write(self._image, stamp_ns, ts.serialize_cdr(image_msg, self._image.msgtype))
+        info_msg = convert.camera_info_msg(camera, header, ts.types)
+        self._writer.write(self._info, stamp_ns, ts.serialize_cdr(info_msg, CAMERA_INFO_TYPE))
+        if self._truth is not None:
+            truth_msg = convert.object_pose_array_msg(ground_truth, header, ts.types)
+            self._writer.write(self._truth, stamp_ns, ts.serialize_cdr(truth_msg, OBJECT_POSE_ARRAY_TYPE))
         self.frames_written += 1
 
     def close(self) -> None:

@@ -44,12 +44,12 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
-from hrpose_ros import bag_io, bop, metrics
+from hrpose_ros import bag_io, bop, metrics, ros_conversions
 from hrpose_ros.bag_io import BagError, BagFrame, BagTopics
 from hrpose_ros.estimators import ESTIMATORS
 from hrpose_ros.metrics import Thresholds
 from hrpose_ros.node_driver import NodeDriver, NodeDriverError, pose_node_command
-from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose, ns_to_stamp, stamp_to_ns
+from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose, stamp_to_ns
 
 __all__ = [
     "DEFAULT_START_NS",
@@ -661,13 +661,8 @@ class LiveNodeEstimator:
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:
         """Return the poses the live node publishes for one image (sent with a fresh stamp)."""
-        from std_msgs.msg import Header
-
-        from hrpose_ros import ros_conversions
-
         self._stamp_ns += 1_000_000  # a fresh stamp per call: the answer is recognised by it
-        header = Header(frame_id=bag_io.CAMERA_FRAME)
-        header.stamp.sec, header.stamp.nanosec = ns_to_stamp(self._stamp_ns)
+        header = ros_conversions.header_msg(self._stamp_ns, bag_io.CAMERA_FRAME)
         info = ros_conversions.camera_info_msg(camera, header)
         image = ros_conversions.rgb_to_image(np.ascontiguousarray(image_rgb), header)
         stamp = self._stamp_ns
@@ -678,7 +673,7 @@ class LiveNodeEstimator:
             raise self._driver.failure(f"pose_node: no answer to image {self._calls} within {timeout:.0f} s")
         msg = self._answers.pop(stamp)
         self.last_timings = {"round_trip": time.perf_counter() - start}
-        return list(bag_io.poses_from_msg(msg))
+        return list(ros_conversions.poses_from_msg(msg))
 
     def close(self) -> None:
         """Stop the node subprocess and the driver node."""

@@ -11,6 +11,7 @@ from rosbags.rosbag2 import Reader, Writer
 from rosbags.rosbag2.enums import StoragePlugin
 
 from hrpose_ros import bag_io
+from hrpose_ros import ros_conversions as rc
 from hrpose_ros.bag_io import BagError, BagTopics, BagWriter
 from hrpose_ros.geometry import matrix_from_quaternion
 from hrpose_ros.msg import ObjectPoseArray
@@ -170,8 +171,9 @@ def test_missing_topic_lists_what_the_bag_has(tmp_path):
         bag_io.resolve_topics(tmp_path / "nope")
 
 
-def _manual_bag(path, frame_ids=("cam", "cam", "cam"), with_info=True, truth_obj=1):
-    """A bag written message by message, to make what BagWriter never writes."""
+def _manual_bag(path, frame_ids=("cam", "cam", "cam"), with_info=True, truth_obj=1, edit_image=None,
+                edit_info=None):
+    """A bag written message by message, to make what BagWriter never writes (``edit_*`` change a message)."""
     ts = bag_io.hrpose_typestore()
     image = _photos(1)[0]
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
@@ -182,27 +184,19 @@ def _manual_bag(path, frame_ids=("cam", "cam", "cam"), with_info=True, truth_obj
         gt_c = writer.add_connection("/gt", bag_io.OBJECT_POSE_ARRAY_TYPE, typestore=ts)
         for i in range(2):
             stamp = T0 + i * PERIOD
-            writer.write(
-                img_c,
-                stamp,
-                ts.serialize_cdr(bag_io.image_to_msg(ts, image, stamp, frame_ids[0]), bag_io.IMAGE_TYPE),
-            )
+            image_header, info_header, truth_header = (rc.header_msg(stamp, f, ts.types) for f in frame_ids)
+            image_msg = rc.rgb_to_image(image, image_header, ts.types)
+            if edit_image is not None:
+                edit_image(image_msg)
+            writer.write(img_c, stamp, ts.serialize_cdr(image_msg, bag_io.IMAGE_TYPE))
             if info_c is not None:
-                writer.write(
-                    info_c,
-                    stamp,
-                    ts.serialize_cdr(
-                        bag_io.camera_to_msg(ts, CAMERA, stamp, frame_ids[1]), bag_io.CAMERA_INFO_TYPE
-                    ),
-                )
+                info_msg = rc.camera_info_msg(CAMERA, info_header, ts.types)
+                if edit_info is not None:
+                    edit_info(info_msg)
+                writer.write(info_c, stamp, ts.serialize_cdr(info_msg, bag_io.CAMERA_INFO_TYPE))
             truth = [ObjectPose("thing", truth_obj, 0, 1.0, np.eye(3), np.array([0.0, 0.0, 0.5]))]
-            writer.write(
-                gt_c,
-                stamp,
-                ts.serialize_cdr(
-                    bag_io.poses_to_msg(ts, truth, stamp, frame_ids[2]), bag_io.OBJECT_POSE_ARRAY_TYPE
-                ),
-            )
+            truth_msg = rc.object_pose_array_msg(truth, truth_header, ts.types)
+            writer.write(gt_c, stamp, ts.serialize_cdr(truth_msg, bag_io.OBJECT_POSE_ARRAY_TYPE))
 
 
 def test_no_camera_info_is_named(tmp_path):
@@ -225,6 +219,26 @@ def test_manual_bag_topics_resolve_by_type(tmp_path):
     assert bag_io.resolve_topics(tmp_path / "bag") == BagTopics("/cam/image", "/cam/info", "/gt")
     frames = list(bag_io.read_frames(tmp_path / "bag"))
     assert [f.ground_truth[0].obj_id for f in frames] == [1, 1]
+
+
+def test_image_data_longer_than_step_times_height_is_refused_like_the_node_does(tmp_path):
+    def one_byte_more(msg):
+        msg.data = np.append(msg.data, np.uint8(0))
+
+    _manual_bag(tmp_path / "bag", edit_image=one_byte_more)
+    with pytest.raises(BagError, match=r"topic /cam/image: message 1: image.data: 230401 bytes, expected"):
+        list(bag_io.read_frames(tmp_path / "bag"))
+
+
+def test_camera_info_binning_reaches_the_frame_camera(tmp_path):
+    def full_resolution_binned_by_two(msg):
+        msg.width, msg.height, msg.binning_x, msg.binning_y = 640, 480, 2, 2
+        msg.k = np.array([[600.0, 0.0, 319.0], [0.0, 620.0, 239.0], [0.0, 0.0, 1.0]]).ravel()
+
+    _manual_bag(tmp_path / "bag", edit_info=full_resolution_binned_by_two)
+    for frame in bag_io.read_frames(tmp_path / "bag"):
+        assert (frame.camera.width, frame.camera.height) == (320, 240)
+        np.testing.assert_allclose(frame.camera.K, CAMERA.K)
 
 
 def test_writer_refuses_existing_path_and_bad_options(tmp_path):
