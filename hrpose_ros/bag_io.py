@@ -51,6 +51,7 @@ from hrpose_ros.types import CameraModel, ObjectPose, stamp_to_ns
 __all__ = [
     "CAMERA_FRAME",
     "CAMERA_INFO_TOPIC",
+    "DEFAULT_START_NS",
     "GROUND_TRUTH_TOPIC",
     "IMAGE_TOPIC",
     "BagError",
@@ -69,6 +70,10 @@ IMAGE_TOPIC = "/camera/color/image_raw"
 CAMERA_INFO_TOPIC = "/camera/color/camera_info"
 GROUND_TRUTH_TOPIC = "/ground_truth/objects"
 CAMERA_FRAME = "camera_color_optical_frame"
+
+# Bag stamps of converted scenes start here (2023-11-14 22:13:20 UTC): a plausible wall time,
+# fixed so that converting a scene twice gives identical bags.
+DEFAULT_START_NS = 1_700_000_000 * 1_000_000_000
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"

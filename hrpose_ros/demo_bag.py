@@ -6,7 +6,7 @@
    the pile from a camera orbiting above it (:func:`orbit_camera_poses`; B's
    :func:`hrpose_ros.data.scenes.render_bin_sequence`), writing a BOP scene with the core's
    :class:`hrpose_ros.bop.SceneWriter` (rgb, depth, masks, scene_gt_info);
-2. converts that scene with :func:`hrpose_ros.replay.bop_scene_to_bag`, exactly as a user's
+2. converts that scene with :func:`hrpose_ros.bop_to_bag.bop_scene_to_bag`, exactly as a user's
    BOP dataset would be converted (instances less than 10 % visible are left out of the
    ground truth, as BOP does for its test targets).
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hrpose_ros import bop, replay
+from hrpose_ros import bop, bop_to_bag
 from hrpose_ros.types import CameraModel, ObjectModel
 
 __all__ = ["DEMO_FPS", "DEMO_FRAMES", "DEMO_SEED", "make_demo_bag", "orbit_camera_poses", "render_bin_scene"]
@@ -133,7 +133,7 @@ def make_demo_bag(
     with tempfile.TemporaryDirectory(prefix="hrpose-demo-") as tmp:
         scene_dir = Path(keep_scene) if keep_scene is not None else Path(tmp) / "000000"
         render_bin_scene(scene_dir, objects, n_frames=n_frames, seed=seed, progress=progress)
-        return replay.bop_scene_to_bag(
+        return bop_to_bag.bop_scene_to_bag(
             scene_dir,
             bag,
             names=names,

@@ -1,6 +1,6 @@
 """Replay evaluation report: tables, recall curves, latency plots, overlay video and strip.
 
-Everything is drawn from an :class:`hrpose_ros.replay.EvalResult`: the numbers in the
+Everything is drawn from an :class:`hrpose_ros.scoring.EvalResult`: the numbers in the
 tables are the ones in metrics.json, formatted. Plots use matplotlib's Agg backend (no
 display needed); the HTML report embeds its images, so it is one self-contained file,
 and report.md links the PNG files beside it. The overlay video is MPEG-4 Part 2 (mp4v,
@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 if TYPE_CHECKING:
-    from hrpose_ros.replay import EvalResult, FrameResult
+    from hrpose_ros.scoring import EvalResult, FrameResult
 
 __all__ = [
     "OverlayWriter",

@@ -1,4 +1,4 @@
-"""Replay evaluation: BOP scene -> bag converter, scoring against hand-computed errors, and whole runs."""
+"""Replay evaluation: whole runs of a converted bag, in process and through the live node."""
 
 import dataclasses
 import json
@@ -7,209 +7,11 @@ import math
 import cv2
 import numpy as np
 import pytest
-import skimage.data
 
-from hrpose_ros import bag_io, bop, metrics, replay
-from hrpose_ros.geometry import box_corners_3d
-from hrpose_ros.replay import FrameResult
-from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
+from hrpose_ros import bag_io, bop, bop_to_bag, metrics, replay, scoring
+from hrpose_ros.types import ObjectPose
 
-K = np.array([[320.0, 0.0, 159.5], [0.0, 320.0, 119.5], [0.0, 0.0, 1.0]])
-CAMERA = CameraModel(K=K, width=320, height=240)
 N_FRAMES = 6  # frames of the rendered test bag
-
-
-def _rot_z(deg: float) -> np.ndarray:
-    a = math.radians(deg)
-    return np.array([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
-
-
-def _rot_x(deg: float) -> np.ndarray:
-    a = math.radians(deg)
-    return np.array([[1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)], [0.0, math.sin(a), math.cos(a)]])
-
-
-# A 10 cm cube (no symmetries given: scored with ADD) and a square prism with its 4 turns about z.
-CUBE = ObjectModel(
-    obj_id=1,
-    name="cube",
-    points=box_corners_3d(np.array([[-0.05] * 3, [0.05] * 3])),
-    diameter=0.1 * math.sqrt(3),
-)
-PRISM_SYMS = np.stack(
-    [
-        np.block([[_rot_z(a), np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]])
-        for a in (0, 90, 180, 270)
-    ]
-)
-PRISM = ObjectModel(
-    obj_id=2,
-    name="prism",
-    points=box_corners_3d(np.array([[-0.03, -0.03, -0.06], [0.03, 0.03, 0.06]])),
-    diameter=math.sqrt(0.06**2 + 0.06**2 + 0.12**2),
-    symmetries=PRISM_SYMS,
-)
-OBJECTS = {1: CUBE, 2: PRISM}
-
-
-def _pose(obj, instance, R, t, score=1.0):
-    return ObjectPose(obj.name, obj.obj_id, instance, score, R, np.asarray(t, dtype=float))
-
-
-def _frame(estimates, truth, im_id=0):
-    return FrameResult(im_id, 0, CAMERA, tuple(estimates), tuple(truth), {"total": 0.1})
-
-
-# --- scoring -------------------------------------------------------------------------------------
-
-
-def test_errors_of_hand_made_offsets():
-    R_gt, t_gt = _rot_x(30.0), np.array([0.02, -0.01, 0.6])
-    gt = [
-        _pose(CUBE, 0, R_gt, t_gt),
-        _pose(CUBE, 1, R_gt, t_gt + [0.3, 0, 0]),
-        _pose(CUBE, 2, R_gt, t_gt + [0, 0.3, 0]),
-    ]
-    est = [
-        _pose(CUBE, 0, R_gt, t_gt + [0.003, 0.004, 0.0], score=0.9),  # pure translation: ADD = |d| = 5 mm
-        _pose(CUBE, 1, R_gt @ _rot_z(10.0), t_gt + [0.3, 0, 0], score=0.8),  # 10 deg about the model z axis
-    ]
-    scores, false_positives = replay.match_frame(_frame(est, gt), OBJECTS)
-    assert false_positives == {}
-    by_instance = {s.instance_id: s for s in scores}
-    assert by_instance[0].add_error == pytest.approx(0.005, abs=1e-12)
-    assert by_instance[0].translation_error == pytest.approx(0.005, abs=1e-12)
-    assert by_instance[0].rotation_error_deg == pytest.approx(0.0, abs=1e-5)
-    # Every cube corner is 5 cm * sqrt(2) from the z axis and moves by the chord 2 r sin(5 deg).
-    assert by_instance[1].add_error == pytest.approx(
-        2 * 0.05 * math.sqrt(2) * math.sin(math.radians(5)), rel=1e-9
-    )
-    assert by_instance[1].rotation_error_deg == pytest.approx(10.0, rel=1e-9)
-    assert by_instance[1].translation_error == pytest.approx(0.0, abs=1e-12)
-    assert not by_instance[2].found and by_instance[2].add_error == math.inf
-
-    summary = replay.summarize(scores, false_positives, OBJECTS, metrics.Thresholds())
-    cube = summary[0]
-    # ADD(-S) < 17.3 mm: instances 0 (5 mm) and 1 (12.3 mm); 5 cm 5 deg: only instance 0; one missed.
-    assert (cube.instances, cube.found) == (3, 2)
-    assert cube.add_recall == pytest.approx(2 / 3)
-    assert cube.cm_deg_recall == pytest.approx(1 / 3)
-    assert summary[-1].name == "mean" and summary[-1].add_recall == pytest.approx(2 / 3)
-
-
-def test_symmetric_object_turned_by_a_symmetry_is_exact():
-    R_gt, t_gt = _rot_x(-20.0), np.array([0.0, 0.05, 0.5])
-    gt = [_pose(PRISM, 0, R_gt, t_gt)]
-    est = [_pose(PRISM, 0, R_gt @ _rot_z(90.0), t_gt + [0.0, 0.0, 0.01])]  # a symmetry, 1 cm deeper
-    (score,), _ = replay.match_frame(_frame(est, gt), OBJECTS)
-    assert score.add_error == pytest.approx(0.01, abs=1e-9)  # ADD-S: every corner has its twin 1 cm away
-    assert score.rotation_error_deg == pytest.approx(0.0, abs=1e-5)
-    assert score.translation_error == pytest.approx(0.01, abs=1e-12)
-    # Against the symmetric ground truth (R_gt Rz(90)) the 2D error is the 1 cm depth change only.
-    expected_px = metrics.proj2d_error(est[0].R, est[0].t, R_gt @ _rot_z(90.0), t_gt, K, PRISM.points)
-    assert score.proj2d_error == pytest.approx(expected_px, rel=1e-12)
-    assert metrics.add_error(est[0].R, est[0].t, R_gt, t_gt, PRISM.points) > 0.04  # plain ADD would fail it
-
-
-def test_matching_gives_each_ground_truth_one_estimate_best_score_first():
-    R, t = np.eye(3), np.array([0.0, 0.0, 0.5])
-    gt = [_pose(CUBE, 0, R, t), _pose(CUBE, 1, R, t + [0.2, 0, 0])]
-    est = [
-        _pose(CUBE, 0, R, t + [0.2, 0, 0.004], score=0.4),  # near gt 1
-        _pose(CUBE, 1, R, t + [0.0, 0, 0.002], score=0.9),  # near gt 0
-        _pose(CUBE, 2, R, t + [0.0, 0, 0.030], score=0.3),  # a duplicate: nothing left to match
-        _pose(PRISM, 0, R, t, score=0.7),  # no prism in the image
-    ]
-    scores, false_positives = replay.match_frame(_frame(est, gt), OBJECTS)
-    assert false_positives == {1: 1, 2: 1}
-    assert [(s.instance_id, s.score) for s in scores] == [(0, 0.9), (1, 0.4)]
-    assert [s.translation_error for s in scores] == pytest.approx([0.002, 0.004])
-
-
-def test_latency_statistics_and_fps():
-    frames = [
-        FrameResult(i, 0, CAMERA, (), (), {"inference": s / 2, "total": s})
-        for i, s in enumerate([0.1, 0.2, 0.3, 0.4])
-    ]
-    stats, fps = replay.latency_stats(frames)
-    assert stats["total"]["mean_ms"] == pytest.approx(250.0)
-    assert stats["total"]["median_ms"] == pytest.approx(250.0)
-    assert stats["total"]["max_ms"] == pytest.approx(400.0)
-    assert stats["total"]["p90_ms"] == pytest.approx(370.0)  # linear interpolation between 300 and 400
-    assert stats["inference"]["mean_ms"] == pytest.approx(125.0)
-    assert fps == pytest.approx(4.0)
-
-
-# --- converter -----------------------------------------------------------------------------------
-
-
-def _photo_scene(scene_dir, n=3):
-    """A BOP scene of real photographs with annotated poses (the converter does not look at pixels)."""
-    photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
-    truth = []
-    with bop.SceneWriter(scene_dir) as writer:
-        for i in range(n):
-            image = cv2.resize(photos[i % 3], (320, 240), interpolation=cv2.INTER_AREA)
-            instances = [
-                bop.GtInstance(1, _rot_x(10.0 * i), [0.01 * i, 0.0, 0.5]),
-                bop.GtInstance(2, _rot_z(5.0 * i), [-0.05, 0.02, 0.6]),
-                bop.GtInstance(1, _rot_z(-7.0 * i), [0.05, 0.03, 0.55]),
-            ]
-            writer.add_frame(image, K, instances)
-            truth.append((image, instances))
-    return truth
-
-
-def test_bop_scene_round_trips_through_the_converter(tmp_path):
-    truth = _photo_scene(tmp_path / "000007")
-    n = replay.bop_scene_to_bag(
-        tmp_path / "000007", tmp_path / "bag", names={1: "cube", 2: "prism"}, fps=5.0, progress=False
-    )
-    assert n == 3
-    frames = list(bag_io.read_frames(tmp_path / "bag"))
-    assert [f.stamp_ns for f in frames] == [replay.DEFAULT_START_NS + i * 200_000_000 for i in range(3)]
-    for frame, (image, instances) in zip(frames, truth):
-        np.testing.assert_array_equal(frame.image, image)
-        np.testing.assert_allclose(frame.camera.K, K)
-        assert [(g.obj_id, g.class_name, g.instance_id) for g in frame.ground_truth] == [
-            (1, "cube", 0),
-            (2, "prism", 0),
-            (1, "cube", 1),
-        ]
-        for got, want in zip(frame.ground_truth, instances):
-            np.testing.assert_allclose(
-                got.R, want.R, atol=1e-9
-            )  # scene_gt.json keeps R to its printed digits
-            np.testing.assert_allclose(got.t, want.t, atol=1e-9)  # metres -> mm -> metres
-
-
-def test_converter_cli_writes_the_bag_and_refuses_an_existing_one(tmp_path, capsys):
-    _photo_scene(tmp_path / "000001", n=2)
-    argv = [
-        str(tmp_path / "000001"),
-        str(tmp_path / "bag"),
-        "--storage",
-        "sqlite3",
-        "--image-format",
-        "png",
-        "--quiet",
-    ]
-    assert replay.bop_to_bag_main(argv) == 0
-    assert "wrote 2 frames" in capsys.readouterr().out
-    assert bag_io.resolve_topics(tmp_path / "bag").image == "/camera/color/image_raw/compressed"
-    assert replay.bop_to_bag_main(argv) == 1
-    assert "already exists" in capsys.readouterr().err
-
-
-def test_scores_csv_round_trip(tmp_path):
-    gt = [_pose(CUBE, 0, np.eye(3), [0, 0, 0.5]), _pose(CUBE, 1, np.eye(3), [0.1, 0, 0.5])]
-    scores, _ = replay.match_frame(_frame([_pose(CUBE, 0, np.eye(3), [0, 0.001, 0.5], 0.5)], gt), OBJECTS)
-    replay._write_scores_csv(tmp_path / "scores.csv", scores)
-    assert replay.read_scores_csv(tmp_path / "scores.csv") == scores
-    assert json.dumps([s.add_error for s in scores])  # inf is still JSON-encodable (as Infinity)
-
-
-# --- whole runs ------------------------------------------------------------------------------------
 
 
 def _recomputed_scores(bag, out, objects):
@@ -221,7 +23,7 @@ def _recomputed_scores(bag, out, objects):
             truth[f.index] = (f.ground_truth, f.camera)
     except bag_io.BagError:
         pass  # a truncated bag: its complete frames are all the evaluator saw too
-    scores = replay.read_scores_csv(out / "scores.csv")
+    scores = scoring.read_scores_csv(out / "scores.csv")
     used = set()
     for s in scores:
         gts, camera = truth[s.im_id]
@@ -323,7 +125,7 @@ def scene_bag(tmp_path_factory, pipeline):
     # 640x480 raw frames: two per 1 MB mcap chunk, so a truncated copy keeps whole chunks
     render_bin_scene(root / "000000", objects, n_frames=N_FRAMES, seed=DEMO_SEED)
     names = {o.obj_id: o.name for o in pipeline.objects}
-    replay.bop_scene_to_bag(root / "000000", root / "bag", names=names, progress=False)
+    bop_to_bag.bop_scene_to_bag(root / "000000", root / "bag", names=names, progress=False)
     return root / "bag"
 
 
@@ -363,7 +165,7 @@ def test_truncated_bag_names_bag_and_topic_and_keeps_partial_results(tmp_path, s
         (bag / path.name).write_bytes(data[: int(0.6 * len(data))] if path.suffix == ".mcap" else data)
     out = tmp_path / "out"
     argv = [str(bag), "--out", str(out), "--quiet", "--no-video", "--estimator", "hrpose"]  # the fixture's
-    code = replay.replay_eval_main(argv)
+    code = replay.main(argv)
     captured = capsys.readouterr()
     assert code == 2
     assert f"bag {bag}, topic {bag_io.IMAGE_TOPIC}: truncated" in captured.err
@@ -381,7 +183,7 @@ def test_cm_deg_bounds_of_the_command_line_reach_metrics_and_report(tmp_path, sc
     out = tmp_path / "out"
     argv = [str(scene_bag), "--out", str(out), "--quiet", "--no-video", "--max-frames", "2"]
     argv += ["--estimator", "hrpose"]  # the pipeline fixture's
-    assert replay.replay_eval_main([*argv, "--max-translation-cm", "1000", "--max-rotation-deg", "180"]) == 0
+    assert replay.main([*argv, "--max-translation-cm", "1000", "--max-rotation-deg", "180"]) == 0
     assert "1000 cm 180 deg" in capsys.readouterr().out
     objects = {o.obj_id: o for o in pipeline.objects}
     wide = metrics.Thresholds(translation_m=10.0, rotation_deg=180.0)
@@ -393,7 +195,7 @@ def test_cm_deg_bounds_of_the_command_line_reach_metrics_and_report(tmp_path, sc
     for row in rows:
         assert row["cm_deg_recall"] == pytest.approx(row["found"] / row["instances"])
     with pytest.raises(SystemExit) as exc:
-        replay.replay_eval_main([*argv, "--max-translation-cm", "0"])
+        replay.main([*argv, "--max-translation-cm", "0"])
     assert exc.value.code == 2
     assert "--max-translation-cm: expected a number > 0, got '0'" in capsys.readouterr().err
 
@@ -418,7 +220,7 @@ def test_ground_truth_of_an_unknown_object_is_named_with_partial_results(tmp_pat
 def test_live_node_path_gives_the_in_process_poses(tmp_path, scene_bag, pipeline):
     """--live-node: pose_node started as a subprocess over DDS, one image at a time, none dropped."""
     inline = replay.evaluate_bag(scene_bag, tmp_path / "inline", pipeline, progress=False, video=False)
-    code = replay.replay_eval_main(
+    code = replay.main(
         [
             str(scene_bag),
             "--out",
@@ -457,7 +259,7 @@ def test_estimator_of_the_command_line_must_match_the_weights(tmp_path, scene_ba
 
     argv = [str(scene_bag), "--out", str(tmp_path / "out"), "--quiet", "--no-video", "--estimator", "crops",
             "--weights", str(DEFAULT_WEIGHTS), *(["--live-node"] if live else [])]
-    assert replay.replay_eval_main(argv) == 1
+    assert replay.main(argv) == 1
     expected = f"estimator: 'crops' asked for, but {DEFAULT_WEIGHTS} holds 'hrpose' weights"
     assert expected in capsys.readouterr().err
 
@@ -473,7 +275,7 @@ def crops_bag_runs(tmp_path_factory, scene_bag):
     for mode, extra in (("inline", []), ("live", ["--live-node", "--node-timeout", "120"])):
         argv = [str(scene_bag), "--out", str(root / mode), "--quiet", "--no-video", "--max-frames", "2",
                 "--estimator", "crops", "--backend", "torch", *extra]
-        assert replay.replay_eval_main(argv) == 0, mode
+        assert replay.main(argv) == 0, mode
         runs[mode] = root / mode
     return runs
 

@@ -48,7 +48,7 @@ import torch
 from scipy.stats import binomtest
 from tqdm import tqdm
 
-from hrpose_ros import bop, metrics, replay
+from hrpose_ros import bop, metrics, replay, scoring
 from hrpose_ros.codec import DecodedInstance
 from hrpose_ros.crop_pipeline import CropPosePipeline
 from hrpose_ros.estimators import estimator_of, load_estimator
@@ -171,7 +171,7 @@ def match_poses(
         # 2D projection and 5 cm 5 deg against the symmetric equivalent of the ground truth closest
         # in rotation, as the rosbag replay scores them (a box-shaped jenga block turned by 180 deg
         # looks the same, and its keypoints are labelled from that equivalent: training/data.py).
-        add, proj, re, te = replay.pose_errors(poses[e], gt, obj, K)
+        add, proj, re, te = scoring.pose_errors(poses[e], gt, obj, K)
         result.errors = {"add_m": add, "proj2d_px": proj, "re_deg": re, "te_m": te}
         result.correct = {
             "add": add < metrics.ADD_THRESHOLD_DIAMETER * obj.diameter,

@@ -38,8 +38,8 @@ from tqdm import tqdm
 from hrpose_ros import bop
 from hrpose_ros.metrics import Thresholds
 from hrpose_ros.pipeline import PosePipeline, letterbox
-from hrpose_ros.replay import FrameResult, match_frame, summarize
 from hrpose_ros.runtime import export_onnx, load_checkpoint, load_onnx_metadata
+from hrpose_ros.scoring import FrameResult, match_frame, summarize
 from hrpose_ros.types import ObjectPose
 
 __all__ = [
