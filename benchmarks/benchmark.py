@@ -68,24 +68,17 @@ import torch
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
+from hrpose_ros.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from hrpose_ros.codec import CodecConfig, KeypointCodec
+from hrpose_ros.devices import cpu_features, cpu_model, has_native_bf16
+from hrpose_ros.engines import OnnxEngine, TorchEngine
 from hrpose_ros.estimators import ESTIMATORS, default_weights, load_estimator
 from hrpose_ros.geometry import box_corners_3d, keypoints_3d, project
 from hrpose_ros.networks import BACKBONES, HRPose, HRPoseConfig, count_flops
 from hrpose_ros.node_config import PoseNodeConfig
 from hrpose_ros.node_driver import NodeDriver, NodeDriverError, pose_node_command
+from hrpose_ros.onnx_export import export_onnx
 from hrpose_ros.pipeline import DEFAULT_WEIGHTS, PosePipeline, letterbox, letterbox_scale, scale_points
-from hrpose_ros.runtime import (
-    Checkpoint,
-    OnnxEngine,
-    TorchEngine,
-    cpu_features,
-    cpu_model,
-    export_onnx,
-    has_native_bf16,
-    load_checkpoint,
-    save_checkpoint,
-)
 from hrpose_ros.types import CameraModel, ObjectModel, ns_to_stamp, stamp_to_ns
 from training.quantize_int8 import calibration_images, int8_path_for, quantize_int8
 
@@ -165,7 +158,7 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[
 
 
 def cpu_summary() -> dict:
-    """Return the CPU model, logical CPUs and hrpose_ros.runtime.cpu_features()'s flags with summaries."""
+    """Return the CPU model, logical CPUs and hrpose_ros.devices.cpu_features()'s flags with summaries."""
     flags = cpu_features()
     return {
         "model": cpu_model(),
@@ -196,8 +189,8 @@ def rss_mb(pid: int | None = None) -> float:
 def benchmark_objects() -> list[ObjectModel]:
     """Return the shipped default object set (helper B's) when installed, else the two toy boxes."""
     try:
+        from hrpose_ros.checkpoints import compact_points
         from hrpose_ros.data.objects import load_default_objects
-        from hrpose_ros.runtime import compact_points
 
         return [
             replace(o, points=compact_points(o.points))
@@ -444,7 +437,7 @@ def build_backends(
     )
 
     def ort(path: Path, what: str, spinning: bool = False):
-        # hrpose_ros.runtime's default: idle intra-op threads block instead of spinning (on 2 cores
+        # hrpose_ros.engines' default: idle intra-op threads block instead of spinning (on 2 cores
         # spinning workers steal the CPU from the decode, PnP and ROS work that follows a run).
         engine = OnnxEngine(path, providers=ORT_PROVIDERS, threads=threads, spinning=spinning)
         return engine, f"{what}, {engine.session.get_providers()[0]}"
@@ -1263,7 +1256,7 @@ def format_report(results: dict, summary: dict, goals) -> str:
     missing = [b["label"] for b in results["backends"] if not b["skipped"] and not b["node_backend"]]
     if missing:
         lines.append(
-            f"  not selectable in pose_node yet: {', '.join(missing)} (no such option in hrpose_ros.runtime)"
+            f"  not selectable in pose_node yet: {', '.join(missing)} (no such option in hrpose_ros.engines)"
         )
 
     memory = results["memory_mb"]

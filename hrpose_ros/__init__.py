@@ -1,6 +1,6 @@
 """hrpose_ros: real-time 6D object pose estimation from one RGB camera, for ROS 2.
 
-The core (geometry, metrics, data, networks, decoding, runtime, pipeline) imports
+The core (geometry, metrics, data, networks, decoding, engines, pipeline) imports
 without ROS; only the node, message conversion and bag modules need rclpy.
 """
 

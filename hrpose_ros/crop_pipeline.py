@@ -23,21 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hrpose_ros.checkpoints import compact_points, object_from_dict, object_to_dict
 from hrpose_ros.codec import DecodedInstance
 from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet, decode_heatmaps, decode_votes
 from hrpose_ros.crops import Crop, crop_around_box, crop_images
 from hrpose_ros.detector import BoxCodec, detector_from_dict, postprocess, preprocess
+from hrpose_ros.devices import parse_device, resolve_device
+from hrpose_ros.engines import OnnxEngine
 from hrpose_ros.geometry import model_keypoints
+from hrpose_ros.onnx_export import model_cache_dir
 from hrpose_ros.pose_solver import PoseSolver, PoseThresholds, split_thresholds
-from hrpose_ros.runtime import (
-    OnnxEngine,
-    _cache_dir,
-    _object_from_dict,
-    _object_to_dict,
-    _parse_device,
-    compact_points,
-    resolve_device,
-)
 from hrpose_ros.types import CameraModel, Detection, ObjectModel, ObjectPose, checked_image
 
 __all__ = [
@@ -74,7 +69,7 @@ def keypoints_to_dict(
         "keypoints_3d": np.asarray(keypoints_3d, dtype=np.float64).tolist(),
         # PnP uses the stored keypoints_3d; the ADD metrics need only a sample of the points.
         "objects": [
-            _object_to_dict(o) | {"points": compact_points(o.points).astype(np.float32).tolist()}
+            object_to_dict(o) | {"points": compact_points(o.points).astype(np.float32).tolist()}
             for o in objects
         ],
         "state_dict": {
@@ -96,7 +91,7 @@ def keypoints_from_dict(d: dict, where: str = "keypoints") -> tuple[CropKeypoint
         model.load_state_dict(
             {k: v.float() if v.is_floating_point() else v for k, v in d["state_dict"].items()}
         )
-        objects = [_object_from_dict(o) for o in d["objects"]]
+        objects = [object_from_dict(o) for o in d["objects"]]
         if "keypoints_3d" in d:
             keypoints_3d = np.asarray(d["keypoints_3d"], dtype=np.float64)
         elif config.keypoints == "box":  # files before stored keypoints: the compact points keep the box
@@ -170,7 +165,7 @@ class _TorchModule:
     """Run a module in torch (eval, inference_mode) on a device; numpy in, tuple of float32 numpy out."""
 
     def __init__(self, module: torch.nn.Module, device: str, outputs: int):
-        self.device = _parse_device(device)
+        self.device = parse_device(device)
         self.module = module.eval().to(self.device)
         self.outputs = outputs
 
@@ -208,7 +203,7 @@ def export_crops_onnx(path, cache_dir=None) -> tuple[Path, Path]:
     """Return (detector .onnx, keypoint .onnx) of the crops file at ``path``, exported once into the cache."""
     path = Path(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    root = _cache_dir(cache_dir)
+    root = model_cache_dir(cache_dir)
     det_path = root / f"{path.stem}-{digest}-detector.onnx"
     kp_path = root / f"{path.stem}-{digest}-keypoints.onnx"
     if not (det_path.is_file() and kp_path.is_file()):

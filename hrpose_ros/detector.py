@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from hrpose_ros.backbones import LiteFPN
+from hrpose_ros.checkpoints import compact_points, object_from_dict, object_to_dict
 from hrpose_ros.pipeline import letterbox
-from hrpose_ros.runtime import _object_from_dict, _object_to_dict, compact_points
 from hrpose_ros.types import Detection, ObjectModel
 
 __all__ = [
@@ -425,7 +425,7 @@ def detector_to_dict(
         for k, v in model.state_dict().items()
     }
     compact = [
-        _object_to_dict(o) | {"points": compact_points(o.points).astype(np.float32).tolist()} for o in objects
+        object_to_dict(o) | {"points": compact_points(o.points).astype(np.float32).tolist()} for o in objects
     ]
     return {
         "format": CHECKPOINT_FORMAT,
@@ -447,7 +447,7 @@ def detector_from_dict(d: dict, where: str = "checkpoint") -> tuple[SingleShotDe
     try:
         # The weights come from the checkpoint: skip reading the ImageNet file.
         config = DetectorConfig.from_dict(d["config"] | {"pretrained": False})
-        objects = [_object_from_dict(o) for o in d["objects"]]
+        objects = [object_from_dict(o) for o in d["objects"]]
         model = SingleShotDetector(config)
         model.load_state_dict(
             {k: v.float() if v.is_floating_point() else v for k, v in d["state_dict"].items()}

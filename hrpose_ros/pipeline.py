@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 
 from hrpose_ros.codec import DecodedInstance, KeypointCodec
+from hrpose_ros.engines import create_engine
 from hrpose_ros.pose_solver import PoseSolver, PoseThresholds, keypoint_spread, split_thresholds
-from hrpose_ros.runtime import create_engine
 from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose, checked_image
 
 __all__ = [
@@ -143,7 +143,7 @@ class PosePipeline:
 
         ``backend``, ``device`` ("auto": a GPU where the backend can use one, else the CPU) and
         ``precision`` ("fp32" | "bf16" | "int8" | "auto") choose the engine
-        (:func:`hrpose_ros.runtime.create_engine`); ``pipeline.engine.precision`` is the
+        (:func:`hrpose_ros.engines.create_engine`); ``pipeline.engine.precision`` is the
         precision actually used. ``input_size`` (W, H) letterboxes images into another network
         input than the model's trained one (the ONNX export is made for it). ``thresholds``:
         PoseThresholds fields (min_score, max_reprojection_error, ransac, ransac_threshold,

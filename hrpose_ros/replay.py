@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         topics = bag_io.resolve_topics(args.bag, args.image_topic, args.camera_info_topic, args.gt_topic)
-        from hrpose_ros.runtime import resolve_device
+        from hrpose_ros.devices import resolve_device
 
         device = resolve_device(args.device, args.backend)  # the node and the reference on the same one
         from hrpose_ros.estimators import default_weights, estimator_of

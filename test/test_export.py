@@ -4,18 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from hrpose_ros.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from hrpose_ros.codec import CodecConfig
+from hrpose_ros.engines import OnnxEngine, TorchEngine
 from hrpose_ros.networks import HRPose, HRPoseConfig
+from hrpose_ros.onnx_export import export_onnx, load_onnx_metadata
 from hrpose_ros.pipeline import PosePipeline
-from hrpose_ros.runtime import (
-    Checkpoint,
-    OnnxEngine,
-    TorchEngine,
-    export_onnx,
-    load_checkpoint,
-    load_onnx_metadata,
-    save_checkpoint,
-)
 from training.export_onnx import output_parity
 from training.toy_data import TOY_CAMERA, toy_objects
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hrpose_ros.runtime import load_checkpoint
+from hrpose_ros.checkpoints import load_checkpoint
 from training.toy_data import write_toy_split
 
 REPO = Path(__file__).resolve().parents[1]

@@ -667,9 +667,9 @@ def tiny_checkpoint(tmp_path_factory):
     """A real (untrained) HRPose checkpoint for the toy objects: enough to load and run."""
     import torch
 
+    from hrpose_ros.checkpoints import Checkpoint, save_checkpoint
     from hrpose_ros.codec import CodecConfig
     from hrpose_ros.networks import HRPose, HRPoseConfig
-    from hrpose_ros.runtime import Checkpoint, save_checkpoint
     from training.toy_data import toy_objects
 
     torch.manual_seed(0)
@@ -694,9 +694,9 @@ def test_input_size_and_thresholds_reach_the_pipeline(tiny_checkpoint):
 def test_keypoint_threshold_zero_keeps_the_models_own(tiny_checkpoint, tmp_path):
     from dataclasses import replace
 
+    from hrpose_ros.checkpoints import load_checkpoint, save_checkpoint
     from hrpose_ros.node_config import PoseNodeConfig
     from hrpose_ros.pose_node import load_pipeline
-    from hrpose_ros.runtime import load_checkpoint, save_checkpoint
 
     checkpoint = load_checkpoint(tiny_checkpoint)
     own = save_checkpoint(tmp_path / "own.pt", replace(

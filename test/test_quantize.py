@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from hrpose_ros import bop
+from hrpose_ros.checkpoints import Checkpoint
 from hrpose_ros.codec import CodecConfig, KeypointCodec
 from hrpose_ros.geometry import keypoints_3d, project, rotation_6d_from_matrix
 from hrpose_ros.networks import HRPose, HRPoseConfig
+from hrpose_ros.onnx_export import export_onnx, load_onnx_metadata
 from hrpose_ros.pipeline import PosePipeline
-from hrpose_ros.runtime import Checkpoint, export_onnx, load_onnx_metadata
 from hrpose_ros.types import CameraModel
 from training.quantize_int8 import (
     ImageCalibrationReader,

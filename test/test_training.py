@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hrpose_ros.runtime import load_checkpoint
+from hrpose_ros.checkpoints import load_checkpoint
 from training.config import recipe
 from training.data import KeypointDataset, frame_keypoints
 from training.toy_data import write_toy_split
@@ -513,7 +513,7 @@ def test_crop_class_weights_centre_crops_on_the_named_objects_more_often():
 
 
 def test_bf16_autocast_is_used_only_where_the_cpu_computes_bf16(toy_split, tmp_path):
-    from hrpose_ros.runtime import has_native_bf16
+    from hrpose_ros.devices import has_native_bf16
 
     root, objects = toy_split
     path = train(

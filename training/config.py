@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hrpose_ros.devices import resolve_device
 from hrpose_ros.networks import BACKBONES
-from hrpose_ros.runtime import resolve_device
 
 __all__ = ["RECIPES", "STAGES", "TrainConfig", "parse_class_weights", "recipe"]
 

@@ -51,6 +51,7 @@ from tqdm import tqdm
 from hrpose_ros import bop, metrics, replay, scoring
 from hrpose_ros.codec import DecodedInstance
 from hrpose_ros.crop_pipeline import CropPosePipeline
+from hrpose_ros.devices import resolve_device
 from hrpose_ros.estimators import estimator_of, load_estimator
 from hrpose_ros.geometry import project
 from hrpose_ros.pipeline import (
@@ -61,7 +62,6 @@ from hrpose_ros.pipeline import (
     letterbox_scale,
     scale_points,
 )
-from hrpose_ros.runtime import resolve_device
 from hrpose_ros.types import Detection, ObjectModel, ObjectPose
 from training.crop_data import amodal_box
 from training.data import frame_keypoints

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from hrpose_ros import bop
+from hrpose_ros.checkpoints import load_checkpoint
+from hrpose_ros.engines import OnnxEngine, TorchEngine
+from hrpose_ros.onnx_export import export_onnx
 from hrpose_ros.pipeline import PosePipeline
-from hrpose_ros.runtime import OnnxEngine, TorchEngine, export_onnx, load_checkpoint
 
 __all__ = ["main", "output_parity", "pose_parity"]
 

@@ -16,7 +16,7 @@ most ``MAX_RECALL_DROP_POINTS`` of ADD(-S) recall.
     python -m training.quantize_int8 runs/student_kd/last.onnx --calib-dir data/train \\
         --test-dir data/test --out runs/student_kd/int8_accuracy.json
 
-A .pt checkpoint is accepted too: it is exported first (hrpose_ros.runtime.export_onnx) to
+A .pt checkpoint is accepted too: it is exported first (hrpose_ros.onnx_export.export_onnx) to
 the .onnx next to it.
 """
 
@@ -36,9 +36,10 @@ import numpy as np
 from tqdm import tqdm
 
 from hrpose_ros import bop
+from hrpose_ros.checkpoints import load_checkpoint
 from hrpose_ros.metrics import Thresholds
+from hrpose_ros.onnx_export import export_onnx, load_onnx_metadata
 from hrpose_ros.pipeline import PosePipeline, letterbox
-from hrpose_ros.runtime import export_onnx, load_checkpoint, load_onnx_metadata
 from hrpose_ros.scoring import FrameResult, match_frame, summarize
 from hrpose_ros.types import ObjectPose
 

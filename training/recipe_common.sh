@@ -2,7 +2,7 @@
 
 # steps_of CHECKPOINT: print the training steps stored in a checkpoint (the student + KD runs as
 # many as the student did, so the KD gain is measured at equal training).
-steps_of() { python -c "from hrpose_ros.runtime import load_checkpoint as l; print(l('$1').history['steps'])"; }
+steps_of() { python -c "from hrpose_ros.checkpoints import load_checkpoint as l; print(l('$1').history['steps'])"; }
 
 #
 # evaluate_stages OUT TEST EVAL_FRAMES [evaluate flags...]: evaluate OUT/{teacher,student,student_kd}/last.pt

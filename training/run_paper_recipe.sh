@@ -83,7 +83,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from hrpose_ros.runtime import load_checkpoint, save_checkpoint
+from hrpose_ros.checkpoints import load_checkpoint, save_checkpoint
 
 out, thresholds = Path(sys.argv[1]), sys.argv[2:]
 recall = {

@@ -25,16 +25,10 @@ import torch
 from tqdm import tqdm
 
 from hrpose_ros import bop
+from hrpose_ros.checkpoints import Checkpoint, compact_points, load_checkpoint, save_checkpoint
 from hrpose_ros.codec import CodecConfig, KeypointCodec
+from hrpose_ros.devices import has_native_bf16, resolve_device
 from hrpose_ros.networks import BACKBONES, HRPose, HRPoseConfig
-from hrpose_ros.runtime import (
-    Checkpoint,
-    compact_points,
-    has_native_bf16,
-    load_checkpoint,
-    resolve_device,
-    save_checkpoint,
-)
 from hrpose_ros.types import ObjectModel
 from training.config import RECIPES, STAGES, TrainConfig, parse_scale_range, recipe
 from training.data import KeypointDataset
