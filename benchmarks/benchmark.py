@@ -326,11 +326,11 @@ def synthetic_frames(objects, codec, input_size, count: int, instances: int, see
 
 def split_frames(split_dir: Path, objects, codec, input_size, count: int) -> list[Frame]:
     """Return up to ``count`` frames of the BOP split at ``split_dir`` with their ground-truth maps."""
-    from hrpose_ros import bop
+    from hrpose_ros import bop_reader
 
     index = {o.obj_id: i for i, o in enumerate(objects)}
     frames = []
-    for bop_frame in bop.read_split(split_dir)[:count]:
+    for bop_frame in bop_reader.read_split(split_dir)[:count]:
         chosen = [(index[i.obj_id], i.R, i.t) for i in bop_frame.instances if i.obj_id in index]
         maps = encode_maps(codec, objects, chosen, bop_frame.camera, input_size)
         frames.append(Frame(bop_frame.read_rgb(), bop_frame.camera, chosen, maps))
@@ -1302,9 +1302,9 @@ def crops_main(args, settings: Settings, out: Path) -> int:
     objects = backends[0].pipeline.objects
     rng = np.random.default_rng(0)
     if args.split:
-        from hrpose_ros import bop
+        from hrpose_ros import bop_reader
 
-        split = bop.read_split(args.split)[: max(settings.frames, 10)]
+        split = bop_reader.read_split(args.split)[: max(settings.frames, 10)]
         frames = [Frame(f.read_rgb(), f.camera, []) for f in split]
         frames_note = f"BOP split {args.split}"
     else:

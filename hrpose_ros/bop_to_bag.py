@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hrpose_ros import bag_io, bop
+from hrpose_ros import bag_io, bop_models, bop_reader
 from hrpose_ros.bag_io import DEFAULT_START_NS, BagTopics
 from hrpose_ros.types import ObjectPose
 
@@ -48,7 +48,7 @@ def bop_scene_to_bag(
     """
     if not fps > 0:
         raise ValueError(f"fps: expected > 0, got {fps}")
-    frames = bop.read_scene(scene_dir, scene_id=0 if not Path(scene_dir).name.isdigit() else None)
+    frames = bop_reader.read_scene(scene_dir, scene_id=0 if not Path(scene_dir).name.isdigit() else None)
     if not frames:
         raise ValueError(f"{scene_dir}: scene_camera.json lists no images")
     names = names or {}
@@ -155,8 +155,8 @@ def _object_names(models_dir: Path | None) -> dict[int, str]:
     if models_dir is not None:
         if not (models_dir / "models_info.json").is_file():
             raise ValueError(f"--models {models_dir}: expected a BOP models folder with models_info.json")
-        return bop.read_object_names(models_dir)
+        return bop_models.read_object_names(models_dir)
     from hrpose_ros.data.objects import default_object_set_dir
 
     default = Path(default_object_set_dir())
-    return bop.read_object_names(default) if (default / "models_info.json").is_file() else {}
+    return bop_models.read_object_names(default) if (default / "models_info.json").is_file() else {}

@@ -5,7 +5,7 @@
 1. drops instances of the shipped objects into the tray with pybullet physics and renders
    the pile from a camera orbiting above it (:func:`orbit_camera_poses`; B's
    :func:`hrpose_ros.data.scenes.render_bin_sequence`), writing a BOP scene with the core's
-   :class:`hrpose_ros.bop.SceneWriter` (rgb, depth, masks, scene_gt_info);
+   :class:`hrpose_ros.bop_writer.SceneWriter` (rgb, depth, masks, scene_gt_info);
 2. converts that scene with :func:`hrpose_ros.bop_to_bag.bop_scene_to_bag`, exactly as a user's
    BOP dataset would be converted (instances less than 10 % visible are left out of the
    ground truth, as BOP does for its test targets).
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hrpose_ros import bop, bop_to_bag
+from hrpose_ros import bop_to_bag, bop_writer
 from hrpose_ros.types import CameraModel, ObjectModel
 
 __all__ = ["DEMO_FPS", "DEMO_FRAMES", "DEMO_SEED", "make_demo_bag", "orbit_camera_poses", "render_bin_scene"]
@@ -88,7 +88,7 @@ def render_bin_scene(
     poses = orbit_camera_poses(n_frames)
     scene_dir = Path(scene_dir)
     bar = tqdm(total=n_frames, unit="frame", desc="render bin scene", disable=not progress)
-    with bop.SceneWriter(scene_dir) as writer:
+    with bop_writer.SceneWriter(scene_dir) as writer:
         for start in range(0, n_frames, batch):
             for frame in render_bin_sequence(objects, poses[start : start + batch], seed=seed, camera=camera):
                 writer.add_frame(

@@ -1,7 +1,7 @@
 """Rigid-body geometry: HRPose keypoints, projection, PnP, rotation representations, symmetries.
 
 Units: metres and radians; poses map model points into the camera optical frame,
-``x_cam = R @ x_model + t``. Nothing here knows about millimetres (see ``hrpose_ros.bop``).
+``x_cam = R @ x_model + t``. Nothing here knows about millimetres (see ``hrpose_ros.bop_format``).
 """
 
 from __future__ import annotations
@@ -400,7 +400,7 @@ def symmetry_transformations(model_info, max_sym_disc_step: float = 0.01) -> np.
     ``model_info`` carries BOP's ``symmetries_discrete`` (each 16 numbers or a 4x4, row-major,
     translation in metres) and ``symmetries_continuous`` (each ``{"axis": (3,), "offset": (3,)
     metres}`` or a record with those attributes), as keys of a mapping or as attributes
-    (``bop.ModelInfo``, which converted BOP's millimetres once when reading). Semantics as
+    (``bop_models.ModelInfo``, which converted BOP's millimetres once when reading). Semantics as
     in the BOP toolkit (misc.get_symmetry_transformations, BOP 2019+): a continuous
     symmetry is discretised so that no surface point moves by more than
     ``max_sym_disc_step`` x diameter between steps, giving ceil(pi / step) rotations about

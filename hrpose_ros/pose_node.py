@@ -53,7 +53,7 @@ from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 
 from hrpose_ros import ros_conversions as convert
-from hrpose_ros.bop import load_object_models
+from hrpose_ros.bop_models import load_object_models
 from hrpose_ros.msg import ObjectPoseArray
 from hrpose_ros.node_config import PoseNodeConfig, estimator_options, parameter_specs
 from hrpose_ros.sync import ApproximateTimeSynchronizer

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import trimesh
 
-from hrpose_ros import bop
+from hrpose_ros import bop_models
 from hrpose_ros.geometry import box_corners_3d, check_intrinsics, check_rotation, quaternion_from_matrix
 from hrpose_ros.types import ObjectModel
 
@@ -132,7 +132,7 @@ def _mesh_arrays(obj: ObjectModel) -> tuple[np.ndarray, np.ndarray, np.ndarray |
     """Return (vertices (V, 11) float32: xyz m, normal, uv, rgb 0-1; faces (F, 3) int32; texture or None)."""
     if not obj.mesh_path:
         raise ValueError(f"objects: {obj.name} has no mesh_path (expected a BOP .ply model)")
-    mesh = bop.read_ply_model(obj.mesh_path)
+    mesh = bop_models.read_ply_model(obj.mesh_path)
     if len(mesh.faces) == 0:
         raise ValueError(f"{obj.mesh_path}: the model has no faces")
     count = len(mesh.vertices)

@@ -34,7 +34,7 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
-from hrpose_ros import bag_io, bop
+from hrpose_ros import bag_io, bop_results
 from hrpose_ros.bag_io import BagError, BagFrame, BagTopics
 from hrpose_ros.estimators import ESTIMATORS
 from hrpose_ros.live_node import LiveNodeError, LiveNodeEstimator
@@ -129,7 +129,7 @@ def evaluate_frames(
 
 def _write_results_csv(path: Path, frames: Sequence[FrameResult], scene_id: int) -> None:
     records = [
-        bop.BopResult(
+        bop_results.BopResult(
             scene_id=scene_id,
             im_id=frame.im_id,
             obj_id=est.obj_id,
@@ -141,7 +141,7 @@ def _write_results_csv(path: Path, frames: Sequence[FrameResult], scene_id: int)
         for frame in frames
         for est in frame.estimates
     ]
-    bop.write_results_csv(path, records)
+    bop_results.write_results_csv(path, records)
 
 
 def evaluate_bag(

@@ -1,7 +1,7 @@
 """Small frozen dataclasses for what travels between the pipeline's stages, and their input checks.
 
 Units follow REP 103 everywhere inside the package: metres and radians. Millimetres
-appear only at the BOP-format boundary (``hrpose_ros.bop``). Header stamps are integer
+appear only at the BOP-format boundary (``hrpose_ros.bop_format``). Header stamps are integer
 nanoseconds inside the package (:func:`stamp_to_ns`, :func:`ns_to_stamp`). Nothing here
 imports ROS or torch.
 """

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import skimage.data
 
-from hrpose_ros import bag_io, bop, bop_to_bag
+from hrpose_ros import bag_io, bop_format, bop_to_bag, bop_writer
 
 K = np.array([[320.0, 0.0, 159.5], [0.0, 320.0, 119.5], [0.0, 0.0, 1.0]])
 
@@ -25,13 +25,13 @@ def _photo_scene(scene_dir, n=3):
     """A BOP scene of real photographs with annotated poses (the converter does not look at pixels)."""
     photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
     truth = []
-    with bop.SceneWriter(scene_dir) as writer:
+    with bop_writer.SceneWriter(scene_dir) as writer:
         for i in range(n):
             image = cv2.resize(photos[i % 3], (320, 240), interpolation=cv2.INTER_AREA)
             instances = [
-                bop.GtInstance(1, _rot_x(10.0 * i), [0.01 * i, 0.0, 0.5]),
-                bop.GtInstance(2, _rot_z(5.0 * i), [-0.05, 0.02, 0.6]),
-                bop.GtInstance(1, _rot_z(-7.0 * i), [0.05, 0.03, 0.55]),
+                bop_format.GtInstance(1, _rot_x(10.0 * i), [0.01 * i, 0.0, 0.5]),
+                bop_format.GtInstance(2, _rot_z(5.0 * i), [-0.05, 0.02, 0.6]),
+                bop_format.GtInstance(1, _rot_z(-7.0 * i), [0.05, 0.03, 0.55]),
             ]
             writer.add_frame(image, K, instances)
             truth.append((image, instances))

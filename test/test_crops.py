@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hrpose_ros import bop
+from hrpose_ros import bop_models, bop_reader
 from hrpose_ros.codec import DecodedInstance
 from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet, decode_heatmaps, heatmap_targets
 from hrpose_ros.crops import crop_around_box, crop_images
@@ -61,7 +61,7 @@ def test_ground_truth_keypoints_through_crops_and_pnp_give_98_percent_add(toy, k
     logits = torch.log(heatmap_targets(keypoints.double(), 32).clamp_min(1e-30)).numpy()
     decoded, _ = decode_heatmaps(logits)
     # back to image pixels of each frame, then the shared PnP
-    frames = bop.read_split(split)
+    frames = bop_reader.read_split(split)
     solver = PoseSolver(objects, keypoints_3d=keypoints_3d)
     good = 0
     for n, (frame_index, gt_id) in enumerate(samples.sources):
@@ -134,7 +134,7 @@ def test_surface_keypoints_travel_with_the_network_and_box_files_without_them_st
                  progress=False)
     stored = torch.load(path, weights_only=False)
     model, loaded_objects, _ = keypoints_from_dict(stored)
-    models = bop.load_object_models(split.parent / "models")  # what training reads: the split's models
+    models = bop_models.load_object_models(split.parent / "models")  # what training reads: the split's models
     expected = np.stack([model_keypoints(o.points, "surface") for o in models])
     assert model.config.keypoints == "surface" and np.allclose(model.keypoints_3d, expected)
     # saved again from the compact points the file keeps, the keypoints stay the full models'

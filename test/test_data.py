@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from hrpose_ros import bop
+from hrpose_ros import bop_models, bop_reader
 from hrpose_ros.data import objects
 
 
@@ -31,14 +31,14 @@ def test_default_set_has_eight_realistic_objects_with_symmetries(default_objects
 
 
 def test_declared_symmetries_map_each_shape_onto_itself(default_objects):
-    infos = bop.read_models_info(objects.default_object_set_dir() / "models_info.json")
+    infos = bop_models.read_models_info(objects.default_object_set_dir() / "models_info.json")
     for obj in default_objects:
-        mesh = bop.read_ply_model(obj.mesh_path)
+        mesh = bop_models.read_ply_model(obj.mesh_path)
         assert objects.symmetry_error(mesh, infos[obj.obj_id], samples=100) < 0.01 * obj.diameter, obj.name
 
 
 def test_textured_model_reads_back_with_its_texture(default_objects):
-    duck = bop.read_ply_model(default_objects[0].mesh_path)
+    duck = bop_models.read_ply_model(default_objects[0].mesh_path)
     assert duck.visual.kind == "texture"
     assert duck.visual.material.image.size == (256, 256)
     assert duck.visual.uv.shape == (len(duck.vertices), 2)
@@ -74,12 +74,12 @@ def test_add_object_in_millimetres_round_trips(tmp_path, models_dir):
     assert added.obj_id == 9 and added.name == "block"
     assert added.diameter == pytest.approx(np.sqrt(0.04**2 + 0.03**2 + 0.02**2))
     assert len(added.symmetries) == 4
-    reloaded = bop.load_object_models(models_dir)
+    reloaded = bop_models.load_object_models(models_dir)
     assert [o.name for o in reloaded][-1] == "block"
     assert np.allclose(reloaded[-1].points.max(axis=0), [0.02, 0.015, 0.01])
     assert objects.main([str(_box_file(tmp_path, name="b2.stl")), "--unit", "cm", "--name", "block2",
                          "--models-dir", str(models_dir)]) == 0
-    assert bop.load_object_models(models_dir)[-1].diameter == pytest.approx(10 * added.diameter)
+    assert bop_models.load_object_models(models_dir)[-1].diameter == pytest.approx(10 * added.diameter)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_make_data_writes_a_bop_split_that_reads_back(tmp_path, default_objects)
     assert result.frames == {"views": 3, "cutpaste": 3, "bin": 3}
     assert result.contact_sheet.exists() and (tmp_path / "ds" / "models" / "models_info.json").exists()
     assert [p.name for p in tmp_path.joinpath("ds").iterdir() if p.name.startswith(".")] == []
-    frames = bop.read_split(out)
+    frames = bop_reader.read_split(out)
     assert len(frames) == 9 and {f.scene_id for f in frames} == {0, 1, 2}
     by_id = {o.obj_id: o for o in default_objects}
     bin_frames = [f for f in frames if f.scene_id == 2]

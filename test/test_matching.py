@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hrpose_ros import bop, scoring
+from hrpose_ros import bop_reader, scoring
 from hrpose_ros.geometry import box_corners_3d
 from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
 
@@ -30,8 +30,8 @@ def test_replay_and_evaluation_match_the_same_pairs_where_score_and_error_order_
     estimates = [_pose(T + [0.01, 0.0, 0.0], 0.5), _pose(T + [0.04, 0.0, 0.0], 0.9), _pose(T, 0.2)]
     frame = scoring.FrameResult(0, 0, CAMERA, tuple(estimates), tuple(_pose(t, 1.0) for t in truth), {})
     scores, false_positives = scoring.match_frame(frame, {1: CUBE})
-    instances = tuple(bop.BopInstance(i, 1, np.eye(3), t) for i, t in enumerate(truth))
-    bop_frame = bop.BopFrame(0, 0, CAMERA, 1.0, Path("unused.png"), instances=instances)
+    instances = tuple(bop_reader.BopInstance(i, 1, np.eye(3), t) for i, t in enumerate(truth))
+    bop_frame = bop_reader.BopFrame(0, 0, CAMERA, 1.0, Path("unused.png"), instances=instances)
     results = match_poses(estimates, bop_frame, {1: CUBE})
 
     assert [s.score for s in scores] == [0.9, 0.5] and false_positives == {1: 1}

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from hrpose_ros import bop
+from hrpose_ros import bop_format, bop_writer
 from hrpose_ros.checkpoints import Checkpoint
 from hrpose_ros.codec import CodecConfig, KeypointCodec
 from hrpose_ros.geometry import keypoints_3d, project, rotation_6d_from_matrix
@@ -234,8 +234,8 @@ def test_int8_decodes_the_same_keypoints_and_poses_as_fp32(maps_models):
 
 def test_accuracy_comparison_scores_both_models_on_a_bop_split(maps_models, tmp_path):
     fp32_path, int8_path, codec, obj = maps_models
-    ground_truth = [bop.GtInstance(obj_id=obj.obj_id, R=R, t=t) for R, t in MAPS_POSES]
-    with bop.SceneWriter(tmp_path / "test" / "000000") as writer:
+    ground_truth = [bop_format.GtInstance(obj_id=obj.obj_id, R=R, t=t) for R, t in MAPS_POSES]
+    with bop_writer.SceneWriter(tmp_path / "test" / "000000") as writer:
         writer.add_frame(_maps_frame(codec, obj, MAPS_POSES), MAPS_CAMERA, ground_truth)
         # The image holds only the first two instances: the third is a miss for both models.
         writer.add_frame(_maps_frame(codec, obj, MAPS_POSES[:2]), MAPS_CAMERA, ground_truth)

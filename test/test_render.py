@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from hrpose_ros import bop
+from hrpose_ros import bop_models
 from hrpose_ros.data.objects import load_default_objects
 from hrpose_ros.geometry import project
 from hrpose_ros.render import Renderer
@@ -29,7 +29,7 @@ def renderer(objects):
 
 def _projected_silhouette(obj, R, t) -> np.ndarray:
     """Return the (H, W) bool union of the model's projected triangles (filled by OpenCV)."""
-    mesh = bop.read_ply_model(obj.mesh_path)
+    mesh = bop_models.read_ply_model(obj.mesh_path)
     uv = project(np.asarray(mesh.vertices), R, t, K)
     mask = np.zeros((HEIGHT, WIDTH), np.uint8)
     shift = 4  # sub-pixel vertex positions: OpenCV fixed point with 4 fractional bits

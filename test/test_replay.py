@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hrpose_ros import bag_io, bop, bop_to_bag, metrics, replay, scoring
+from hrpose_ros import bag_io, bop_results, bop_to_bag, metrics, replay, scoring
 from hrpose_ros.types import ObjectPose
 
 N_FRAMES = 6  # frames of the rendered test bag
@@ -16,7 +16,7 @@ N_FRAMES = 6  # frames of the rendered test bag
 
 def _recomputed_scores(bag, out, objects):
     """Errors of every matched pair, recomputed from results.csv and the bag with the metric functions."""
-    results = bop.read_results_csv(out / "results.csv")
+    results = bop_results.read_results_csv(out / "results.csv")
     truth = {}
     try:
         for f in bag_io.read_frames(bag):
@@ -173,7 +173,7 @@ def test_truncated_bag_names_bag_and_topic_and_keeps_partial_results(tmp_path, s
     data = json.loads((out / "metrics.json").read_text())
     total = bag_io.bag_topics(scene_bag)[bag_io.IMAGE_TOPIC][1]
     assert not data["complete"] and 1 <= data["frames"] < total and "truncated" in data["error"]
-    assert {r.im_id for r in bop.read_results_csv(out / "results.csv")} <= set(range(data["frames"]))
+    assert {r.im_id for r in bop_results.read_results_csv(out / "results.csv")} <= set(range(data["frames"]))
     assert "**incomplete**" in (out / "report.md").read_text()
     _check_report_numbers(bag, out, {o.obj_id: o for o in pipeline.objects})
 
@@ -240,8 +240,8 @@ def test_live_node_path_gives_the_in_process_poses(tmp_path, scene_bag, pipeline
     live = json.loads((tmp_path / "live" / "metrics.json").read_text())
     assert live["complete"] and live["frames"] == N_FRAMES and live["mode"].startswith("live pose_node")
     assert "round_trip" in live["latency_ms"]
-    ours = bop.read_results_csv(tmp_path / "inline" / "results.csv")
-    theirs = bop.read_results_csv(tmp_path / "live" / "results.csv")
+    ours = bop_results.read_results_csv(tmp_path / "inline" / "results.csv")
+    theirs = bop_results.read_results_csv(tmp_path / "live" / "results.csv")
     assert [(r.im_id, r.obj_id) for r in theirs] == [(r.im_id, r.obj_id) for r in ours]
     for a, b in zip(ours, theirs):
         assert b.score == pytest.approx(a.score, abs=1e-6)  # float32 in the message
@@ -290,8 +290,8 @@ def test_crop_estimator_runs_in_process(crops_bag_runs):
 def test_crop_estimator_through_the_live_node_gives_the_in_process_poses(crops_bag_runs):
     live = json.loads((crops_bag_runs["live"] / "metrics.json").read_text())
     assert live["complete"] and live["mode"].startswith("live pose_node (crops, torch")
-    ours = bop.read_results_csv(crops_bag_runs["inline"] / "results.csv")
-    theirs = bop.read_results_csv(crops_bag_runs["live"] / "results.csv")
+    ours = bop_results.read_results_csv(crops_bag_runs["inline"] / "results.csv")
+    theirs = bop_results.read_results_csv(crops_bag_runs["live"] / "results.csv")
     assert [(r.im_id, r.obj_id) for r in theirs] == [(r.im_id, r.obj_id) for r in ours]
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(b.t, a.t, atol=1e-6)

@@ -28,11 +28,11 @@ def _losses(path):
 
 
 def test_dataset_targets_peak_at_projected_keypoints(toy_split):
-    from hrpose_ros import bop
+    from hrpose_ros import bop_reader
     from hrpose_ros.codec import CodecConfig, KeypointCodec
 
     root, objects = toy_split
-    frames = bop.read_split(root / "train")
+    frames = bop_reader.read_split(root / "train")
     codec = KeypointCodec(CodecConfig(num_classes=2))
     dataset = KeypointDataset(frames, objects, codec, image_scale=0.5, input_size=(160, 128))
     image, belief, vectors = dataset[0]
@@ -44,12 +44,12 @@ def test_dataset_targets_peak_at_projected_keypoints(toy_split):
 
 
 def test_crop_scale_range_resizes_frames_and_keypoints_by_one_drawn_factor(toy_split, tmp_path):
-    from hrpose_ros import bop
+    from hrpose_ros import bop_reader
     from hrpose_ros.codec import CodecConfig, KeypointCodec
     from hrpose_ros.pipeline import scale_points
 
     root, objects = toy_split
-    frame = bop.read_split(root / "train")[0]
+    frame = bop_reader.read_split(root / "train")[0]
     codec = KeypointCodec(CodecConfig(num_classes=2))
     full, _ = frame_keypoints(frame, objects)
     fixed = KeypointDataset([frame], objects, codec, 0.5, (160, 128), crop_size=64, scale_range=(0.5, 0.5))
@@ -85,11 +85,11 @@ def test_crop_scale_range_resizes_frames_and_keypoints_by_one_drawn_factor(toy_s
 
 
 def test_several_training_splits_are_read_in_the_order_given(toy_split, tmp_path):
-    from hrpose_ros import bop
+    from hrpose_ros import bop_reader
 
     root, _ = toy_split
     write_toy_split(tmp_path / "more", n_frames=2, seed=1)
-    first, more = bop.read_split(root / "train"), bop.read_split(tmp_path / "more")
+    first, more = bop_reader.read_split(root / "train"), bop_reader.read_split(tmp_path / "more")
     frames = read_splits(f"{root / 'train'}, {tmp_path / 'more'}")
     assert [f.rgb_path for f in frames] == [f.rgb_path for f in first + more]
     with pytest.raises(ValueError, match="missing"):
@@ -99,7 +99,7 @@ def test_several_training_splits_are_read_in_the_order_given(toy_split, tmp_path
 
 
 def test_short_training_run_lowers_the_loss(toy_split, tmp_path):
-    from hrpose_ros import bop
+    from hrpose_ros import bop_reader
     from hrpose_ros.codec import KeypointCodec
 
     torch.manual_seed(0)
@@ -137,7 +137,7 @@ def test_short_training_run_lowers_the_loss(toy_split, tmp_path):
     # float32 reductions on a loss near 1e3 differ in the 6th digit with thread timing: relative tolerance
     assert checkpoint.history["val_mse"] == pytest.approx(val[-1]["val_mse"], rel=1e-4)
     model = checkpoint.build_model().train()
-    frames = bop.read_split(tmp_path / "val" / "split")
+    frames = bop_reader.read_split(tmp_path / "val" / "split")
     codec = KeypointCodec(checkpoint.codec_config)
     again = split_loss(model, frames, objects, codec, config, n_frames=2)
     assert again == pytest.approx(val[-1]["val_mse"], rel=1e-4) and model.training
@@ -208,12 +208,12 @@ def test_canonical_pose_gives_symmetric_poses_the_same_keypoints():
 
 
 def test_evaluation_matches_estimates_to_ground_truth_and_scores_them(toy_split):
-    from hrpose_ros import bop
+    from hrpose_ros import bop_reader
     from hrpose_ros.types import ObjectPose
     from training.evaluate import match_poses, summarise
 
     root, objects = toy_split
-    frame = next(f for f in bop.read_split(root / "train") if len(f.instances) >= 2)
+    frame = next(f for f in bop_reader.read_split(root / "train") if len(f.instances) >= 2)
     by_id = {o.obj_id: o for o in objects}
     first, second = frame.instances[0], frame.instances[1]
     exact = ObjectPose(class_name="", obj_id=first.obj_id, instance_id=0, score=1.0, R=first.R, t=first.t)
@@ -263,14 +263,14 @@ def test_evaluation_says_how_many_instances_got_a_pose_and_how_good_those_are():
 
 
 def test_evaluation_says_which_instances_were_decoded_near_their_centroid(toy_split):
-    from hrpose_ros import bop
+    from hrpose_ros import bop_reader
     from hrpose_ros.codec import CodecConfig, DecodedInstance, KeypointCodec
     from hrpose_ros.geometry import keypoints_3d, project
     from hrpose_ros.pipeline import PosePipeline
     from training.evaluate import DECODED_RADIUS_PX, mark_decoded, match_poses
 
     root, objects = toy_split
-    frame = next(f for f in bop.read_split(root / "train") if len(f.instances) >= 2)
+    frame = next(f for f in bop_reader.read_split(root / "train") if len(f.instances) >= 2)
     # Only the objects, keypoints and K matter here: no network runs (engine None).
     pipeline = PosePipeline(None, KeypointCodec(CodecConfig(num_classes=len(objects))), objects, (64, 64))
     index = {o.obj_id: c for c, o in enumerate(objects)}
@@ -352,15 +352,15 @@ def test_device_auto_trains_on_the_gpu_if_any_and_workers_load_the_batches(toy_s
 
 
 def test_micro_batches_add_up_to_the_whole_batchs_gradient_and_train(toy_split, tmp_path):
-    from hrpose_ros import bop
+    from hrpose_ros import bop_reader
     from hrpose_ros.codec import CodecConfig, KeypointCodec
     from hrpose_ros.networks import HRPose, HRPoseConfig
     from training.train_hrpose import accumulate_gradients
 
     root, objects = toy_split
     codec = KeypointCodec(CodecConfig(num_classes=2))
-    dataset = KeypointDataset(bop.read_split(root / "train"), objects, codec, 0.5, (160, 128), crop_size=64,
-                              augment=False)
+    dataset = KeypointDataset(bop_reader.read_split(root / "train"), objects, codec, 0.5, (160, 128),
+                              crop_size=64, augment=False)
     images, belief, vectors = (torch.stack(t) for t in zip(*(dataset[i % len(dataset)] for i in range(5))))
     torch.manual_seed(0)
     student = HRPose(HRPoseConfig(variant="tiny", num_classes=2)).eval()  # BN off: exact sums
@@ -384,12 +384,12 @@ def test_micro_batches_add_up_to_the_whole_batchs_gradient_and_train(toy_split, 
 
 
 def test_evaluation_scores_a_symmetric_object_against_its_closest_equivalent(toy_split):
-    from hrpose_ros import bop
+    from hrpose_ros import bop_reader
     from hrpose_ros.types import ObjectPose
     from training.evaluate import match_poses
 
     root, objects = toy_split
-    frame = bop.read_split(root / "train")[0]
+    frame = bop_reader.read_split(root / "train")[0]
     gt = frame.instances[0]
     half_turn = np.diag([-1.0, -1.0, 1.0])  # the boxes look the same turned 180 deg about z
     symmetries = np.stack([np.eye(4), np.eye(4)])

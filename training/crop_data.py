@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hrpose_ros import bop
+from hrpose_ros import bop_reader
 from hrpose_ros.crops import Crop, crop_around_box, crop_images
 from hrpose_ros.data.augment import AugmentConfig, augment
 from hrpose_ros.geometry import keypoints_3d as box_keypoints
@@ -87,7 +87,7 @@ def load_crop_samples(
     if keypoints_3d is None:
         keypoints_3d = [box_keypoints(o.points) for o in objects]
     model_keypoints = [np.asarray(k, dtype=np.float64) for k in keypoints_3d]
-    frames = [f for s in splits for f in bop.read_split(s)]
+    frames = [f for s in splits for f in bop_reader.read_split(s)]
     if max_frames is not None:
         frames = frames[:max_frames]
     images, keypoints, classes, centres, sides, contexts, sources = [], [], [], [], [], [], []

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from hrpose_ros.bop import BopFrame
+from hrpose_ros.bop_reader import BopFrame
 from hrpose_ros.codec import KeypointCodec
 from hrpose_ros.data.augment import augment
 from hrpose_ros.geometry import keypoints_3d, project

@@ -48,7 +48,7 @@ import torch
 from scipy.stats import binomtest
 from tqdm import tqdm
 
-from hrpose_ros import bop, metrics, replay, scoring
+from hrpose_ros import bop_reader, metrics, replay, scoring
 from hrpose_ros.codec import DecodedInstance
 from hrpose_ros.crop_pipeline import CropPosePipeline
 from hrpose_ros.devices import resolve_device
@@ -144,7 +144,7 @@ def _bounds(bounds) -> tuple[float, float] | None:
 
 def match_poses(
     poses: Sequence[ObjectPose],
-    frame: bop.BopFrame,
+    frame: bop_reader.BopFrame,
     objects: dict[int, ObjectModel],
     min_visib_fract: float = 0.1,
     bounds: tuple[float, float] | None = None,
@@ -183,7 +183,7 @@ def match_poses(
     return results
 
 
-def _evaluated(frame: bop.BopFrame, objects: Container[int], min_visib_fract: float) -> list:
+def _evaluated(frame: bop_reader.BopFrame, objects: Container[int], min_visib_fract: float) -> list:
     """Return the scored ground-truth instances of ``frame`` (object id in ``objects``, visible enough)."""
     return [
         g
@@ -196,7 +196,7 @@ def mark_decoded(
     results: Sequence[InstanceResult],
     decoded: Sequence[DecodedInstance],
     pipeline: PosePipeline,
-    frame: bop.BopFrame,
+    frame: bop_reader.BopFrame,
     min_visib_fract: float = 0.1,
 ) -> None:
     """Set ``decoded`` on :func:`match_poses`' ``results`` for ``frame`` from the grouped instances.
@@ -217,7 +217,7 @@ def mark_decoded(
         )
 
 
-def ground_truth_maps(pipeline: PosePipeline, frame: bop.BopFrame) -> NetworkMaps:
+def ground_truth_maps(pipeline: PosePipeline, frame: bop_reader.BopFrame) -> NetworkMaps:
     """Return the maps a perfect network would give ``pipeline`` for ``frame``.
 
     The frame's annotated keypoints (as training labels them: :func:`training.data.frame_keypoints`)
@@ -231,7 +231,7 @@ def ground_truth_maps(pipeline: PosePipeline, frame: bop.BopFrame) -> NetworkMap
     return NetworkMaps(belief, vectors, box, {})
 
 
-def ground_truth_boxes(frame: bop.BopFrame, objects: dict[int, ObjectModel],
+def ground_truth_boxes(frame: bop_reader.BopFrame, objects: dict[int, ObjectModel],
                        min_visib_fract: float = 0.1) -> list[Detection]:
     """Return the scored instances' amodal boxes as detections (score 1): crops without the detector.
 
@@ -248,7 +248,7 @@ def ground_truth_boxes(frame: bop.BopFrame, objects: dict[int, ObjectModel],
 
 def evaluate_split(
     pipeline: PosePipeline,
-    frames: Sequence[bop.BopFrame],
+    frames: Sequence[bop_reader.BopFrame],
     desc: str = "",
     gt_maps: bool = False,
     bounds: tuple[float, float] | None = None,
@@ -523,7 +523,7 @@ def main(argv=None) -> None:
     scored, titles = metric_names(bounds), metric_titles(bounds)
     report, markdown = {}, []
     for split_name, split_dir in splits.items():
-        frames = bop.read_split(split_dir)
+        frames = bop_reader.read_split(split_dir)
         if args.max_frames:
             frames = frames[: args.max_frames]
         summaries, timing, instances = {}, {}, {}

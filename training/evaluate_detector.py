@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hrpose_ros import bop
+from hrpose_ros import bop_reader
 from hrpose_ros.crop_pipeline import is_crops_file, load_crops_file
 from hrpose_ros.detector import Detector
 from hrpose_ros.metrics import iou_2d
@@ -116,7 +116,7 @@ def draw_detections(image: np.ndarray, detections: list[Detection], gt_boxes: np
 
 def evaluate(
     detector: Detector,
-    frames: list[bop.BopFrame],
+    frames: list[bop_reader.BopFrame],
     ap_threshold: float = 0.05,
     draw: int = 0,
     out_dir: Path | None = None,
@@ -203,7 +203,7 @@ def main(argv=None) -> None:
         detector = Detector(model, objects)
     else:
         detector = Detector.from_file(args.detector)
-    result = evaluate(detector, bop.read_split(args.split), args.ap_threshold, args.draw, out_dir)
+    result = evaluate(detector, bop_reader.read_split(args.split), args.ap_threshold, args.draw, out_dir)
     result["detector"], result["split"] = str(args.detector), str(args.split)
     print(format_table(result))
     if out_dir is not None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from hrpose_ros import bop
+from hrpose_ros import bop_reader
 from hrpose_ros.checkpoints import load_checkpoint
 from hrpose_ros.engines import OnnxEngine, TorchEngine
 from hrpose_ros.onnx_export import export_onnx
@@ -39,7 +39,7 @@ def output_parity(checkpoint_path, onnx_path, images: np.ndarray) -> dict[str, f
 
 
 def pose_parity(
-    checkpoint_path, onnx_path, frames: Sequence[bop.BopFrame], ransac: bool = True
+    checkpoint_path, onnx_path, frames: Sequence[bop_reader.BopFrame], ransac: bool = True
 ) -> dict[str, float]:
     """Return pose counts and the largest R (deg) / t (m) / keypoint (px) differences, torch vs ORT."""
     torch_pipe = PosePipeline.from_pretrained(checkpoint_path, backend="torch", ransac=ransac)
@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     images = np.random.default_rng(0).random((2, 3, height, width), dtype=np.float32)
     report = {"random_images": output_parity(args.checkpoint, path, images)}
     if args.parity_split:
-        frames = bop.read_split(args.parity_split)[: args.parity_frames]
+        frames = bop_reader.read_split(args.parity_split)[: args.parity_frames]
         pipe = PosePipeline.from_pretrained(args.checkpoint)
         batch = np.concatenate([pipe.preprocess(f.read_rgb())[0] for f in frames[:4]])
         report["test_images"] = output_parity(args.checkpoint, path, batch)

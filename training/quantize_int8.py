@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hrpose_ros import bop
+from hrpose_ros import bop_reader
 from hrpose_ros.checkpoints import load_checkpoint
 from hrpose_ros.metrics import Thresholds
 from hrpose_ros.onnx_export import export_onnx, load_onnx_metadata
@@ -109,7 +109,7 @@ def calibration_images(split_dir, count: int = CALIBRATION_FRAMES) -> list[np.nd
     """Return ``count`` (H, W, 3) uint8 RGB images spread evenly over the BOP split at ``split_dir``."""
     if count < 1:
         raise ValueError(f"count: expected >= 1 calibration images, got {count}")
-    frames = bop.read_split(split_dir)
+    frames = bop_reader.read_split(split_dir)
     if not frames:
         raise ValueError(f"{split_dir}: BOP split has no frames to calibrate on")
     picks = np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int))
@@ -324,7 +324,9 @@ class AccuracyComparison:
     verdict: str = ""
 
 
-def _evaluate(model_path: Path, frames: Sequence[bop.BopFrame], thresholds: Thresholds) -> BackendAccuracy:
+def _evaluate(
+    model_path: Path, frames: Sequence[bop_reader.BopFrame], thresholds: Thresholds
+) -> BackendAccuracy:
     pipeline = PosePipeline.from_pretrained(model_path, backend="onnxruntime")
     objects = {o.obj_id: o for o in pipeline.objects}
     results, seconds = [], []
@@ -378,7 +380,7 @@ def compare_accuracy(
     ``thresholds`` default to the papers' (:class:`hrpose_ros.metrics.Thresholds`).
     """
     thresholds = thresholds or Thresholds()
-    frames = bop.read_split(test_dir)
+    frames = bop_reader.read_split(test_dir)
     if max_frames is not None:
         frames = frames[:max_frames]
     if not frames:

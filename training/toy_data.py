@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import trimesh
 
-from hrpose_ros import bop
+from hrpose_ros import bop_format, bop_models, bop_writer
 from hrpose_ros.geometry import box_corners_3d, project
 from hrpose_ros.types import CameraModel, ObjectModel
 
@@ -69,10 +69,11 @@ def write_toy_models(models_dir) -> None:
     objects = toy_objects()
     for obj in objects:
         size = obj.points.max(axis=0) - obj.points.min(axis=0)
-        bop.write_ply_model(bop.model_path(models_dir, obj.obj_id), trimesh.creation.box(extents=size))
-    bop.write_models_info(Path(models_dir) / "models_info.json",
-                          [bop.model_info_from_points(o.obj_id, o.points) for o in objects])
-    bop.write_object_names(models_dir, {o.obj_id: o.name for o in objects})
+        bop_models.write_ply_model(bop_models.model_path(models_dir, obj.obj_id),
+                                   trimesh.creation.box(extents=size))
+    bop_models.write_models_info(Path(models_dir) / "models_info.json",
+                                 [bop_models.model_info_from_points(o.obj_id, o.points) for o in objects])
+    bop_models.write_object_names(models_dir, {o.obj_id: o.name for o in objects})
 
 
 def write_toy_split(split_dir, n_frames: int = 8, seed: int = 0) -> list[ObjectModel]:
@@ -84,7 +85,7 @@ def write_toy_split(split_dir, n_frames: int = 8, seed: int = 0) -> list[ObjectM
     objects = toy_objects()
     write_toy_models(Path(split_dir).parent / "models")
     K = TOY_CAMERA.K
-    with bop.SceneWriter(Path(split_dir) / "000000") as writer:
+    with bop_writer.SceneWriter(Path(split_dir) / "000000") as writer:
         for _ in range(n_frames):
             image = np.full((TOY_CAMERA.height, TOY_CAMERA.width, 3), rng.integers(0, 60, size=3), np.uint8)
             instances = []
@@ -97,7 +98,7 @@ def write_toy_split(split_dir, n_frames: int = 8, seed: int = 0) -> list[ObjectM
                         rng.uniform(0.45, 0.6),
                     ]
                 )
-                instances.append(bop.GtInstance(obj_id=obj.obj_id, R=_random_rotation(rng), t=t))
+                instances.append(bop_format.GtInstance(obj_id=obj.obj_id, R=_random_rotation(rng), t=t))
             for inst in sorted(instances, key=lambda i: -i.t[2]):
                 obj = next(o for o in objects if o.obj_id == inst.obj_id)
                 _paint(image, obj, inst.R, inst.t, K, colour_seed=obj.obj_id)

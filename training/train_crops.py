@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hrpose_ros import bop
+from hrpose_ros import bop_models
 from hrpose_ros.crop_keypoints import HEAD_OUTPUTS, CropKeypointConfig, CropKeypointNet, soft_argmax, vote
 from hrpose_ros.crop_pipeline import keypoints_from_dict, keypoints_to_dict
 from hrpose_ros.geometry import model_keypoints
@@ -67,7 +67,7 @@ class CropTrainConfig:
 
 
 def _split_objects(split: str):
-    return bop.load_object_models(Path(split).parent / "models")
+    return bop_models.load_object_models(Path(split).parent / "models")
 
 
 def _validate(model, samples, config, indices) -> float:

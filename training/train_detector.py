@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hrpose_ros import bop
+from hrpose_ros import bop_models, bop_reader
 from hrpose_ros.data.augment import AugmentConfig, augment
 from hrpose_ros.detector import (
     BoxCodec,
@@ -85,7 +85,7 @@ class Sample:
 
 
 def instance_boxes(
-    frame: bop.BopFrame, objects: list[ObjectModel]
+    frame: bop_reader.BopFrame, objects: list[ObjectModel]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (boxes (N, 4) image px, class indices (N,), visib_fract (N,)) of a frame's instances.
 
@@ -117,7 +117,7 @@ def load_samples(
     split_dirs: str, objects: list[ObjectModel], input_size, max_frames: int = 0, desc: str = "load"
 ) -> list[Sample]:
     """Return every frame of the comma-separated BOP ``split_dirs`` letterboxed to ``input_size`` (W, H)."""
-    frames = [f for d in split_dirs.split(",") if d for f in bop.read_split(d)]
+    frames = [f for d in split_dirs.split(",") if d for f in bop_reader.read_split(d)]
     if max_frames:
         frames = frames[:max_frames]
     samples = []
@@ -218,7 +218,7 @@ def train(config: TrainDetectorConfig, objects: list[ObjectModel] | None = None)
     out_dir.mkdir(parents=True, exist_ok=True)
     first_split = config.train_dirs.split(",")[0]
     if objects is None:
-        objects = bop.load_object_models(Path(first_split).parent / "models")
+        objects = bop_models.load_object_models(Path(first_split).parent / "models")
     objects = sorted(objects, key=lambda o: o.obj_id)
     model_config = DetectorConfig(
         num_classes=len(objects), input_size=tuple(config.input_size), pretrained=config.pretrained

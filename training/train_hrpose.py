@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hrpose_ros import bop
+from hrpose_ros import bop_models, bop_reader
 from hrpose_ros.checkpoints import Checkpoint, compact_points, load_checkpoint, save_checkpoint
 from hrpose_ros.codec import CodecConfig, KeypointCodec
 from hrpose_ros.devices import has_native_bf16, resolve_device
@@ -54,7 +54,7 @@ VAL_FIELDS = ("epoch", "step", "val_mse", "frames")
 def load_objects(objects_dir: str = "") -> list[ObjectModel]:
     """Return the objects to train on, sorted by obj_id: a BOP models dir, or "" = the shipped default set."""
     if objects_dir:
-        return bop.load_object_models(objects_dir)
+        return bop_models.load_object_models(objects_dir)
     from hrpose_ros.data.objects import load_default_objects
 
     return sorted(load_default_objects(), key=lambda o: o.obj_id)
@@ -154,7 +154,7 @@ def bf16_is_native(device: torch.device) -> bool:
 
 def split_loss(
     model: HRPose,
-    frames: Sequence[bop.BopFrame],
+    frames: Sequence[bop_reader.BopFrame],
     objects: Sequence[ObjectModel],
     codec: KeypointCodec,
     config: TrainConfig,
@@ -197,7 +197,7 @@ def split_loss(
     return float(np.average(losses, weights=weights))
 
 
-def read_splits(split_dirs: str) -> list[bop.BopFrame]:
+def read_splits(split_dirs: str) -> list[bop_reader.BopFrame]:
     """Return the frames of a BOP split, or of several joined by commas (``data/train,data/new``), in order.
 
     Several splits let a run add freshly generated frames to the ones it has already seen
@@ -208,12 +208,12 @@ def read_splits(split_dirs: str) -> list[bop.BopFrame]:
         raise ValueError(
             f"{split_dirs!r}: no BOP split given (expected a split dir, or several joined by commas)"
         )
-    return [frame for split in splits for frame in bop.read_split(split)]
+    return [frame for split in splits for frame in bop_reader.read_split(split)]
 
 
 def train(
     config: TrainConfig,
-    frames: Sequence[bop.BopFrame] | None = None,
+    frames: Sequence[bop_reader.BopFrame] | None = None,
     objects: Sequence[ObjectModel] | None = None,
 ) -> Path:
     """Train one stage and return the path of its last checkpoint (``out_dir``/last.pt).

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from hrpose_ros import bop
+from hrpose_ros import bop_models, bop_writer
 from hrpose_ros.data.objects import default_object_set_dir, select_objects
 from hrpose_ros.data.scenes import SceneFrame, SceneGenerator
 from hrpose_ros.visualization import colour_for, contact_sheet, draw_pose
@@ -109,7 +109,7 @@ def make_data(
     if rgb_ext not in ("jpg", "png"):
         raise ValueError(f"rgb_ext: expected 'jpg' or 'png', got {rgb_ext!r}")
     models_dir = Path(models_dir) if models_dir is not None else default_object_set_dir()
-    objects = select_objects(bop.load_object_models(models_dir), object_names)
+    objects = select_objects(bop_models.load_object_models(models_dir), object_names)
     _check_output(split_dir)
     split_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{split_dir.name}-", dir=split_dir.parent))
@@ -136,7 +136,7 @@ def make_data(
                             if writer is not None:
                                 writer.close()
                                 scene_id += 1
-                            writer = bop.SceneWriter(tmp / f"{scene_id:06d}", rgb_ext=rgb_ext)
+                            writer = bop_writer.SceneWriter(tmp / f"{scene_id:06d}", rgb_ext=rgb_ext)
                         writer.add_frame(frame.rgb, frame.K, frame.instances,
                                          depth=frame.depth if depth else None,
                                          masks_visib=frame.masks_visib, masks_full=frame.masks_full,

@@ -3,7 +3,7 @@
 The default set is eight meshes from the ``pybullet_data`` package (zlib licence), turned
 once into BOP models by :func:`build_default_object_set`: rotated so symmetry axes lie on
 z, centred on their bounding box, scaled to realistic sizes (5-20 cm), written as
-millimetre PLY files (``hrpose_ros.bop``) with models_info.json (diameter, bounding box,
+millimetre PLY files (``hrpose_ros.bop_models``) with models_info.json (diameter, bounding box,
 BOP symmetries), object_names.json and each texture as ``obj_OBJID.png`` beside its model
 (the PLY header names it with BOP's ``comment TextureFile``).
 
@@ -25,7 +25,7 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from hrpose_ros import bop
+from hrpose_ros import bop_models
 from hrpose_ros.geometry import symmetry_transformations
 from hrpose_ros.types import ObjectModel
 
@@ -69,9 +69,11 @@ SYMMETRIES = {
     "z90": ((_rotation("z", 90), _rotation("z", 180), _rotation("z", 270)), ()),
     "z180": ((_rotation("z", 180),), ()),
     "box": ((_rotation("x", 180), _rotation("y", 180), _rotation("z", 180)), ()),
-    "z-continuous": ((), (bop.ContinuousSymmetry(axis=np.array([0.0, 0.0, 1.0]), offset=np.zeros(3)),)),
+    "z-continuous": ((), (bop_models.ContinuousSymmetry(axis=np.array([0.0, 0.0, 1.0]),
+                                                        offset=np.zeros(3)),)),
     "z-continuous-flip": ((_rotation("x", 180),),
-                          (bop.ContinuousSymmetry(axis=np.array([0.0, 0.0, 1.0]), offset=np.zeros(3)),)),
+                          (bop_models.ContinuousSymmetry(axis=np.array([0.0, 0.0, 1.0]),
+                                                         offset=np.zeros(3)),)),
 }
 """BOP symmetries by name, about the model's centred frame: (discrete 4x4s, continuous axes).
 
@@ -121,7 +123,7 @@ def default_object_set_dir() -> Path:
 
 def load_default_objects(names: Sequence[str] | None = None) -> list[ObjectModel]:
     """Return the default set's objects (metres, symmetries filled), all or those ``names`` in order."""
-    return select_objects(bop.load_object_models(default_object_set_dir()), names)
+    return select_objects(bop_models.load_object_models(default_object_set_dir()), names)
 
 
 def select_objects(objects: Sequence[ObjectModel], names: Sequence[str] | None) -> list[ObjectModel]:
@@ -221,7 +223,7 @@ def prepare_mesh(
     return out, texture
 
 
-def symmetry_error(mesh: trimesh.Trimesh, model_info: bop.ModelInfo, samples: int = 400) -> float:
+def symmetry_error(mesh: trimesh.Trimesh, model_info: bop_models.ModelInfo, samples: int = 400) -> float:
     """Return the largest distance (metres) from a symmetry-moved surface sample to the surface.
 
     Near 0 when every symmetry in ``model_info`` maps the (metric, centred) ``mesh`` onto
@@ -240,8 +242,8 @@ def symmetry_error(mesh: trimesh.Trimesh, model_info: bop.ModelInfo, samples: in
 
 def _write_model(models_dir: Path, obj_id: int, mesh: trimesh.Trimesh, texture: Image.Image | None) -> None:
     """Write obj_OBJID.ply (mm, binary) and its texture obj_OBJID.png, naming it as BOP does."""
-    path = bop.model_path(models_dir, obj_id)
-    bop.write_ply_model(path, mesh, encoding="binary")
+    path = bop_models.model_path(models_dir, obj_id)
+    bop_models.write_ply_model(path, mesh, encoding="binary")
     if texture is None:
         return
     texture.save(path.with_suffix(".png"), optimize=True)
@@ -255,14 +257,14 @@ def _write_model(models_dir: Path, obj_id: int, mesh: trimesh.Trimesh, texture: 
     path.write_bytes(header.encode("ascii") + raw[end:])
 
 
-def _model_info(obj_id: int, mesh: trimesh.Trimesh, symmetry: str) -> bop.ModelInfo:
+def _model_info(obj_id: int, mesh: trimesh.Trimesh, symmetry: str) -> bop_models.ModelInfo:
     if symmetry not in SYMMETRIES:
         raise ValueError(f"symmetry: expected one of {sorted(SYMMETRIES)}, got {symmetry!r}")
     discrete, continuous = SYMMETRIES[symmetry]
-    return bop.model_info_from_points(obj_id, mesh.vertices, discrete, continuous)
+    return bop_models.model_info_from_points(obj_id, mesh.vertices, discrete, continuous)
 
 
-def _check_symmetry(mesh: trimesh.Trimesh, info: bop.ModelInfo, symmetry: str, where: str) -> None:
+def _check_symmetry(mesh: trimesh.Trimesh, info: bop_models.ModelInfo, symmetry: str, where: str) -> None:
     error = symmetry_error(mesh, info)
     if error > 0.02 * info.diameter:
         raise ValueError(f"{where}: symmetry {symmetry!r} moves the surface by up to {error * 1000:.1f} mm "
@@ -299,8 +301,8 @@ def build_default_object_set(out_dir=None) -> Path:
             names[obj_id] = source.name
             logger.info("obj %d %s: %s cm, diameter %.1f cm, %s", obj_id, source.name,
                         np.round(mesh.extents * 100, 1).tolist(), info.diameter * 100, source.symmetry)
-        bop.write_models_info(tmp / "models_info.json", infos)
-        bop.write_object_names(tmp, names)
+        bop_models.write_models_info(tmp / "models_info.json", infos)
+        bop_models.write_object_names(tmp, names)
         tmp.chmod(0o755)  # mkdtemp makes it private; the set is package data
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -334,14 +336,14 @@ def add_object(
         raise ValueError(f"name: expected a non-empty name without spaces, got {name!r}")
     models_dir = Path(models_dir) if models_dir is not None else default_object_set_dir()
     info_path = models_dir / "models_info.json"
-    infos = bop.read_models_info(info_path) if info_path.exists() else {}
-    names = bop.read_object_names(models_dir)
+    infos = bop_models.read_models_info(info_path) if info_path.exists() else {}
+    names = bop_models.read_object_names(models_dir)
     if name in names.values():
         raise ValueError(f"name: {name!r} is already in {models_dir} (names: {sorted(names.values())})")
 
     raw = _load_mesh(mesh_path)
     mesh, texture = prepare_mesh(raw, UNITS[unit], "z", colour)
-    diameter = bop.model_info_from_points(0, mesh.vertices).diameter
+    diameter = bop_models.model_info_from_points(0, mesh.vertices).diameter
     low, high = DIAMETER_RANGE_M
     if not low <= diameter <= high:
         hint = "smaller unit" if diameter > high else "larger unit"
@@ -352,22 +354,22 @@ def add_object(
     _check_symmetry(mesh, info, symmetry, str(mesh_path))
 
     models_dir.mkdir(parents=True, exist_ok=True)
-    model_file = bop.model_path(models_dir, obj_id)
+    model_file = bop_models.model_path(models_dir, obj_id)
     written = [model_file, model_file.with_suffix(".png")]
     try:
         _write_model(models_dir, obj_id, mesh, texture)
-        bop.write_models_info(info_path, [*infos.values(), info])
-        bop.write_object_names(models_dir, {**names, obj_id: name})
+        bop_models.write_models_info(info_path, [*infos.values(), info])
+        bop_models.write_object_names(models_dir, {**names, obj_id: name})
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
         if infos:
-            bop.write_models_info(info_path, infos.values())
-        bop.write_object_names(models_dir, names)
+            bop_models.write_models_info(info_path, infos.values())
+        bop_models.write_object_names(models_dir, names)
         raise
     logger.info("added obj %d %s to %s: %s cm, diameter %.1f cm", obj_id, name, models_dir,
                 np.round(mesh.extents * 100, 1).tolist(), diameter * 100)
-    return next(o for o in bop.load_object_models(models_dir) if o.obj_id == obj_id)
+    return next(o for o in bop_models.load_object_models(models_dir) if o.obj_id == obj_id)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from hrpose_ros import bop
+from hrpose_ros import bop_format, bop_models
 from hrpose_ros.data.backgrounds import BackgroundSource
 from hrpose_ros.render import Lighting, Renderer, RenderOutput
 from hrpose_ros.types import CameraModel, ObjectModel
@@ -60,7 +60,7 @@ TRAY_WALL = (0.012, 0.07)  # thickness, height
 class SceneFrame:
     """One synthetic frame: rgb (H, W, 3) uint8, depth (H, W) float32 m, K, annotations in metres.
 
-    ``instances`` are bop.GtInstance (model to camera); ``masks_visib``/``masks_full`` one
+    ``instances`` are bop_format.GtInstance (model to camera); ``masks_visib``/``masks_full`` one
     (H, W) bool mask each; ``R_w2c``/``t_w2c`` the world-to-camera pose for bin scenes.
     """
 
@@ -131,7 +131,7 @@ def tray_model(cache_dir) -> ObjectModel:
     colours = np.tile([70, 90, 110, 255], (len(mesh.vertices), 1))
     mesh.visual = trimesh.visual.ColorVisuals(vertex_colors=colours)
     path = Path(cache_dir) / "tray.ply"
-    bop.write_ply_model(path, mesh, encoding="binary")
+    bop_models.write_ply_model(path, mesh, encoding="binary")
     return ObjectModel(obj_id=TRAY_ID, name="tray", points=np.asarray(mesh.vertices),
                        diameter=float(np.linalg.norm(mesh.extents)), mesh_path=str(path))
 
@@ -263,7 +263,7 @@ class SceneGenerator:
         return image
 
     def _frame(self, out: RenderOutput, poses, background, R_w2c=None, t_w2c=None) -> SceneFrame:
-        instances = tuple(bop.GtInstance(obj_id=o, R=R, t=t) for o, R, t in poses)
+        instances = tuple(bop_format.GtInstance(obj_id=o, R=R, t=t) for o, R, t in poses)
         return SceneFrame(rgb=self._composite(out, background), depth=out.depth, K=self.camera.K,
                           instances=instances, masks_visib=tuple(out.masks_visib),
                           masks_full=tuple(out.masks_full), R_w2c=R_w2c, t_w2c=t_w2c)
