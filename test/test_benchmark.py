@@ -122,3 +122,34 @@ def test_crops_estimator_option_measures_the_crop_stages(tmp_path):
         assert list(stages) == ["message → image", "detection", "crops", "inference", "decode", "PnP",
                                 "message build + publish", "frame"]
         assert stages["frame"]["n"] == 2
+
+
+def test_hrpose_quick_run_writes_report_json_csv_and_figure(tmp_path, monkeypatch):
+    """The HRPose path end to end without the live node: every output file, the goals in the report."""
+    import json
+
+    from benchmarks import benchmark
+
+    # The 2048² matmul reference takes minutes on a busy 2-core machine; its value is not checked here.
+    monkeypatch.setattr(benchmark, "matmul_gflops", lambda dtype: 1.0)
+    weights = benchmark.random_checkpoint(tmp_path / "tiny.pt", "tiny", (320, 256))
+    out = tmp_path / "bench"
+    argv = ["--checkpoint", str(weights), "--quick", "--frames", "2", "--no-node", "--no-int8"]
+    argv += ["--threads", "1"]
+    assert benchmark.main([*argv, "--out", str(out)]) == 0
+    assert {"benchmark.json", "report.txt", "stages.csv", "benchmark.png", "model.onnx"} <= {
+        p.name for p in out.iterdir()
+    }
+    results = json.loads((out / "benchmark.json").read_text())
+    assert results["random_weights"] is True and results["checkpoint"] == str(weights)
+    assert {"torch fp32", "ORT fp32"} <= set(results["stages"])
+    assert list(results["instances"]) == ["1", "5", "10", "20"]
+    assert list(results["input_sizes"]) == ["320x256", "640x480"]
+    texts = [goal["text"] for goal in results["goals"]]
+    assert texts[0].startswith("end to end >= 20 fps: live node not measured")
+    assert texts[1].startswith("ONNX Runtime >= 1.5x torch eager")
+    assert texts[2].startswith("peaks + grouping + PnP < 3 ms with 10 instances")
+    assert texts[3].startswith("ROS conversion + publishing < 5 % of the frame")
+    report = (out / "report.txt").read_text()
+    assert "Goals of issue 8:" in report and all(text in report for text in texts)
+    assert (out / "stages.csv").read_text().startswith("backend,stage,median_ms,p90_ms,n")
