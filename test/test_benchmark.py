@@ -1,4 +1,4 @@
-"""The benchmark's own helpers (benchmarks/benchmark.py is a script; these pin down what it measures).
+"""The benchmark's own helpers (benchmarks/ is not installed; these pin down what it measures).
 
 Decode and PnP are timed on maps the codec encodes from synthetic ground truth: these tests
 check that those maps decode back into every instance at its true pose, so the timed work is
@@ -7,18 +7,17 @@ the real work.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from benchmarks.benchmark import (
-    CAMERA,
-    Stats,
-    cpu_summary,
-    encode_maps,
-    evaluate_goals,
-    paint_scene,
-    scene_instances,
-)
+from benchmarks.frames import CAMERA, encode_maps, paint_scene, scene_instances
+from benchmarks.goals import evaluate_goals
+from benchmarks.machine import cpu_summary
+from benchmarks.timing import Stats
 from hrpose_ros.codec import CodecConfig, KeypointCodec
 from hrpose_ros.pipeline import PosePipeline, letterbox
 from training.toy_data import toy_objects
@@ -128,11 +127,12 @@ def test_hrpose_quick_run_writes_report_json_csv_and_figure(tmp_path, monkeypatc
     """The HRPose path end to end without the live node: every output file, the goals in the report."""
     import json
 
-    from benchmarks import benchmark
+    from benchmarks import benchmark, run_hrpose
+    from benchmarks.backends import random_checkpoint
 
     # The 2048² matmul reference takes minutes on a busy 2-core machine; its value is not checked here.
-    monkeypatch.setattr(benchmark, "matmul_gflops", lambda dtype: 1.0)
-    weights = benchmark.random_checkpoint(tmp_path / "tiny.pt", "tiny", (320, 256))
+    monkeypatch.setattr(run_hrpose, "matmul_gflops", lambda dtype: 1.0)
+    weights = random_checkpoint(tmp_path / "tiny.pt", "tiny", (320, 256))
     out = tmp_path / "bench"
     argv = ["--checkpoint", str(weights), "--quick", "--frames", "2", "--no-node", "--no-int8"]
     argv += ["--threads", "1"]
@@ -153,3 +153,19 @@ def test_hrpose_quick_run_writes_report_json_csv_and_figure(tmp_path, monkeypatc
     report = (out / "report.txt").read_text()
     assert "Goals of issue 8:" in report and all(text in report for text in texts)
     assert (out / "stages.csv").read_text().startswith("backend,stage,median_ms,p90_ms,n")
+
+
+def test_script_runs_from_the_repository_as_make_bench_calls_it():
+    """`python benchmarks/benchmark.py` finds its sibling modules as the benchmarks package."""
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "benchmarks/benchmark.py", "--help"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines to the terminal
+    assert "where the time of one 640x480 frame goes, per backend" in text
+    assert "--estimator {hrpose,crops}" in text
