@@ -22,7 +22,7 @@ What it measures, all in one run so that ratios are comparable on a shared machi
 4. decode + PnP latency vs number of instances (1, 5, 10, 20) on maps encoded by the codec
    from ground truth (real maps, not fakes), and inference + decode latency vs input size;
 5. resident memory (psutil) of this process and of each node;
-6. which goals (benchmarks/goals.py) are met and by how much.
+6. which goals (benchmarks/goals.yaml) are met and by how much.
 
 Without ``--checkpoint`` it uses the shipped weights (hrpose_ros/assets/weights) when present.
 Otherwise it builds a student with random weights whose output layer is zero: latency does not

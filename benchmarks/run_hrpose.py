@@ -14,7 +14,7 @@ import torch
 
 from benchmarks.backends import build_backends, int8_model, resolve_checkpoint
 from benchmarks.frames import split_frames, synthetic_frames
-from benchmarks.goals import evaluate_goals
+from benchmarks.goals import evaluate_goals, load_goals
 from benchmarks.live_node import measure_node
 from benchmarks.machine import cpu_summary, matmul_gflops, rss_mb
 from benchmarks.report import format_report, summarize, to_jsonable, write_outputs
@@ -28,6 +28,7 @@ from hrpose_ros.runtime import export_onnx, load_checkpoint
 
 def run_hrpose(args, settings: Settings, out: Path) -> int:
     """Measure the HRPose checkpoint of ``args`` in every way, print the report, write ``out``; return 0."""
+    goals = load_goals()
     started, load_start = time.time(), os.getloadavg()[0]
     cpu = cpu_summary()
 
@@ -94,7 +95,7 @@ def run_hrpose(args, settings: Settings, out: Path) -> int:
         ros.close()
 
     summary = summarize(raw)
-    goals = evaluate_goals(summary, random_weights)
+    verdicts = evaluate_goals(summary, goals, random_weights)
     variant = checkpoint.model_config.variant
     results = {
         "title": (
@@ -147,15 +148,15 @@ def run_hrpose(args, settings: Settings, out: Path) -> int:
             "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "per_engine": {b.label: b.rss_increase_mb for b in active},
         },
-        "goals": [{"met": met, "text": text} for met, text in goals],
+        "goals": [{"met": met, "text": text} for met, text in verdicts],
         "load_average": {"start": load_start, "end": os.getloadavg()[0]},
         "notes": settings.notes,
     }
-    report = format_report(results, summary, goals)
+    report = format_report(results, summary, verdicts)
     report += (
         f"\n\ntook {time.time() - started:.0f} s; load average at end {results['load_average']['end']:.2f}; "
         f"wrote {out}/benchmark.json, stages.csv, report.txt, benchmark.png"
     )
     print(report)
-    write_outputs(out, to_jsonable(results), report)
+    write_outputs(out, to_jsonable(results), report, goals)
     return 0
