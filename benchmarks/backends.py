@@ -26,7 +26,7 @@ ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecu
 
 
 def benchmark_objects() -> list[ObjectModel]:
-    """Return the shipped default object set (helper B's) when installed, else the two toy boxes."""
+    """Return the shipped default object set when installed, else the two toy boxes."""
     try:
         from hrpose_ros.data.objects import load_default_objects
         from hrpose_ros.runtime import compact_points
@@ -95,10 +95,7 @@ def int8_model(args, settings: Settings, onnx_path: Path, frames: Sequence[Frame
     else:
         calibration = [f.image for f in frames[: settings.calib_frames]]
         settings.notes.append(f"int8 calibrated on {len(calibration)} of the benchmark's synthetic frames")
-    # The regressor's three output convs stay fp32 (quantize_int8 --fp32-head): 8 ms more inference
-    # here, but the int8 maps agree better with fp32 (belief cosine 0.92 vs 0.77 with the shipped
-    # weights) and hold fewer stray peaks, so decoding + PnP cost half (live node at 30 Hz: 25.8 vs
-    # 24.0 Hz out, 2026-11-29).
+    # Output convs in fp32: the int8 maps hold fewer stray peaks, so decode + PnP cost half.
     settings.notes.append("int8: QDQ with the 3 output convolutions in fp32 (quantize_int8 fp32_head)")
     return quantize_int8(onnx_path, calibration, int8_path_for(onnx_path), fp32_head=True)
 
