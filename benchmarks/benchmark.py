@@ -1,4 +1,4 @@
-"""hrpose_ros performance benchmark (issue 8): where the time of one 640x480 frame goes, per backend.
+"""hrpose_ros performance benchmark: where the time of one 640x480 frame goes, per backend.
 
     make bench                                   # full run (>= 100 frames per measurement), out/bench
     python benchmarks/benchmark.py --quick       # a few frames per measurement, to check it works

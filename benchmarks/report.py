@@ -189,7 +189,7 @@ def format_report(results: dict, summary: dict, verdicts: Sequence[tuple[bool | 
             f"per engine MiB: {per_engine})"
         ),
     ]
-    lines += ["", "Goals of issue 8:"]
+    lines += ["", "Goals (benchmarks/goals.yaml):"]
     for met, text in verdicts:
         lines.append(f"  [{'n/a   ' if met is None else ('MET   ' if met else 'MISSED')}] {text}")
     return "\n".join(lines)

@@ -159,7 +159,7 @@ def test_hrpose_quick_run_writes_report_json_csv_and_figure(tmp_path, monkeypatc
     )
     assert texts[3].startswith(f"ROS conversion + publishing < {100 * goals.ros_share:g} % of the frame")
     report = (out / "report.txt").read_text()
-    assert "Goals of issue 8:" in report and all(text in report for text in texts)
+    assert "Goals (benchmarks/goals.yaml):" in report and all(text in report for text in texts)
     assert (out / "stages.csv").read_text().startswith("backend,stage,median_ms,p90_ms,n")
 
 
