@@ -25,7 +25,7 @@ lint: bootstrap
 clean:
 	rm -rf .build env.sh
 
-# Performance benchmark of issue 8 (per-stage latency per backend, live node, GFLOP/s, scaling,
+# Performance benchmark (per-stage latency per backend, live node, GFLOP/s, scaling,
 # memory; several minutes): prints its table, writes out/bench/. BENCH_ARGS=--quick for a short run.
 .PHONY: bench
 bench: bootstrap

@@ -248,7 +248,7 @@ def _replay_parser() -> argparse.ArgumentParser:
         "--precision",
         default="fp32",
         choices=("fp32", "bf16", "int8", "auto"),
-        help="inference precision (hrpose_ros.runtime; int8 needs --backend onnxruntime and a .int8.onnx)",
+        help="inference precision (hrpose_ros.devices; int8 needs --backend onnxruntime and a .int8.onnx)",
     )
     parser.add_argument(
         "--image-topic", default=None, help="default: the bag's only Image/CompressedImage topic"
