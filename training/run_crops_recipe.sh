@@ -23,7 +23,7 @@ TRAIN=${1:-data/ctrain,data/ctrain2}
 VAL=${2:-data/val}
 TEST=${3:-data/test}
 OUT=${4:-runs/crops}
-KEYPOINTS=${KEYPOINTS:-box}
+KEYPOINTS=${KEYPOINTS:-surface}  # the shipped file's; box = HRPose's corners
 DETECTOR_MINUTES=${DETECTOR_MINUTES:-90}
 TEACHER_MINUTES=${TEACHER_MINUTES:-90}
 STUDENT_STEPS=${STUDENT_STEPS:-5000}
