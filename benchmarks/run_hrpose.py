@@ -57,8 +57,8 @@ def run_hrpose(args, settings: Settings, out: Path) -> int:
     try:
         raw["samples"], raw["found"] = measure_stages(active, frames, ros, settings.frames, settings.warmup)
         raw["matmul"] = {
-            "matmul_fp32": matmul_gflops(torch.float32),
-            "matmul_bf16": matmul_gflops(torch.bfloat16),
+            "matmul_fp32": matmul_gflops(torch.float32, settings.matmul_size),
+            "matmul_bf16": matmul_gflops(torch.bfloat16, settings.matmul_size),
         }
         raw["instances"] = measure_instances(
             active[0].pipeline, objects, codec, checkpoint.input_size, settings.repeats

@@ -22,6 +22,7 @@ class Settings:
     with_ort_sizes: bool = True
     transport_check_frames: int = 10  # closed-loop frames of one node with the other DDS transport
     input_sizes: tuple[tuple[int, int], ...] = INPUT_SIZES
+    matmul_size: int = 2048  # the GFLOP/s reference matmul's side
     notes: list[str] = field(default_factory=list)
 
 
@@ -37,4 +38,5 @@ QUICK = Settings(
     with_ort_sizes=False,
     transport_check_frames=0,
     input_sizes=((320, 256), (640, 480)),
+    matmul_size=256,
 )

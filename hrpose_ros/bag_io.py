@@ -71,7 +71,7 @@ CAMERA_INFO_TOPIC = "/camera/color/camera_info"
 GROUND_TRUTH_TOPIC = "/ground_truth/objects"
 CAMERA_FRAME = "camera_color_optical_frame"
 
-# Bag stamps of converted scenes start here (2023-11-14 22:13:20 UTC): a plausible wall time,
+# Bag stamps of converted scenes start at 1.7e9 s after the epoch: a plausible wall time,
 # fixed so that converting a scene twice gives identical bags.
 DEFAULT_START_NS = 1_700_000_000 * 1_000_000_000
 

@@ -112,13 +112,10 @@ def resolve_precision(
 
     "auto" picks bf16 for torch where the hardware computes bf16 natively (a CPU with AVX-512
     BF16 or AMX BF16, ``features`` from :func:`cpu_features`; a CUDA GPU that supports bf16), and
-    fp32 everywhere else, including every onnxruntime engine. Why: measured on this project's
-    2-core Xeon (AMX) in session 1, torch bf16 with channels_last ran the student 3.4x faster than
-    torch fp32 (57 vs 204 ms at 640x480), faster than ONNX Runtime fp32 (96 ms); without bf16
-    units oneDNN emulates bf16 and is slower than fp32. "auto" never picks int8: issue 8 makes int8
-    the CPU default only if it costs at most 1 point of ADD(-S) recall, which has not been
-    measured with the shipped weights yet (training/quantize_int8.py measures it); ask for int8
-    explicitly.
+    fp32 everywhere else, including every onnxruntime engine. Why: with native bf16 units (AMX)
+    torch bf16 + channels_last beats fp32 by several times (benchmarks/README.md); without them
+    oneDNN emulates bf16, slower than fp32. "auto" never picks int8: its accuracy cost is not
+    measured for the shipped weights (training/quantize_int8.py measures it); ask for it explicitly.
 
     ValueError (naming ``precision``) for a name not in :data:`PRECISIONS`, int8 with torch
     (int8 is an ONNX QDQ model) or bf16 with onnxruntime (ONNX Runtime's CPU kernels have no bf16
