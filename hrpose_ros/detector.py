@@ -473,7 +473,8 @@ def save_detector(
 
 
 def load_detector(path) -> tuple[SingleShotDetector, list[ObjectModel]]:
-    """Return (SingleShotDetector in eval mode, objects) stored at ``path``.
+    """Return (SingleShotDetector in eval mode, objects) stored at ``path`` (a detector
+    checkpoint, or a crops weights file whose detector part is taken).
 
     A missing or unreadable file raises ValueError naming it.
     """
@@ -484,6 +485,8 @@ def load_detector(path) -> tuple[SingleShotDetector, list[ObjectModel]]:
         d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a truncated or foreign file
         raise ValueError(f"{path}: not a readable detector checkpoint ({exc})") from exc
+    if isinstance(d, dict) and d.get("estimator") == "crops" and "detector" in d:
+        d = d["detector"]  # the detector part of a crops weights file (fine-tuning shipped weights)
     return detector_from_dict(d, str(path))
 
 

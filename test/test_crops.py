@@ -120,6 +120,18 @@ def test_short_crop_training_lowers_the_loss_and_saves_a_loadable_network(toy, t
     train(again, progress=False)
     resumed = np.mean([r["total"] for r in _rows(tmp_path / "again" / "log.csv")])
     assert resumed < 0.9 * first
+    # ... and from the keypoint part of a crops weights file (fine-tuning shipped weights)
+    from hrpose_ros.crop_pipeline import save_crops_file
+    from hrpose_ros.detector import DetectorConfig, SingleShotDetector, detector_to_dict
+
+    config_d = DetectorConfig(num_classes=len(objects), input_size=(128, 96), pretrained=False)
+    detector = SingleShotDetector(config_d)
+    bundle = save_crops_file(tmp_path / "bundle.pt", detector_to_dict(detector, objects),
+                             torch.load(path, weights_only=False))
+    train(CropTrainConfig(**{**again.__dict__, "out": str(tmp_path / "bundled"), "init": str(bundle)}),
+          progress=False)
+    from_bundle = np.mean([r["total"] for r in _rows(tmp_path / "bundled" / "log.csv")])
+    assert from_bundle < 0.9 * first
 
 
 def test_surface_keypoints_travel_with_the_network_and_box_files_without_them_still_load(toy, tmp_path):

@@ -164,6 +164,13 @@ def test_checkpoint_round_trip_keeps_config_objects_and_outputs(small_model, tmp
     assert len(detections) <= model.config.max_detections  # untrained: sizes <= 0 are dropped
     assert all(d.box_xywh[2] > 0 and d.box_xywh[3] > 0 for d in detections)
     assert all(isinstance(d, Detection) and d.obj_id in (1, 2) for d in detections)
+    # a crops weights file yields its detector part (what --init fine-tunes)
+    bundle = tmp_path / "crops.pt"
+    torch.save({"estimator": "crops", "detector": torch.load(path, weights_only=True)}, bundle)
+    from_bundle, _ = load_detector(bundle)
+    assert from_bundle.config == model.config
+    pairs = zip(from_bundle.state_dict().values(), model.state_dict().values())
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_load_detector_raises_value_error_naming_a_missing_or_corrupt_file(tmp_path):

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from hrpose_ros import bop_models
 from hrpose_ros.crop_keypoints import HEAD_OUTPUTS, CropKeypointConfig, CropKeypointNet, soft_argmax, vote
-from hrpose_ros.crop_pipeline import keypoints_from_dict, keypoints_to_dict
+from hrpose_ros.crop_pipeline import CROPS_FORMAT, keypoints_from_dict, keypoints_to_dict
 from hrpose_ros.geometry import model_keypoints
 from training.crop_data import JitterConfig, crop_batch, load_crop_samples
 from training.crop_losses import keypoint_loss, voting_loss
@@ -176,6 +176,8 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
     model.keypoints_3d = keypoints_3d
     if config.init:
         stored = torch.load(config.init, map_location="cpu", weights_only=False)
+        if isinstance(stored, dict) and stored.get("format") == CROPS_FORMAT:
+            stored = stored["keypoints"]  # the keypoint part of a crops weights file
         start, start_objects, _ = keypoints_from_dict(stored, config.init)
         # Another keypoint set is allowed: the heads then start from related maps.
         same = replace(start.config, keypoints=model_config.keypoints, pretrained=model_config.pretrained)
@@ -304,7 +306,8 @@ def main(argv=None) -> None:
         choices=("voting", "heatmap"),
         help="keypoint head (hrpose_ros.crop_keypoints)",
     )
-    parser.add_argument("--init", default="", help="go on training from this keypoints.pt")
+    parser.add_argument("--init", default="",
+                        help="go on training from this keypoints.pt or crops weights file")
     parser.add_argument(
         "--keypoints",
         default="box",

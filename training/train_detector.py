@@ -343,7 +343,8 @@ def main(argv=None) -> None:
     parser.add_argument("--input-size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 128x96 input, 16 frames, 5 steps")
-    parser.add_argument("--init", default="", help="go on training from this detector checkpoint")
+    parser.add_argument("--init", default="",
+                        help="go on training from this detector checkpoint or crops weights file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = TrainDetectorConfig(
