@@ -25,8 +25,9 @@ CAMERA = "/camera"
 
 def node_command(**parameters) -> list[str]:
     """Return the pose_node command line of the launch file's defaults, plus ``parameters`` (-p)."""
-    command = [*pose_node_command(), "--ros-args", "-r", "__node:=pose_node", "--params-file", str(PARAMS_FILE),
-               "-r", f"image:={CAMERA}/image_raw", "-r", f"camera_info:={CAMERA}/camera_info"]
+    command = [*pose_node_command(), "--ros-args", "-r", "__node:=pose_node",
+               "--params-file", str(PARAMS_FILE), "-r", f"image:={CAMERA}/image_raw",
+               "-r", f"camera_info:={CAMERA}/camera_info"]
     for name, value in parameters.items():
         command += ["-p", f"{name}:={value}"]
     return command
@@ -118,7 +119,7 @@ class Monitor:
             return int(self.diagnostics.get(key, "0"))
 
     def wait_for(self, predicate, timeout: float, what: str, process: subprocess.Popen | None = None):
-        """Return predicate()'s first truthy value; AssertionError after ``timeout`` s or if ``process`` exits."""
+        """Return predicate()'s first truthy value; AssertionError on timeout or when ``process`` exits."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = predicate()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.camera_peer import FRAME_ID, HEIGHT, WIDTH, camera_messages
+from benchmarks.camera_peer import FRAME_ID, WIDTH, camera_messages
 from benchmarks.dds_node import PROFILE, Monitor, start_node, stop_node
 
 ENCODINGS = ("", "rgb8", "bgr8", "mono8", "rgba8", "bgra8", "mono16", "16UC1", "32FC1", "yuv422",
@@ -176,7 +176,8 @@ def main(argv=None) -> int:
         monitor.close()
     budget = log_budget(result)
     worst = max(result.log_kinds.values(), default=0)
-    lines = [f"malformed pairs {result.bad_pairs} ({2 * result.bad_pairs} messages) in {result.seconds:.0f} s; "
+    messages = 2 * result.bad_pairs
+    lines = [f"malformed pairs {result.bad_pairs} ({messages} messages) in {result.seconds:.0f} s; "
              f"good frames served {result.good_served}/{result.good_sent}; node exit code {code}",
              f"node log messages {result.node_logs}; most of one kind {worst} (throttle budget {budget})",
              "malformed by: " + ", ".join(f"{k} {v}" for k, v in sorted(result.kinds.items()))]
