@@ -12,7 +12,10 @@ in seconds); two deliberate choices:
   emitted on its input is refused. Both count as dropped;
 - a message more than ``JUMP_BACK_S`` older than the last one emitted on its input means
   time went back (a bag replayed in a loop, a clock reset, or one stamp from the far
-  future before): the synchroniser starts afresh instead of refusing everything after.
+  future before): the synchroniser forgets what it emitted and the messages queued from
+  that far ahead, instead of refusing everything after. Emitting a set discards only the
+  older messages within ``JUMP_BACK_S`` of it, so one far-future set does not take the
+  present's messages with it.
 """
 
 from __future__ import annotations
@@ -70,10 +73,13 @@ class ApproximateTimeSynchronizer:
 
     def _add_locked(self, index: int, stamp: int, msg: Any) -> tuple | None:
         last = self._last_emitted[index]
-        if last is not None and last - stamp > JUMP_BACK_S * 1e9:
+        jump = round(JUMP_BACK_S * 1e9)
+        if last is not None and last - stamp > jump:
             for i, queue in enumerate(self._queues):
-                self.dropped[i] += len(queue)
-                queue.clear()
+                ahead = [t for t in queue if t - stamp > jump]
+                for t in ahead:
+                    del queue[t]
+                self.dropped[i] += len(ahead)
             self._last_emitted = [None] * len(self._queues)
             self.resets += 1
             last = None
@@ -103,7 +109,7 @@ class ApproximateTimeSynchronizer:
 
         matched = tuple(q.pop(s) for q, s in zip(self._queues, best))
         for i, (q, s) in enumerate(zip(self._queues, best)):
-            older = [t for t in q if t < s]
+            older = [t for t in q if s - round(JUMP_BACK_S * 1e9) <= t < s]
             for t in older:
                 del q[t]
             self.dropped[i] += len(older)

@@ -25,3 +25,11 @@ def test_a_bag_loop_starts_afresh_but_jitter_is_still_refused():
     sync.add(0, 3 * S, "image3")  # the bag starts again
     assert sync.add(1, 3 * S, "info3") == ("image3", "info3")
     assert sync.resets == 1
+
+
+def test_the_present_survives_a_far_future_set_emitted_between_its_image_and_camera_info():
+    sync = ApproximateTimeSynchronizer(2, 5, 0.01)
+    assert sync.add(0, 10**9 * S, "image_future") is None
+    assert sync.add(0, 20 * S, "image20") is None
+    assert sync.add(1, 10**9 * S, "info_future") == ("image_future", "info_future")
+    assert sync.add(1, 20 * S, "info20") == ("image20", "info20")
