@@ -486,8 +486,12 @@ class PoseNode(Node):
             if not infos_flowing:
                 return [("", f"no images on {self._image_topic} for {since:.1f} s")]
             # The camera is alive (camera_info arrives) but its images do not.
+            hint = self._loss_hint() or (
+                f"; large images may be lost on the way: give the camera and this node "
+                f"config/fastdds_profile.xml, or for a reliable camera set "
+                f"qos_overrides.{self._image_topic}.subscription.reliability: reliable")
             return [("lost-images", f"camera_info arrives on {self._info_topic} but no image on "
-                     f"{self._image_topic} for {since:.1f} s{self._loss_hint()}")]
+                     f"{self._image_topic} for {since:.1f} s{hint}")]
         if not infos_flowing:
             return [("no-camera-info", f"images arrive on {self._image_topic} but no camera_info on "
                      f"{self._info_topic} for {waiting:.1f} s: poses need the intrinsics")]
