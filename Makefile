@@ -57,3 +57,23 @@ accuracy: bootstrap
 	     --distilled Crops --out out/accuracy \
 	  && python -m training.evaluate_detector --detector hrpose_ros/assets/weights/crops_lite0.pt \
 	     --split data/test --out out/accuracy/detector
+
+# Delivery of 640x480 frames to a live pose_node per QoS pairing (camera reliable / best effort x
+# node input) at 15 and 30 Hz: published, received, lost in transport, processed, dropped on purpose
+# (a few minutes). Prints the table, writes out/delivery/. DELIVERY_ARGS="--profile none" compares
+# with Fast DDS's default transports.
+.PHONY: delivery
+delivery: bootstrap
+	$(ENV) && python -m benchmarks.delivery --out out/delivery $(DELIVERY_ARGS)
+
+# 1,000 malformed Image/CameraInfo pairs over DDS with good frames between them: the node must
+# survive, serve every good frame and keep its logs throttled (about a minute). Writes out/fuzz/.
+.PHONY: fuzz
+fuzz: bootstrap
+	$(ENV) && python -m benchmarks.fuzz --n 1000 --out out/fuzz
+
+# 10 minutes at 30 Hz with the shipped model: RSS each second, latency p99 per minute, crashes.
+# Not in CI. Writes out/soak/ (soak.png, soak.md). SOAK_ARGS="--minutes 2" for a shorter run.
+.PHONY: soak
+soak: bootstrap
+	$(ENV) && python -m benchmarks.soak --out out/soak $(SOAK_ARGS)

@@ -42,6 +42,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -157,6 +158,7 @@ class _Stats:
         self.lock = threading.Lock()
         self.images = self.camera_infos = self.processed = 0
         self.dropped = self.rejected = self.failed = 0  # totals since start
+        self.total_images = self.total_processed = self.lost_images = self.lost_camera_infos = 0
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.last_error = ""
         self.period_rejected = 0
@@ -212,6 +214,7 @@ class PoseNode(Node):
         self._last_image_time: float | None = None
         self._last_info_time: float | None = None
         self._last_pair_time: float | None = None
+        self._reported_lost = 0
         self._start_time = time.monotonic()
 
         io_group = MutuallyExclusiveCallbackGroup()
@@ -269,12 +272,18 @@ class PoseNode(Node):
 
     def _subscribe(self, group) -> None:
         """Subscribe image + camera_info and connect them through an approximate-time synchroniser."""
+        # Best effort (sensor data) matches best-effort and reliable publishers alike; reliable would
+        # refuse best-effort cameras. Losses on the way are counted from DDS's message-lost events.
         options = {"qos_profile": qos_profile_sensor_data, "callback_group": group,
                    "qos_overriding_options": QoSOverridingOptions.with_default_policies()}
+        image_options = {**options, "event_callbacks": SubscriptionEventCallbacks(
+            message_lost=lambda info: self._on_lost("lost_images", info))}
+        info_options = {**options, "event_callbacks": SubscriptionEventCallbacks(
+            message_lost=lambda info: self._on_lost("lost_camera_infos", info))}
         queue, slop = self.config.sync_queue_size, self.config.sync_slop
         if message_filters is not None:
-            image_sub = message_filters.Subscriber(self, Image, "image", **options)
-            info_sub = message_filters.Subscriber(self, CameraInfo, "camera_info", **options)
+            image_sub = message_filters.Subscriber(self, Image, "image", **image_options)
+            info_sub = message_filters.Subscriber(self, CameraInfo, "camera_info", **info_options)
             image_sub.registerCallback(self._on_image_seen)
             info_sub.registerCallback(self._on_camera_info_seen)
             self._sync = message_filters.ApproximateTimeSynchronizer([image_sub, info_sub], queue, slop)
@@ -291,8 +300,8 @@ class PoseNode(Node):
             self._on_camera_info_seen(msg)
             self._sync.add(1, stamp_to_ns(msg.header.stamp), msg)
 
-        image_sub = self.create_subscription(Image, "image", on_image, **options)
-        info_sub = self.create_subscription(CameraInfo, "camera_info", on_info, **options)
+        image_sub = self.create_subscription(Image, "image", on_image, **image_options)
+        info_sub = self.create_subscription(CameraInfo, "camera_info", on_info, **info_options)
         self._image_topic, self._info_topic = image_sub.topic_name, info_sub.topic_name
 
     # -- input ------------------------------------------------------------------------------------
@@ -301,6 +310,11 @@ class PoseNode(Node):
         self._last_image_time = time.monotonic()
         with self._stats.lock:
             self._stats.images += 1
+            self._stats.total_images += 1
+
+    def _on_lost(self, counter: str, info) -> None:
+        with self._stats.lock:
+            setattr(self._stats, counter, int(info.total_count))
 
     def _on_camera_info_seen(self, _msg: CameraInfo) -> None:
         self._last_info_time = time.monotonic()
@@ -415,6 +429,7 @@ class PoseNode(Node):
         timings["total"] = time.monotonic() - inferred.received
         with self._stats.lock:
             self._stats.processed += 1
+            self._stats.total_processed += 1
             for stage, seconds in timings.items():
                 self._stats.latencies[stage].append(seconds)
 
@@ -470,11 +485,13 @@ class PoseNode(Node):
                 return []
             if not infos_flowing:
                 return [("", f"no images on {self._image_topic} for {since:.1f} s")]
-            # The camera is alive (camera_info arrives) but its images do not: seen with Fast DDS,
-            # which loses large messages whole on best-effort links.
+            # The camera is alive (camera_info arrives) but its images do not.
+            hint = self._loss_hint() or (
+                f"; large images may be lost on the way: give the camera and this node "
+                f"config/fastdds_profile.xml, or for a reliable camera set "
+                f"qos_overrides.{self._image_topic}.subscription.reliability: reliable")
             return [("lost-images", f"camera_info arrives on {self._info_topic} but no image on "
-                     f"{self._image_topic} for {since:.1f} s; large images may be lost on best-effort QoS: "
-                     f"set qos_overrides.{self._image_topic}.subscription.reliability: reliable")]
+                     f"{self._image_topic} for {since:.1f} s{hint}")]
         if not infos_flowing:
             return [("no-camera-info", f"images arrive on {self._image_topic} but no camera_info on "
                      f"{self._info_topic} for {waiting:.1f} s: poses need the intrinsics")]
@@ -482,6 +499,16 @@ class PoseNode(Node):
             return [("unmatched", f"image and camera_info stamps have not matched within sync_slop="
                      f"{self.config.sync_slop} s for {waiting:.1f} s")]
         return []
+
+    def _loss_hint(self) -> str:
+        """Return why images may be lost on the way, when DDS reported losses (else "")."""
+        with self._stats.lock:
+            lost = self._stats.lost_images
+        if not lost:
+            return ""
+        return (f"; {lost} image(s) lost in transport: give the camera's process and this node "
+                f"FASTDDS_DEFAULT_PROFILES_FILE=<share>/hrpose_ros/config/fastdds_profile.xml (Fast DDS's "
+                f"default transports lose large images on best-effort links)")
 
     def _publish_diagnostics(self) -> None:
         images, infos, processed, rejected, latencies = self._stats.take_period()
@@ -493,11 +520,21 @@ class PoseNode(Node):
         with self._stats.lock:
             dropped, total_rejected, failed = self._stats.dropped, self._stats.rejected, self._stats.failed
             last_error = self._stats.last_error
+            total_images, total_processed = self._stats.total_images, self._stats.total_processed
+            lost_images, lost_infos = self._stats.lost_images, self._stats.lost_camera_infos
+        if lost_images > self._reported_lost:
+            self._warn("lost-in-transport", f"images lost on the way to the node{self._loss_hint()}")
+            warnings.append(("", f"{lost_images - self._reported_lost} image(s) lost in transport"))
+        self._reported_lost = lost_images
         sync_dropped = sum(getattr(self._sync, "dropped", []))
         values = {
             "input rate (Hz)": f"{images / period:.2f}",
             "camera_info rate (Hz)": f"{infos / period:.2f}",
             "output rate (Hz)": f"{processed / period:.2f}",
+            "images received": str(total_images),
+            "frames processed": str(total_processed),
+            "lost in transport (images)": str(lost_images),
+            "lost in transport (camera_info)": str(lost_infos),
             "dropped frames (queue)": str(dropped),
             "unmatched messages (sync)": str(sync_dropped),
             "rejected frames": str(total_rejected),

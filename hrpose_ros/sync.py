@@ -9,7 +9,13 @@ in seconds); two deliberate choices:
   smallest spread of stamps wins (message_filters takes the first it finds);
 - emitted sets have non-decreasing stamps on every input: when a set is emitted, the
   older messages still queued are discarded, and a message older than the last one
-  emitted on its input is refused. Both count as dropped.
+  emitted on its input is refused. Both count as dropped;
+- a message more than ``JUMP_BACK_S`` older than the last one emitted on its input means
+  time went back (a bag replayed in a loop, a clock reset, or one stamp from the far
+  future before): the synchroniser forgets what it emitted and the messages queued from
+  that far ahead, instead of refusing everything after. Emitting a set discards only the
+  older messages within ``JUMP_BACK_S`` of it, so one far-future set does not take the
+  present's messages with it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ApproximateTimeSynchronizer"]
+__all__ = ["JUMP_BACK_S", "ApproximateTimeSynchronizer"]
+
+JUMP_BACK_S = 1.0  # far beyond any camera's jitter, shorter than a bag loop
 
 
 class ApproximateTimeSynchronizer:
@@ -45,6 +53,7 @@ class ApproximateTimeSynchronizer:
         self._callbacks: list[Callable[..., Any]] = [callback] if callback is not None else []
         self._lock = threading.Lock()
         self.dropped = [0] * int(num_inputs)
+        self.resets = 0  # times time went back (JUMP_BACK_S)
 
     def register_callback(self, callback: Callable[..., Any]) -> None:
         """Call ``callback(*msgs)`` for every matched set."""
@@ -64,6 +73,16 @@ class ApproximateTimeSynchronizer:
 
     def _add_locked(self, index: int, stamp: int, msg: Any) -> tuple | None:
         last = self._last_emitted[index]
+        jump = round(JUMP_BACK_S * 1e9)
+        if last is not None and last - stamp > jump:
+            for i, queue in enumerate(self._queues):
+                ahead = [t for t in queue if t - stamp > jump]
+                for t in ahead:
+                    del queue[t]
+                self.dropped[i] += len(ahead)
+            self._last_emitted = [None] * len(self._queues)
+            self.resets += 1
+            last = None
         if last is not None and stamp <= last:
             self.dropped[index] += 1  # older than what was already emitted: never useful
             return None
@@ -90,7 +109,7 @@ class ApproximateTimeSynchronizer:
 
         matched = tuple(q.pop(s) for q, s in zip(self._queues, best))
         for i, (q, s) in enumerate(zip(self._queues, best)):
-            older = [t for t in q if t < s]
+            older = [t for t in q if s - round(JUMP_BACK_S * 1e9) <= t < s]
             for t in older:
                 del q[t]
             self.dropped[i] += len(older)

@@ -9,15 +9,21 @@ backend, device and precision override it when given; left empty (their default)
 nothing, so the params file's values hold and the defaults live in one place (the YAML, which
 lists PoseNodeConfig's). use_sim_time is passed as given. For rectified input (image_rect*) set
 image_is_rectified: true in the params file.
+
+fastdds_profile (default: FASTDDS_DEFAULT_PROFILES_FILE if set, else the shipped
+config/fastdds_profile.xml) is set for every process this launch starts, the camera driver
+included when it is launched alongside: Fast DDS's default transports lose 640x480 images on
+best-effort links.
 """
 
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 # Launch argument -> the pose_node parameter it overrides when not empty.
 PARAMETER_OVERRIDES = {
@@ -53,6 +59,7 @@ def pose_node(context):
 
 def generate_launch_description():
     keep = " (empty = the params file's value)"
+    shipped_profile = PathJoinSubstitution([FindPackageShare("hrpose_ros"), "config", "fastdds_profile.xml"])
     arguments = [
         DeclareLaunchArgument("camera_namespace", default_value="/camera",
                               description="Namespace of the camera's topics"),
@@ -75,6 +82,10 @@ def generate_launch_description():
         DeclareLaunchArgument("precision", default_value="",
                               description="fp32 | bf16 (torch) | int8 (onnxruntime) | auto" + keep),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock (bag replay)"),
+        DeclareLaunchArgument("fastdds_profile",
+                              default_value=EnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE",
+                                                                default_value=shipped_profile),
+                              description="Fast DDS XML profile for the processes of this launch"),
         DeclareLaunchArgument("rviz", default_value="false",
                               description="Start RViz with config/bin_picking.rviz"),
         DeclareLaunchArgument("fixed_frame", default_value="camera_color_optical_frame",
@@ -89,4 +100,7 @@ def generate_launch_description():
         parameters=[{"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)}],
         condition=IfCondition(LaunchConfiguration("rviz")),
     )
-    return LaunchDescription([*arguments, OpaqueFunction(function=pose_node), rviz])
+    # Both names: Fast DDS 3 (Kilted) reads the first, Fast DDS 2 (Jazzy) the second.
+    profile = [SetEnvironmentVariable(name, LaunchConfiguration("fastdds_profile"))
+               for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")]
+    return LaunchDescription([*arguments, *profile, OpaqueFunction(function=pose_node), rviz])

@@ -92,5 +92,7 @@ export CMAKE_PREFIX_PATH="$VENV\${CMAKE_PREFIX_PATH:+:\$CMAKE_PREFIX_PATH}"
 # space through the package's extended __path__ (hrpose_ros/__init__.py).
 export PYTHONPATH="$REPO\${PYTHONPATH:+:\$PYTHONPATH}"
 export RMW_IMPLEMENTATION="\${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
+# Transports sized for camera images (config/fastdds_profile.xml); a profile of your own wins.
+export FASTDDS_DEFAULT_PROFILES_FILE="\${FASTDDS_DEFAULT_PROFILES_FILE:-$REPO/config/fastdds_profile.xml}"
 EOF
 say "done in $((SECONDS - started)) s; now: . ./env.sh"
