@@ -31,6 +31,14 @@ clean:
 bench: bootstrap
 	$(ENV) && python benchmarks/benchmark.py $(BENCH_ARGS)
 
+# Crop estimator at a bin-picking load: the test split's frames with 5 annotated objects
+# (detector, one crop per detection, PnP), per-stage latency and fps. Writes out/bench/crops/.
+.PHONY: bench-crops
+bench-crops: bootstrap
+	$(ENV) && { [ -d data/test/000001 ] || hrpose-make-data --kind cutpaste,bin --n 200 --out data/test --seed 1000; } \
+	  && python benchmarks/benchmark.py --estimator crops --split data/test/000000 --instances 5 \
+	     --out out/bench/crops $(BENCH_ARGS)
+
 # Issue 6's accuracy check of the node: single objects rendered at known poses (hrpose-make-data
 # --kind views, 20-60 % of the image height), sent through a live pose_node over DDS one frame
 # at a time, scored at 1 cm 5 deg beside ADD(-S) (about a minute): prints the table, writes

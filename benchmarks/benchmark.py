@@ -94,7 +94,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--node-frames", type=int, help="closed-loop frames through each live node (default 100)"
     )
-    parser.add_argument("--instances", type=int, default=10, help="objects per synthetic frame")
+    parser.add_argument(
+        "--instances", type=int, default=None,
+        help="objects per synthetic frame (default 10); with --split and --estimator crops: use only the "
+        "split's frames with this many annotated objects",
+    )
     parser.add_argument("--split", type=Path, help="BOP split whose frames to use instead of synthetic ones")
     parser.add_argument(
         "--calib-dir",

@@ -38,13 +38,19 @@ def run_crops(args, settings: Settings, out: Path) -> int:
     if args.split:
         from hrpose_ros import bop_reader as bop
 
-        split = bop.read_split(args.split)[: max(settings.frames, 10)]
-        frames = [Frame(f.read_rgb(), f.camera, []) for f in split]
+        split = bop.read_split(args.split)
         frames_note = f"BOP split {args.split}"
+        if args.instances is not None:
+            split = [f for f in split if len(f.instances) == args.instances]
+            if not split:
+                raise SystemExit(f"--split {args.split}: no frame has {args.instances} annotated objects")
+            frames_note += f", its {len(split)} frames with {args.instances} objects"
+        split = split[: max(settings.frames, 10)]
+        frames = [Frame(f.read_rgb(), f.camera, []) for f in split]
     else:
         frames = []
         for _ in range(10):
-            chosen = scene_instances(objects, args.instances, CAMERA, rng)
+            chosen = scene_instances(objects, args.instances or 10, CAMERA, rng)
             frames.append(Frame(paint_scene(objects, chosen, CAMERA, rng), CAMERA, chosen))
         frames_note = "synthetic painted boxes (the detector may find few: see poses found)"
     ros = RosSide(objects)

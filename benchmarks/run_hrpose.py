@@ -42,7 +42,7 @@ def run_hrpose(args, settings: Settings, out: Path) -> int:
     if args.split:
         frames = split_frames(args.split, objects, codec, checkpoint.input_size, max(settings.frames, 10))
     else:
-        frames = synthetic_frames(objects, codec, checkpoint.input_size, 10, args.instances)
+        frames = synthetic_frames(objects, codec, checkpoint.input_size, 10, args.instances or 10)
     onnx_path = export_onnx(checkpoint, out / "model.onnx")
     int8_path = int8_model(args, settings, onnx_path, frames)
 

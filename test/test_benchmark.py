@@ -126,6 +126,19 @@ def test_crops_estimator_option_measures_the_crop_stages(tmp_path):
         assert list(stages) == ["message → image", "detection", "crops", "inference", "decode", "PnP",
                                 "message build + publish", "frame"]
         assert stages["frame"]["n"] == 2
+    # --split with --instances: only the split's frames with that many objects
+    from hrpose_ros import bop_reader
+    from training.toy_data import write_toy_split
+
+    write_toy_split(tmp_path / "split", n_frames=6, seed=3)
+    counts = [len(f.instances) for f in bop_reader.read_split(tmp_path / "split")]
+    n = max(set(counts), key=counts.count)
+    split_argv = [*argv, "--no-int8", "--split", str(tmp_path / "split"), "--threads", "1"]
+    assert main([*split_argv, "--instances", str(n), "--out", str(tmp_path / "b2")]) == 0
+    note = json.loads((tmp_path / "b2" / "benchmark.json").read_text())["frames_note"]
+    assert note.endswith(f"its {counts.count(n)} frames with {n} objects")
+    with pytest.raises(SystemExit, match="no frame has 7 annotated objects"):
+        main([*split_argv, "--instances", "7", "--out", str(tmp_path / "b3")])
 
 
 def test_hrpose_quick_run_writes_report_json_csv_and_figure(tmp_path):
