@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from hrpose_ros.bop_format import GtInfo
+from hrpose_ros.bop_reader import BopFrame, BopInstance
 from hrpose_ros.detector import (
     BoxCodec,
     Detector,
@@ -22,10 +25,10 @@ from hrpose_ros.detector import (
     save_detector,
 )
 from hrpose_ros.metrics import iou_2d
-from hrpose_ros.types import Detection
+from hrpose_ros.types import CameraModel, Detection
 from training.evaluate_detector import average_precision, class_metrics, match_class
 from training.toy_data import toy_objects, write_toy_split
-from training.train_detector import TrainDetectorConfig, train
+from training.train_detector import TrainDetectorConfig, instance_boxes, train
 
 SMALL_INPUT = (128, 96)  # (W, H): multiples of 16, fast on 2 cores
 
@@ -204,3 +207,21 @@ def test_average_precision_and_matching_follow_voc_rules():
     metrics = class_metrics(scores, outcome, n_positive, score_threshold=0.3)
     assert metrics["recall"] == 0.5 and metrics["precision"] == 0.5
     assert metrics["ap"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+
+
+def test_instance_boxes_leave_out_instances_outside_the_image():
+    objects = toy_objects()
+    K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+
+    def instance(gt_id, box, fract):
+        info = GtInfo(bbox_obj=box, bbox_visib=box, px_count_all=100, px_count_valid=100,
+                      px_count_visib=int(100 * fract), visib_fract=fract)
+        return BopInstance(gt_id=gt_id, obj_id=objects[gt_id].obj_id, R=np.eye(3),
+                           t=np.array([0.0, 0.0, 0.5]), info=info)
+
+    # BOP marks an empty silhouette with the box (-1, -1, -1, -1): no ground truth to match.
+    frame = BopFrame(scene_id=0, im_id=0, camera=CameraModel(K=K, width=640, height=480), depth_scale=1.0,
+                     rgb_path=Path("unused.png"),
+                     instances=(instance(0, (10, 20, 30, 40), 0.8), instance(1, (-1, -1, -1, -1), 0.0)))
+    boxes, classes, visib = instance_boxes(frame, objects)
+    assert boxes.tolist() == [[10, 20, 30, 40]] and classes.tolist() == [0] and visib.tolist() == [0.8]

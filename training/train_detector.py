@@ -90,7 +90,8 @@ def instance_boxes(
     """Return (boxes (N, 4) image px, class indices (N,), visib_fract (N,)) of a frame's instances.
 
     Boxes are scene_gt_info's ``bbox_obj``; a split without it (training/toy_data.py) gets the
-    box of the projected model points, fully visible.
+    box of the projected model points, fully visible. An instance whose silhouette misses the
+    image (BOP's box -1, -1, -1, -1) is left out: there is nothing to detect.
     """
     index = {o.obj_id: i for i, o in enumerate(objects)}
     boxes, classes, visib = [], [], []
@@ -99,6 +100,8 @@ def instance_boxes(
             continue
         if inst.info is not None:
             box, fract = np.asarray(inst.info.bbox_obj, np.float64), float(inst.info.visib_fract)
+            if box[2] < 0 or box[3] < 0:
+                continue
         else:
             uv = project(objects[index[inst.obj_id]].points, inst.R, inst.t, frame.camera.K)
             low, high = uv.min(axis=0), uv.max(axis=0)
