@@ -28,22 +28,18 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from mcap.exceptions import EndOfFile, McapError
+from mcap.records import Channel, DataEnd, Message, Schema
+from mcap.stream_reader import StreamReader
 from rosbags.rosbag2 import Reader, ReaderError, Writer
 from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
-
-try:  # the decompressors rosbags itself reads mcap chunks with
-    from compression.zstd import decompress as _zstd_decompress
-except ImportError:
-    from backports.zstd import decompress as _zstd_decompress
-from lz4.frame import decompress as _lz4_decompress
 
 from hrpose_ros import ros_conversions as convert
 from hrpose_ros.types import CameraModel, ObjectPose, stamp_to_ns
@@ -85,7 +81,6 @@ _STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 _IMAGE_FORMATS = ("raw", *convert.COMPRESSED_FORMATS)
 # Images held back while waiting for their camera_info / ground truth (a few frames at most).
 _MAX_PENDING = 30
-_MCAP_MAGIC = b"\x89MCAP0\r\n"
 
 
 class BagError(ValueError):
@@ -178,80 +173,35 @@ class _TruncatedError(Exception):
     """The mcap file ends inside a record (a recorder that did not finish)."""
 
 
-def _mcap_records(data: memoryview, path: Path, what: str) -> Iterator[tuple[int, memoryview]]:
-    """Yield (opcode, content) of the MCAP records in ``data``; _TruncatedError at an incomplete one."""
-    offset = 0
-    while offset < len(data):
-        if offset + 9 > len(data):
-            raise _TruncatedError(f"{path.name}: {what} ends inside a record header at byte {offset}")
-        opcode = data[offset]
-        (length,) = struct.unpack_from("<Q", data, offset + 1)
-        if offset + 9 + length > len(data):
-            raise _TruncatedError(
-                f"{path.name}: {what} ends inside a record (opcode 0x{opcode:02x}) at byte {offset}"
-            )
-        yield opcode, data[offset + 9 : offset + 9 + length]
-        offset += 9 + length
-
-
-def _mcap_string(content: memoryview, offset: int) -> tuple[str, int]:
-    (size,) = struct.unpack_from("<I", content, offset)
-    return bytes(content[offset + 4 : offset + 4 + size]).decode(), offset + 4 + size
-
-
-def _decompress_chunk(compression: str, records: memoryview, size: int) -> memoryview:
-    if compression == "":
-        return records
-    if compression == "zstd":
-        data = _zstd_decompress(bytes(records))
-    elif compression == "lz4":
-        data = _lz4_decompress(bytes(records))
-    else:
-        raise ValueError(f"unsupported mcap chunk compression {compression!r}")
-    if len(data) != size:
-        raise ValueError(f"mcap chunk decompressed to {len(data)} bytes, expected {size}")
-    return memoryview(data)
-
-
 def _salvage_mcap(files: list[Path]) -> Iterator[tuple[str, str, bytes]]:
     """Yield (topic, msgtype, cdr) of every complete message of unindexed mcap files, in file order.
 
-    MCAP records are length-prefixed (opcode u8, length u64), so a file whose recorder died
-    still holds its complete records up to the cut; raises _TruncatedError at the cut.
+    mcap's StreamReader reads records front to back without the summary and footer that
+    rosbags needs, so a file whose recorder died still gives its complete records up to the
+    cut (whole chunks only); raises _TruncatedError at the cut.
     """
-    schemas: dict[int, str] = {}
-    channels: dict[int, tuple[str, str]] = {}
-
-    def walk(data: memoryview, path: Path, what: str) -> Iterator[tuple[str, str, bytes]]:
-        for opcode, content in _mcap_records(data, path, what):
-            if opcode == 0x03:  # Schema: id u16, name, encoding, data
-                (schema_id,) = struct.unpack_from("<H", content, 0)
-                schemas[schema_id] = _mcap_string(content, 2)[0]
-            elif opcode == 0x04:  # Channel: id u16, schema_id u16, topic, message_encoding, metadata
-                channel_id, schema_id = struct.unpack_from("<HH", content, 0)
-                channels[channel_id] = (_mcap_string(content, 4)[0], schemas.get(schema_id, ""))
-            elif (
-                opcode == 0x05
-            ):  # Message: channel_id u16, sequence u32, log_time u64, publish_time u64, data
-                (channel_id,) = struct.unpack_from("<H", content, 0)
-                if channel_id not in channels:
-                    raise ValueError(f"{path.name}: message on unknown mcap channel {channel_id}")
-                topic, msgtype = channels[channel_id]
-                yield topic, msgtype, bytes(content[22:])
-            elif opcode == 0x06:  # Chunk: start u64, end u64, size u64, crc u32, compression, records
-                (size,) = struct.unpack_from("<Q", content, 16)
-                compression, offset = _mcap_string(content, 28)
-                (length,) = struct.unpack_from("<Q", content, offset)
-                records = content[offset + 8 : offset + 8 + length]
-                yield from walk(_decompress_chunk(compression, records, size), path, "a chunk")
-            elif opcode in (0x02, 0x0F):  # Footer, DataEnd: no more messages in this file
-                return
-
     for path in files:
-        data = memoryview(path.read_bytes())
-        if bytes(data[:8]) != _MCAP_MAGIC:
-            raise ValueError(f"{path.name}: not an mcap file (bad magic)")
-        yield from walk(data[8:], path, "the file")
+        schemas: dict[int, str] = {}
+        channels: dict[int, tuple[str, str]] = {}
+        with path.open("rb") as stream:
+            try:
+                for record in StreamReader(stream).records:
+                    if isinstance(record, Schema):
+                        schemas[record.id] = record.name
+                    elif isinstance(record, Channel):
+                        channels[record.id] = (record.topic, schemas.get(record.schema_id, ""))
+                    elif isinstance(record, Message):
+                        channel = channels.get(record.channel_id)
+                        if channel is None:
+                            unknown = record.channel_id
+                            raise ValueError(f"{path.name}: message on unknown mcap channel {unknown}")
+                        yield (*channel, record.data)
+                    elif isinstance(record, DataEnd):  # the summary section follows: no more messages
+                        break
+            except EndOfFile as exc:
+                raise _TruncatedError(f"{path.name}: the file ends inside a record") from exc
+            except McapError as exc:
+                raise ValueError(f"{path.name}: not a readable mcap file ({exc})") from exc
 
 
 def _salvage_reason(bag: Path, exc: BagError) -> list[Path]:
@@ -303,7 +253,7 @@ def bag_topics(bag: Path | str) -> dict[str, tuple[str, int]]:
         except _TruncatedError as cut:
             if not counts:
                 raise BagError(bag, None, f"truncated before its first complete message ({cut})") from cut
-        except (ValueError, struct.error) as scan_exc:
+        except ValueError as scan_exc:
             raise BagError(bag, None, f"{exc.reason}; scanning it failed too: {scan_exc}") from scan_exc
         return counts
     try:
