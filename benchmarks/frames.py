@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from hrpose_ros.codec import KeypointCodec
 from hrpose_ros.geometry import box_corners_3d, keypoints_3d, project
-from hrpose_ros.pipeline import letterbox_scale, scale_points
+from hrpose_ros.letterbox import letterbox_scale, scale_points
 from hrpose_ros.types import CameraModel, ObjectModel
 
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480

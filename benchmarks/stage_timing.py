@@ -18,8 +18,9 @@ from benchmarks.timing import time_calls
 from hrpose_ros.checkpoints import Checkpoint
 from hrpose_ros.codec import KeypointCodec
 from hrpose_ros.engines import OnnxEngine, TorchEngine
+from hrpose_ros.letterbox import letterbox
 from hrpose_ros.onnx_export import export_onnx
-from hrpose_ros.pipeline import PosePipeline, letterbox
+from hrpose_ros.pipeline import PosePipeline
 
 INSTANCE_COUNTS = (1, 5, 10, 20)
 STAGES = ("message → image", "preprocess", "inference", "peaks + grouping", "PnP", "message build + publish")

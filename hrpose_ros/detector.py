@@ -30,7 +30,7 @@ from torch import nn
 
 from hrpose_ros.backbones import LiteFPN
 from hrpose_ros.checkpoints import compact_points, object_from_dict, object_to_dict
-from hrpose_ros.pipeline import letterbox
+from hrpose_ros.letterbox import letterbox
 from hrpose_ros.types import Detection, ObjectModel
 
 __all__ = [

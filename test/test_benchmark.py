@@ -19,7 +19,8 @@ from benchmarks.goals import Goals, evaluate_goals, load_goals
 from benchmarks.machine import cpu_summary
 from benchmarks.timing import Stats
 from hrpose_ros.codec import CodecConfig, KeypointCodec
-from hrpose_ros.pipeline import PosePipeline, letterbox
+from hrpose_ros.letterbox import letterbox
+from hrpose_ros.pipeline import PosePipeline
 from training.toy_data import toy_objects
 
 # The targets benchmarks/README.md states (and goals.yaml ships).

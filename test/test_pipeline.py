@@ -8,8 +8,9 @@ from hrpose_ros.checkpoints import Checkpoint, save_checkpoint
 from hrpose_ros.codec import CodecConfig, DecodedInstance, KeypointCodec
 from hrpose_ros.engines import TorchEngine
 from hrpose_ros.geometry import keypoints_3d, project
+from hrpose_ros.letterbox import letterbox, scale_points
 from hrpose_ros.networks import HRPose, HRPoseConfig
-from hrpose_ros.pipeline import PosePipeline, letterbox, scale_points
+from hrpose_ros.pipeline import PosePipeline
 from hrpose_ros.types import CameraModel
 from training.toy_data import TOY_CAMERA, toy_objects
 

@@ -46,7 +46,7 @@ def test_dataset_targets_peak_at_projected_keypoints(toy_split):
 def test_crop_scale_range_resizes_frames_and_keypoints_by_one_drawn_factor(toy_split, tmp_path):
     from hrpose_ros import bop_reader
     from hrpose_ros.codec import CodecConfig, KeypointCodec
-    from hrpose_ros.pipeline import scale_points
+    from hrpose_ros.letterbox import scale_points
 
     root, objects = toy_split
     frame = bop_reader.read_split(root / "train")[0]

@@ -11,7 +11,7 @@ from hrpose_ros.bop_reader import BopFrame
 from hrpose_ros.codec import KeypointCodec
 from hrpose_ros.data.augment import augment
 from hrpose_ros.geometry import keypoints_3d, project
-from hrpose_ros.pipeline import letterbox, scale_points
+from hrpose_ros.letterbox import letterbox, scale_points
 from hrpose_ros.types import ObjectModel
 
 __all__ = ["KeypointDataset", "canonical_pose", "frame_keypoints", "random_crop"]

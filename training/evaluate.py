@@ -54,14 +54,8 @@ from hrpose_ros.crop_pipeline import CropPosePipeline
 from hrpose_ros.devices import resolve_device
 from hrpose_ros.estimators import estimator_of, load_estimator
 from hrpose_ros.geometry import project
-from hrpose_ros.pipeline import (
-    Letterbox,
-    NetworkMaps,
-    PosePipeline,
-    PoseThresholds,
-    letterbox_scale,
-    scale_points,
-)
+from hrpose_ros.letterbox import Letterbox, letterbox_scale, scale_points
+from hrpose_ros.pipeline import NetworkMaps, PosePipeline, PoseThresholds
 from hrpose_ros.types import Detection, ObjectModel, ObjectPose
 from training.crop_data import amodal_box
 from training.data import frame_keypoints

@@ -37,9 +37,10 @@ from tqdm import tqdm
 
 from hrpose_ros import bop_reader
 from hrpose_ros.checkpoints import load_checkpoint
+from hrpose_ros.letterbox import letterbox
 from hrpose_ros.metrics import Thresholds
 from hrpose_ros.onnx_export import export_onnx, load_onnx_metadata
-from hrpose_ros.pipeline import PosePipeline, letterbox
+from hrpose_ros.pipeline import PosePipeline
 from hrpose_ros.scoring import FrameResult, match_frame, summarize
 from hrpose_ros.types import ObjectPose
 

@@ -35,7 +35,7 @@ from hrpose_ros.detector import (
     save_detector,
 )
 from hrpose_ros.geometry import project
-from hrpose_ros.pipeline import letterbox
+from hrpose_ros.letterbox import letterbox
 from hrpose_ros.types import ObjectModel
 from training.plots import plot_losses
 
