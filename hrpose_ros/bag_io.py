@@ -157,6 +157,29 @@ def hrpose_typestore() -> Typestore:
 # --- reading ---------------------------------------------------------------------------------
 
 
+def _recorded_typestores(bag: Path, wanted: set[str]) -> dict[str, Typestore]:
+    """Return {topic: typestore} for the hrpose_ros topics of ``wanted``, built from the definitions
+    the bag recorded, so bags written before a field was added to ObjectPose stay readable
+    ({} for a bag that must be salvaged: it is then read with this checkout's definitions)."""
+    try:
+        reader = _open_reader(bag)
+    except BagError:
+        return {}
+    stores = {}
+    try:
+        for connection in reader.connections:
+            msgdef = getattr(connection, "msgdef", None)
+            if (connection.topic not in wanted or not connection.msgtype.startswith("hrpose_ros/")
+                    or msgdef is None or msgdef.format.name != "MSG" or not msgdef.data.strip()):
+                continue
+            store = get_typestore(Stores.ROS2_JAZZY)
+            store.register(get_types_from_msg(msgdef.data, connection.msgtype))
+            stores[connection.topic] = store
+    finally:
+        reader.close()
+    return stores
+
+
 def _open_reader(bag: Path) -> Reader:
     if not bag.exists():
         raise BagError(bag, None, "no such file or directory")
@@ -374,6 +397,7 @@ def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[Ba
     topics = topics or resolve_topics(bag)
     typestore = hrpose_typestore()
     wanted = {topics.image, topics.camera_info} | ({topics.ground_truth} if topics.ground_truth else set())
+    recorded = _recorded_typestores(bag, wanted)
 
     # Messages come in log-time order, and a recorder may log an image's camera_info and
     # ground truth just before or after it: hold images until both partners are known.
@@ -436,7 +460,7 @@ def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[Ba
             if item is None:
                 break
             topic, msgtype, raw = item
-            msg = typestore.deserialize_cdr(raw, msgtype)
+            msg = recorded.get(topic, typestore).deserialize_cdr(raw, msgtype)
         except BagError:
             raise
         except _TruncatedError as exc:

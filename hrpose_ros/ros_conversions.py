@@ -259,7 +259,10 @@ def poses_from_msg(msg: ObjectPoseArray) -> tuple[ObjectPose, ...]:
             score=float(obj.score), R=matrix_from_quaternion(quaternion / norm),
             t=np.array([p.x, p.y, p.z], dtype=np.float64), keypoints_2d=keypoints.reshape(-1, 2),
             keypoint_ids=np.asarray(obj.keypoint_ids, dtype=np.int64),
-            reprojection_error=float(obj.reprojection_error)))
+            reprojection_error=float(obj.reprojection_error),
+            # absent from messages recorded before depth refinement existed
+            refined=bool(getattr(obj, "refined", False)),
+            depth_residual=float(getattr(obj, "depth_residual", np.nan))))
     return tuple(poses)
 
 
@@ -352,7 +355,8 @@ def object_pose_array_msg(poses: Sequence[ObjectPose], header: Header,
             score=float(p.score), pose=pose_msg(p.R, p.t, types),
             keypoints_2d=np.asarray(p.keypoints_2d, dtype=np.float32).reshape(-1),
             keypoint_ids=keypoint_ids.astype(np.uint8),
-            reprojection_error=float(p.reprojection_error)))
+            reprojection_error=float(p.reprojection_error),
+            refined=bool(p.refined), depth_residual=float(p.depth_residual)))
     return types["hrpose_ros/msg/ObjectPoseArray"](header=header, objects=objects)
 
 
