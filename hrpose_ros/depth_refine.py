@@ -9,7 +9,8 @@ coarse to fine over shrinking correspondence distances, re-culling the model at 
 
 A refinement is refused, and the RGB pose kept, when it moves the pose by more than
 ``max_translation`` / ``max_rotation`` or when its fit residual is not lower than the RGB
-pose's: the truncated mean point-to-plane distance of the same depth points (metres).
+pose's: the mean point-to-plane distance of the same depth points, truncated at the coarsest
+correspondence distance (metres).
 
 Depth is (H, W) float32 metres aligned to the colour image, 0 or NaN = no measurement.
 Nothing here imports ROS.
@@ -228,7 +229,7 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
     """Return the :class:`Refinement` of pose ``R`` (3, 3), ``t`` (3,) m against checked ``depth`` (m)."""
     started = time.perf_counter()
     R0, t0 = np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64)
-    truncation = config.stages[-1]
+    truncation = config.stages[0]  # the coarsest distance: poses far from the depth still compare
 
     def kept(reason: str, residual: float = np.nan, count: int = 0) -> Refinement:
         return Refinement(R=R0, t=t0, refined=False, residual=residual, residual_before=residual,
