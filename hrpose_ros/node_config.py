@@ -87,7 +87,7 @@ class PoseNodeConfig:
     depth_max_rotation: float = _param(
         0.26, "Largest turn (rad) a depth refinement may make, turns about symmetry axes not counted",
         0.001, 3.1416)
-    depth_iterations: int = _param(10, "ICP iterations per correspondence distance (20, 10, 5 mm)", 1, 100)
+    depth_iterations: int = _param(6, "ICP iterations per correspondence distance (20, 10, 5 mm)", 1, 100)
     depth_frame_budget: float = _param(
         0.03, "Seconds of depth refinement per frame; instances left when it is spent keep their RGB pose",
         0.001, 10.0)

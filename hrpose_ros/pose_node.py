@@ -144,18 +144,16 @@ def load_refiner(config: PoseNodeConfig, objects: dict[int, ObjectModel]) -> Dep
 
     ValueError when an object has no mesh in either place.
     """
-    from hrpose_ros.data.objects import default_object_set_dir
-    from hrpose_ros.depth_refine import DepthRefiner, RefineConfig
+    from hrpose_ros.depth_refine import DepthRefiner, RefineConfig, with_meshes
 
-    models_dir = config.objects_dir or str(default_object_set_dir())
-    meshes = {o.obj_id: o.mesh_path for o in load_object_models(models_dir)}
-    missing = sorted(set(objects) - set(meshes))
-    if missing:
-        raise ValueError(f"use_depth: {models_dir} has no meshes for obj_id {missing}; set objects_dir "
-                         f"to the BOP models of the network's objects")
+    try:
+        meshed = with_meshes(objects.values(), config.objects_dir or None)
+    except ValueError as exc:
+        raise ValueError(f"use_depth: {exc}; set objects_dir to the BOP models of the network's objects") \
+            from exc
     refine = RefineConfig(iterations=config.depth_iterations, max_translation=config.depth_max_translation,
                           max_rotation=config.depth_max_rotation, frame_budget=config.depth_frame_budget)
-    return DepthRefiner([replace(o, mesh_path=meshes[obj_id]) for obj_id, o in objects.items()], refine)
+    return DepthRefiner(meshed, refine)
 
 
 def _all_finite(pose) -> bool:

@@ -30,10 +30,16 @@ def objects():
     return {o.name: o for o in load_default_objects()}
 
 
+# Objects whose shape pins the pose down for point-to-plane ICP. A thin slab (domino) or a prism
+# seen mostly through one large face can slide along it (no hold in the plane): some offsets
+# end centimetres away, which the evaluation (training/evaluate_depth.py) counts.
+RECOVERED = ("duck", "lego", "jenga", "mug", "torus")
+
+
 @pytest.fixture(scope="module")
 def rendered(objects):
-    """Return {name: depth (H, W) m} of each asymmetric object alone at the true pose."""
-    names = ("duck", "domino", "mug")
+    """Return {name: depth (H, W) m} of each object alone at the true pose."""
+    names = (*RECOVERED, "domino")
     with Renderer([objects[n] for n in names], CAMERA.width, CAMERA.height) as renderer:
         return {n: renderer.render_depth(objects[n].obj_id, R_TRUE, T_TRUE, CAMERA.K) for n in names}
 
@@ -46,15 +52,17 @@ def _offset(seed: int, metres: float, degrees: float) -> tuple[np.ndarray, np.nd
     return turn @ R_TRUE, T_TRUE + metres * direction / np.linalg.norm(direction)
 
 
-@pytest.mark.parametrize("name", ["duck", "domino", "mug"])
-def test_icp_recovers_1cm_5deg_offset_on_rendered_depth(objects, rendered, name):
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name", RECOVERED)
+def test_icp_recovers_1cm_5deg_offset_on_rendered_depth(objects, rendered, name, seed):
     surface = surface_model(objects[name])
-    R0, t0 = _offset(seed=len(name), metres=0.01, degrees=5.0)
+    R0, t0 = _offset(seed=seed, metres=0.01, degrees=5.0)
     assert pose_change(R_TRUE, T_TRUE, R0, t0) == pytest.approx((0.01, np.deg2rad(5.0)))
 
     result = refine_pose(surface, R0, t0, rendered[name], CAMERA)
 
-    moved, turned = pose_change(R_TRUE, T_TRUE, result.R, result.t)
+    # turns about a symmetry axis (lego, jenga, torus) leave the object where it was
+    moved, turned = pose_change(R_TRUE, T_TRUE, result.R, result.t, surface.symmetries)
     assert result.refined, result.reason
     assert moved < 0.001
     assert np.rad2deg(turned) < 0.5
