@@ -286,3 +286,24 @@ def test_bag_recorded_before_the_depth_fields_reads_with_its_own_definition(tmp_
     (pose,) = frame.ground_truth
     assert pose.class_name == "duck" and pose.t[0] == pytest.approx(0.01)
     assert not pose.refined and np.isnan(pose.depth_residual)
+
+
+def test_depth_frames_round_trip_in_millimetres_beside_the_colour_image(tmp_path):
+    bag = tmp_path / "rgbd"
+    topics = BagTopics(depth=bag_io.DEPTH_TOPIC)
+    depths = [np.full((CAMERA.height, CAMERA.width), 0.5 + 0.1 * i, np.float32) for i in range(3)]
+    depths[1][:10] = 0.0  # no measurement stays none
+    with BagWriter(bag, topics=topics) as writer:
+        for i, (image, depth) in enumerate(zip(_photos(3), depths)):
+            writer.write_frame(T0 + i * PERIOD, image, CAMERA, _truth(i), depth=depth)
+        with pytest.raises(ValueError, match="depth: give it exactly when the bag has a depth topic"):
+            writer.write_frame(T0 + 9 * PERIOD, image, CAMERA, _truth(0))
+
+    resolved = bag_io.resolve_topics(bag, depth=bag_io.DEPTH_TOPIC)  # two Image topics: depth named
+    assert resolved == topics
+    frames = list(bag_io.read_frames(bag, resolved))
+    assert len(frames) == 3
+    for frame, depth in zip(frames, depths):
+        np.testing.assert_allclose(frame.depth, depth, atol=5e-4)
+    assert all(f.depth is None for f in bag_io.read_frames(bag, BagTopics()))  # RGB reading ignores it
+    assert bag_io.resolve_topics(bag).image == bag_io.IMAGE_TOPIC  # the colour topic, not the depth one
