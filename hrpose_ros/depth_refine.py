@@ -65,8 +65,8 @@ class RefineConfig:
 
     stages: tuple = (0.02, 0.01, 0.005)
     iterations: int = 6
-    max_translation: float = 0.03
-    max_rotation: float = np.deg2rad(15.0)
+    max_translation: float = 0.05
+    max_rotation: float = np.deg2rad(25.0)
     box_margin: float = 0.1
     depth_margin: float = 0.03
     max_depth_points: int = 500
@@ -340,22 +340,26 @@ class DepthRefiner:
         """Return (poses with ``refined`` and ``depth_residual`` set, one :class:`Refinement` each).
 
         ``depth`` is checked first (:func:`check_depth`: ValueError for an unusable frame).
-        Instances of unknown objects and those left when ``frame_budget`` is spent keep their pose.
+        Instances are refined in descending score, the first whatever the time; those of unknown
+        objects and those left when ``frame_budget`` is spent keep their pose. Both lists keep the
+        order of ``poses``.
         """
         depth = check_depth(depth, camera)
         started = time.perf_counter()
-        out, outcomes = [], []
-        for pose in poses:
+        done: dict[int, Refinement] = {}
+        for index in sorted(range(len(poses)), key=lambda i: -poses[i].score):
+            pose = poses[index]
             surface = self.surfaces.get(int(pose.obj_id))
             if surface is None:
                 outcome = Refinement(pose.R, pose.t, False, np.nan, np.nan, 0,
                                      f"no mesh for obj_id {pose.obj_id}", 0.0)
-            elif time.perf_counter() - started > self.config.frame_budget:
+            elif done and time.perf_counter() - started > self.config.frame_budget:
                 outcome = Refinement(pose.R, pose.t, False, np.nan, np.nan, 0,
                                      f"frame budget of {1e3 * self.config.frame_budget:.0f} ms spent", 0.0)
             else:
                 outcome = refine_pose(surface, pose.R, pose.t, depth, camera, self.config)
-            outcomes.append(outcome)
-            out.append(replace(pose, R=outcome.R, t=outcome.t, refined=outcome.refined,
-                               depth_residual=outcome.residual))
+            done[index] = outcome
+        outcomes = [done[i] for i in range(len(poses))]
+        out = [replace(pose, R=o.R, t=o.t, refined=o.refined, depth_residual=o.residual)
+               for pose, o in zip(poses, outcomes)]
         return out, outcomes

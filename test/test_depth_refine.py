@@ -161,3 +161,16 @@ def test_refiner_marks_poses_and_keeps_unknown_objects(objects, rendered):
     assert not poses[1].refined and np.isnan(poses[1].depth_residual)
     assert outcomes[1].reason == f"no mesh for obj_id {objects['prism'].obj_id}"
     assert poses[1].score == 0.8 and poses[0].class_name == "duck"
+
+
+def test_frame_budget_goes_to_the_best_scored_instances_first(objects, rendered):
+    refiner = DepthRefiner([objects["duck"]], RefineConfig(frame_budget=1e-9))  # spent after the first
+    R0, t0 = _offset(seed=5, metres=0.005, degrees=2.0)
+    low = ObjectPose("duck", objects["duck"].obj_id, 0, 0.2, R0, t0)
+    high = ObjectPose("duck", objects["duck"].obj_id, 1, 0.9, R0, t0)
+
+    poses, outcomes = refiner.refine([low, high], rendered["duck"], CAMERA)
+
+    assert [p.instance_id for p in poses] == [0, 1]  # the input order
+    assert poses[1].refined and not poses[0].refined
+    assert outcomes[0].reason == "frame budget of 0 ms spent"
