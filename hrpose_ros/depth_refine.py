@@ -297,12 +297,18 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
         target.points = o3d.utility.Vector3dVector(points - centre)
         target.normals = o3d.utility.Vector3dVector(normals)
         # Moves the depth points onto the model at the current pose; its inverse moves the model.
-        result = o3d.pipelines.registration.registration_icp(
-            source, target, distance, np.eye(4),
-            o3d.pipelines.registration.TransformationEstimationPointToPlane(
-                o3d.pipelines.registration.TukeyLoss(k=distance / 2)),
-            o3d.pipelines.registration.ICPConvergenceCriteria(
-                relative_fitness=1e-6, relative_rmse=1e-6, max_iteration=int(config.iterations)))
+        reg = o3d.pipelines.registration
+        criteria = reg.ICPConvergenceCriteria(relative_fitness=1e-6, relative_rmse=1e-6,
+                                              max_iteration=int(config.iterations))
+        result = reg.registration_icp(source, target, distance, np.eye(4),
+                                      reg.TransformationEstimationPointToPlane(reg.TukeyLoss(k=distance / 2)),
+                                      criteria)
+        if len(result.correspondence_set) < config.min_depth_points:
+            # Point-to-plane has no unique step where the surface allows a motion (a can turning about
+            # its axis, a slab sliding): its solve can throw the pose away. Point-to-point (closed form)
+            # always has one.
+            result = reg.registration_icp(source, target, distance, np.eye(4),
+                                          reg.TransformationEstimationPointToPoint(), criteria)
         if len(result.correspondence_set) < config.min_depth_points:
             # too few pairs left: the last steps slid off the object and their transform means nothing
             return kept(f"ICP kept {len(result.correspondence_set)} depth points at {1e3 * distance:g} mm",
