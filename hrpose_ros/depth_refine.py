@@ -8,9 +8,10 @@ Babin et al., "Analysis of Robust Functions for Registration Algorithms", ICRA 2
 coarse to fine over shrinking correspondence distances, re-culling the model at each stage.
 
 A refinement is refused, and the RGB pose kept, when it moves the pose by more than
-``max_translation`` / ``max_rotation`` or when its fit residual is not lower than the RGB
-pose's: the mean point-to-plane distance of the same depth points, truncated at the coarsest
-correspondence distance (metres).
+``max_translation`` / ``max_rotation``, when its fit residual is not lower than the RGB pose's
+(the mean point-to-plane distance of the same depth points, truncated at the coarsest
+correspondence distance, metres), or when the depth image sees through more of it than of the
+RGB pose (:func:`depth_support`: a pose slid off its object onto the background).
 
 Depth is (H, W) float32 metres aligned to the colour image, 0 or NaN = no measurement.
 Nothing here imports ROS.
@@ -37,6 +38,7 @@ __all__ = [
     "SurfaceModel",
     "check_depth",
     "depth_points",
+    "depth_support",
     "fit_residual",
     "pose_change",
     "refine_pose",
@@ -60,7 +62,8 @@ class RefineConfig:
     ``box_margin`` widens the projected box by that fraction of its size; depth points further
     than ``depth_margin`` in front of or behind the model's visible depth range are dropped.
     ``frame_budget`` (seconds) bounds one frame: instances left when it is spent keep their
-    RGB pose.
+    RGB pose. ``support_tolerance`` and ``support_margin``: :func:`depth_support`'s tolerance, and
+    how much less of the refined pose than of the RGB pose the depth may confirm.
     """
 
     stages: tuple = (0.02, 0.01, 0.005)
@@ -73,6 +76,8 @@ class RefineConfig:
     min_depth_points: int = 50
     frame_budget: float = 0.03
     zbuffer_cell: int = 3
+    support_tolerance: float = 0.01
+    support_margin: float = 0.05
 
     def __post_init__(self):
         stages = tuple(float(s) for s in self.stages)
@@ -81,11 +86,12 @@ class RefineConfig:
         object.__setattr__(self, "stages", stages)
         if int(self.iterations) < 1:
             raise ValueError(f"iterations: expected at least 1, got {self.iterations}")
-        for name in ("max_translation", "max_rotation", "depth_margin", "frame_budget"):
+        for name in ("max_translation", "max_rotation", "depth_margin", "frame_budget", "support_tolerance"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected > 0, got {getattr(self, name)}")
-        if not self.box_margin >= 0:
-            raise ValueError(f"box_margin: expected >= 0, got {self.box_margin}")
+        for name in ("box_margin", "support_margin"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
         if int(self.min_depth_points) < 6 or int(self.max_depth_points) < int(self.min_depth_points):
             raise ValueError(f"min_depth_points/max_depth_points: expected 6 <= min <= max, got "
                              f"{self.min_depth_points}, {self.max_depth_points}")
@@ -232,6 +238,20 @@ def fit_residual(scene: np.ndarray, model_points: np.ndarray, model_normals: np.
     return float(plane.mean())
 
 
+def depth_support(points: np.ndarray, uv: np.ndarray, depth: np.ndarray, tolerance: float) -> float:
+    """Return the share in [0, 1] of visible model ``points`` (V, 3) at pixels ``uv`` (V, 2) that the
+    depth image confirms: measured within ``tolerance`` metres of their depth, among those it does
+    not hide (something nearer in front) and does measure. The rest were seen through: depth behind
+    where the object would be (free space), which a right pose cannot leave (NaN when none count)."""
+    pixels = np.minimum(np.round(uv).astype(np.int64), [depth.shape[1] - 1, depth.shape[0] - 1])
+    measured = depth[pixels[:, 1], pixels[:, 0]]
+    with np.errstate(invalid="ignore"):  # NaN: no measurement, counted in neither
+        confirmed = np.abs(measured - points[:, 2]) <= tolerance
+        seen_through = measured > points[:, 2] + tolerance
+    counted = int(confirmed.sum() + seen_through.sum())
+    return float(confirmed.sum() / counted) if counted else float("nan")
+
+
 def pose_change(R0, t0, R1, t1, symmetries=None) -> tuple[float, float]:
     """Return (translation m, rotation rad) from pose R0, t0 to R1, t1, the rotation the smallest over
     the object's ``symmetries`` (S, 3, 3) (None: no symmetry)."""
@@ -258,7 +278,7 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
     points, normals, uv = visible_surface(surface, R0, t0, camera, config.zbuffer_cell)
     if len(points) < 3:
         return kept("the model is not in view at the RGB pose")
-    rgb_points, rgb_normals = points, normals
+    rgb_points, rgb_normals, rgb_uv = points, normals, uv
     # RGB poses err most along the viewing ray: slide the model along it onto the depth under its
     # silhouette first (the median offset ignores occluders that cover less than half of it).
     pixels = np.minimum(np.round(uv).astype(np.int64), [camera.width - 1, camera.height - 1])
@@ -282,6 +302,7 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
         return kept(f"{len(scene)} depth points in the box (need {config.min_depth_points})",
                     count=len(scene))
     before = fit_residual(scene, rgb_points, rgb_normals, truncation)
+    support_before = depth_support(rgb_points, rgb_uv, depth, config.support_tolerance)
 
     source, target = o3d.geometry.PointCloud(), o3d.geometry.PointCloud()
     R1, t1 = R0, t_start
@@ -315,8 +336,9 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
                         before, len(scene))
         T = np.linalg.inv(result.transformation)  # centred model -> centred depth
         R1, t1 = T[:3, :3] @ R1, T[:3, :3] @ (t1 - centre) + T[:3, 3] + centre
-    points, normals, _ = visible_surface(surface, R1, t1, camera, config.zbuffer_cell)
+    points, normals, uv = visible_surface(surface, R1, t1, camera, config.zbuffer_cell)
     after = fit_residual(scene, points, normals, truncation)
+    support = depth_support(points, uv, depth, config.support_tolerance)
     moved, turned = pose_change(R0, t0, R1, t1, surface.symmetries)
     reason = ""
     if moved > config.max_translation or turned > config.max_rotation:
@@ -324,6 +346,9 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
                   f"{1e3 * config.max_translation:.0f} mm / {np.rad2deg(config.max_rotation):.0f} deg)")
     elif not after < before:
         reason = f"refinement fits worse ({1e3 * after:.2f} mm against {1e3 * before:.2f} mm)"
+    elif support < support_before - config.support_margin:
+        reason = (f"the depth sees through the refined pose more ({100 * support:.0f} % of it confirmed "
+                  f"against {100 * support_before:.0f} %)")
     if reason:
         return Refinement(R=R0, t=t0, refined=False, residual=before, residual_before=before,
                           depth_points=len(scene), reason=reason, seconds=time.perf_counter() - started)

@@ -11,6 +11,7 @@ from hrpose_ros.depth_refine import (
     DepthRefiner,
     RefineConfig,
     check_depth,
+    depth_support,
     fit_residual,
     pose_change,
     refine_pose,
@@ -174,3 +175,14 @@ def test_frame_budget_goes_to_the_best_scored_instances_first(objects, rendered)
     assert [p.instance_id for p in poses] == [0, 1]  # the input order
     assert poses[1].refined and not poses[0].refined
     assert outcomes[0].reason == "frame budget of 0 ms spent"
+
+
+def test_depth_support_counts_confirmed_against_seen_through_points():
+    points = np.array([[0.0, 0.0, 0.5]] * 6)
+    uv = np.array([[0, 0], [1, 0], [2, 0], [3, 0], [4, 0], [5, 0]], dtype=float)
+    # confirmed, confirmed (5 mm off), seen through (3 cm behind), hidden (in front), none, NaN
+    depth = np.array([[0.5, 0.505, 0.53, 0.45, 0.0, np.nan]], dtype=np.float32)
+
+    assert depth_support(points, uv, depth, tolerance=0.01) == pytest.approx(2 / 3)
+    assert depth_support(points, uv, depth, tolerance=0.001) == pytest.approx(1 / 3)  # 5 mm: seen through
+    assert np.isnan(depth_support(points[4:], uv[4:], depth, tolerance=0.01))
