@@ -61,3 +61,20 @@ def test_make_data_adds_noise_on_its_own_stream_leaving_rgb_unchanged(tmp_path):
         both = (depth_clean > 0) & (depth_noisy > 0)
         assert 0.0005 < np.std(depth_noisy[both] - depth_clean[both]) < 0.003
         assert ((depth_clean > 0) & (depth_noisy == 0)).sum() > 0  # holes
+
+
+def test_demo_bag_with_depth_has_the_same_colour_frames_and_noisy_depth(tmp_path):
+    from hrpose_ros import bag_io
+    from hrpose_ros.demo_bag import make_demo_bag
+
+    make_demo_bag(tmp_path / "rgb", n_frames=2, progress=False)
+    make_demo_bag(tmp_path / "rgbd", n_frames=2, progress=False, depth=True)
+    rgb = list(bag_io.read_frames(tmp_path / "rgb"))
+    rgbd = list(bag_io.read_frames(tmp_path / "rgbd", bag_io.resolve_topics(tmp_path / "rgbd",
+                                                                             depth=bag_io.DEPTH_TOPIC)))
+    assert len(rgb) == len(rgbd) == 2
+    for a, b in zip(rgb, rgbd):
+        np.testing.assert_array_equal(a.image, b.image)
+        assert a.depth is None and b.depth.shape == (480, 640)
+        tray = b.depth[200:280, 280:360]  # the middle of the tray floor, about 0.6 m away
+        assert 0.4 < np.median(tray[tray > 0]) < 0.8 and (b.depth == 0).any()
