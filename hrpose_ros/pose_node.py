@@ -509,7 +509,11 @@ class PoseNode(Node):
                 self._stats.latencies[stage].append(seconds)
 
     def _refine(self, poses: list, inferred: _Inferred) -> list:
-        """Return ``poses`` refined against the frame's depth image, or as they are when it is unusable."""
+        """Return ``poses`` refined against the frame's depth image, or as they are when it is unusable.
+
+        The refinement projects with K alone: on raw images lens distortion shifts its box and
+        culling a little (rectified input, image_is_rectified, avoids that).
+        """
         try:
             depth = convert.depth_image_to_metres(self._depth_for(inferred.header))
             refined, outcomes = self.refiner.refine(poses, depth, inferred.camera)
