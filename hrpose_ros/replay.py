@@ -16,7 +16,7 @@ DIR:
 
 With ``--depth-topic`` (an RGB-D bag: depth aligned to the colour image) every frame's poses are
 also refined against its depth in-process (:mod:`hrpose_ros.depth_refine`); the report scores the
-refined poses and prints the RGB-only recalls of the same network run beside them (not with
+refined poses and gives the RGB-only recalls of the same network run beside them (not with
 ``--live-node``, which drives the node with colour only).
 
 Matching, errors and recalls are :mod:`hrpose_ros.scoring`'s; ``--live-node`` drives the
@@ -64,7 +64,6 @@ __all__ = [
     "evaluate_frames",
     "main",
     "positive_float",
-    "side_by_side",
 ]
 
 
@@ -179,23 +178,6 @@ def _score(frames: Sequence[FrameResult], objects: dict[int, ObjectModel]
         for obj_id, n in frame_fp.items():
             false_positives[obj_id] = false_positives.get(obj_id, 0) + n
     return scores, false_positives
-
-
-def side_by_side(result: EvalResult) -> str:
-    """Return the RGB-only and RGB-D recalls per object as a text table ("" for an RGB replay)."""
-    if not result.rgb_summary:
-        return ""
-    th = result.thresholds
-    cm_deg = f"{100 * th.translation_m:g} cm {th.rotation_deg:g} deg"
-    lines = ["RGB-only vs RGB-D (depth refinement), recall in %:",
-             f"{'object':<10} {'ADD(-S) RGB':>12} {'RGB-D':>7} {cm_deg + ' RGB':>18} {'RGB-D':>7}"]
-    for rgb, rgbd in zip(result.rgb_summary, result.summary):
-        lines.append(f"{rgb.name:<10} {100 * rgb.add_recall:>12.1f} {100 * rgbd.add_recall:>7.1f} "
-                     f"{100 * rgb.cm_deg_recall:>18.1f} {100 * rgbd.cm_deg_recall:>7.1f}")
-    refine = result.latency.get("depth refinement")
-    if refine:
-        lines.append(f"depth refinement: {refine['mean_ms']:.1f} ms mean per frame")
-    return "\n".join(lines)
 
 
 def _write_results_csv(path: Path, frames: Sequence[FrameResult], scene_id: int) -> None:
@@ -447,10 +429,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if close is not None:
             close()
     print(report.summary_text(result))
-    comparison = side_by_side(result)
-    if comparison:
-        print(f"\n{comparison}")
-        (Path(args.out) / "rgb_vs_rgbd.txt").write_text(comparison + "\n")
     if result.error:
         print(
             f"hrpose-replay-eval: error: {result.error}\n(results for the {len(result.frames)} frames read "

@@ -307,12 +307,13 @@ def test_rgbd_replay_reports_the_rgb_only_recalls_of_the_same_run_beside_it(tmp_
     argv = [str(bag), "--out", str(out), "--quiet", "--no-video", "--max-frames", "2", "--estimator", "crops",
             "--backend", "torch", "--depth-topic", bag_io.DEPTH_TOPIC]
     assert replay.main(argv) == 0
-    assert "RGB-only vs RGB-D (depth refinement)" in capsys.readouterr().out
+    assert "RGB-only vs RGB-D:" in capsys.readouterr().out
     rgbd = json.loads((out / "metrics.json").read_text())
     rgb = json.loads((crops_bag_runs["inline"] / "metrics.json").read_text())
     assert rgbd["mode"].endswith("+ depth refinement") and "depth refinement" in rgbd["latency_ms"]
     assert rgbd["objects_rgb_only"] == rgb["objects"]
     assert [o["instances"] for o in rgbd["objects"]] == [o["instances"] for o in rgb["objects"]]
-    assert (out / "rgb_vs_rgbd.txt").is_file()
+    assert "## RGB-only vs RGB-D" in (out / "report.md").read_text()
+    assert "<h2>RGB-only vs RGB-D</h2>" in (out / "report.html").read_text()
     assert replay.main([*argv, "--live-node"]) == 1
     assert "--depth-topic: the live node is driven with colour images only" in capsys.readouterr().err
