@@ -48,6 +48,7 @@ __all__ = [
     "CAMERA_FRAME",
     "CAMERA_INFO_TOPIC",
     "DEFAULT_START_NS",
+    "DEPTH_TOPIC",
     "GROUND_TRUTH_TOPIC",
     "IMAGE_TOPIC",
     "BagError",
@@ -64,6 +65,7 @@ _log = logging.getLogger(__name__)
 
 IMAGE_TOPIC = "/camera/color/image_raw"
 CAMERA_INFO_TOPIC = "/camera/color/camera_info"
+DEPTH_TOPIC = "/camera/aligned_depth_to_color/image_raw"  # where RealSense drivers publish it
 GROUND_TRUTH_TOPIC = "/ground_truth/objects"
 CAMERA_FRAME = "camera_color_optical_frame"
 
@@ -96,11 +98,13 @@ class BagError(ValueError):
 
 @dataclass(frozen=True)
 class BagTopics:
-    """The topic names of one replay bag; ``ground_truth`` is None for a bag without it."""
+    """The topic names of one replay bag; ``ground_truth`` is None for a bag without it, ``depth``
+    (a depth image aligned to the colour image, 16UC1 mm or 32FC1 m) None for an RGB bag."""
 
     image: str = IMAGE_TOPIC
     camera_info: str = CAMERA_INFO_TOPIC
     ground_truth: str | None = GROUND_TRUTH_TOPIC
+    depth: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,9 @@ class BagFrame:
 
     ``index`` counts images in bag order from 0 (the evaluator's BOP ``im_id``);
     ``stamp_ns`` is the header stamp in nanoseconds; ``ground_truth`` holds one
-    :class:`ObjectPose` per annotated instance (score 1), or is None without a ground-truth topic.
+    :class:`ObjectPose` per annotated instance (score 1), or is None without a ground-truth topic;
+    ``depth`` is the aligned (H, W) float32 depth in metres (0 or NaN = none), None without a depth
+    topic or when the frame has no depth image.
     """
 
     index: int
@@ -118,6 +124,7 @@ class BagFrame:
     image: np.ndarray
     camera: CameraModel
     ground_truth: tuple[ObjectPose, ...] | None
+    depth: np.ndarray | None = None
 
 
 def _msg_dirs() -> list[Path]:
@@ -150,6 +157,29 @@ def hrpose_typestore() -> Typestore:
 
 
 # --- reading ---------------------------------------------------------------------------------
+
+
+def _recorded_typestores(bag: Path, wanted: set[str]) -> dict[str, Typestore]:
+    """Return {topic: typestore} for the hrpose_ros topics of ``wanted``, built from the definitions
+    the bag recorded, so bags written before a field was added to ObjectPose stay readable
+    ({} for a bag that must be salvaged: it is then read with this checkout's definitions)."""
+    try:
+        reader = _open_reader(bag)
+    except BagError:
+        return {}
+    stores = {}
+    try:
+        for connection in reader.connections:
+            msgdef = getattr(connection, "msgdef", None)
+            if (connection.topic not in wanted or not connection.msgtype.startswith("hrpose_ros/")
+                    or msgdef is None or msgdef.format.name != "MSG" or not msgdef.data.strip()):
+                continue
+            store = get_typestore(Stores.ROS2_JAZZY)
+            store.register(get_types_from_msg(msgdef.data, connection.msgtype))
+            stores[connection.topic] = store
+    finally:
+        reader.close()
+    return stores
 
 
 def _open_reader(bag: Path) -> Reader:
@@ -296,11 +326,17 @@ def resolve_topics(
     camera_info: str | None = None,
     ground_truth: str | None = None,
     require_ground_truth: bool = True,
+    depth: str | None = None,
 ) -> BagTopics:
-    """Return the BagTopics to read: the given names, checked, or the bag's only topic of each type."""
+    """Return the BagTopics to read: the given names, checked, or the bag's only topic of each type.
+
+    ``depth`` is read only when named (an RGB-D bag has two Image topics).
+    """
     bag = Path(bag)
     topics = bag_topics(bag)
-    image_topic = _pick(bag, topics, image, (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE), "image", IMAGE_TOPIC)
+    colour = {t: v for t, v in topics.items() if t != depth}  # the depth images are no colour candidates
+    image_topic = _pick(bag, colour if image is None else topics, image, (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE),
+                        "image", IMAGE_TOPIC)
     info_topic = _pick(bag, topics, camera_info, (CAMERA_INFO_TYPE,), "camera_info", CAMERA_INFO_TOPIC)
     gt_topic = None
     if require_ground_truth or ground_truth is not None:
@@ -309,7 +345,12 @@ def resolve_topics(
         )
     elif GROUND_TRUTH_TOPIC in topics and topics[GROUND_TRUTH_TOPIC][0] == OBJECT_POSE_ARRAY_TYPE:
         gt_topic = GROUND_TRUTH_TOPIC
-    return BagTopics(image=image_topic, camera_info=info_topic, ground_truth=gt_topic)
+    depth_topic = None
+    if depth is not None:
+        depth_topic = _pick(bag, topics, depth, (IMAGE_TYPE,), "depth", DEPTH_TOPIC)
+        if depth_topic == image_topic:
+            raise BagError(bag, depth, "the depth topic is the image topic")
+    return BagTopics(image=image_topic, camera_info=info_topic, ground_truth=gt_topic, depth=depth_topic)
 
 
 def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[BagFrame]:
@@ -324,19 +365,23 @@ def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[Ba
     topics = topics or resolve_topics(bag)
     typestore = hrpose_typestore()
     wanted = {topics.image, topics.camera_info} | ({topics.ground_truth} if topics.ground_truth else set())
+    wanted |= {topics.depth} if topics.depth else set()
+    recorded = _recorded_typestores(bag, wanted)
 
     # Messages come in log-time order, and a recorder may log an image's camera_info and
     # ground truth just before or after it: hold images until both partners are known.
     cameras: dict[int, tuple[CameraModel, str]] = {}
     latest_camera: tuple[CameraModel, str] | None = None
     truths: dict[int, tuple[tuple[ObjectPose, ...], str]] = {}
+    depths: dict[int, np.ndarray] = {}
     pending: list[tuple[int, str, np.ndarray]] = []  # (stamp, frame_id, image) in bag order
     index = 0
     counts = dict.fromkeys(wanted, 0)
 
     def ready(stamp: int) -> bool:
         has_camera = stamp in cameras or latest_camera is not None
-        return has_camera and (topics.ground_truth is None or stamp in truths)
+        return (has_camera and (topics.ground_truth is None or stamp in truths)
+                and (topics.depth is None or stamp in depths))
 
     def emit(stamp: int, frame_id: str, image: np.ndarray) -> BagFrame:
         nonlocal index
@@ -373,7 +418,8 @@ def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[Ba
                     f"frame_id {truth_frame!r} differs from the image's {frame_id!r} on {topics.image}",
                 )
         frame = BagFrame(
-            index=index, stamp_ns=stamp, frame_id=frame_id, image=image, camera=camera, ground_truth=truth
+            index=index, stamp_ns=stamp, frame_id=frame_id, image=image, camera=camera, ground_truth=truth,
+            depth=depths.pop(stamp, None),
         )
         index += 1
         return frame
@@ -386,7 +432,7 @@ def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[Ba
             if item is None:
                 break
             topic, msgtype, raw = item
-            msg = typestore.deserialize_cdr(raw, msgtype)
+            msg = recorded.get(topic, typestore).deserialize_cdr(raw, msgtype)
         except BagError:
             raise
         except _TruncatedError as exc:
@@ -410,6 +456,8 @@ def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[Ba
             elif topic == topics.camera_info:
                 latest_camera = (convert.camera_model_from_info(msg, rectified=False), msg.header.frame_id)
                 cameras[stamp] = latest_camera
+            elif topic == topics.depth:
+                depths[stamp] = convert.depth_image_to_metres(msg)
             else:
                 truths[stamp] = (convert.poses_from_msg(msg), msg.header.frame_id)
         except Exception as exc:  # an intact message that the conversion refuses, as the live node would
@@ -419,7 +467,7 @@ def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[Ba
         # An image waits for its partners at most _MAX_PENDING messages; then emit() names what is missing.
         while pending and (ready(pending[0][0]) or len(pending) > _MAX_PENDING):
             yield emit(*pending.pop(0))
-        for table in (cameras, truths):
+        for table in (cameras, truths, depths):
             if len(table) > 4 * _MAX_PENDING:  # only recent stamps can still be asked for
                 for old in sorted(table)[:-_MAX_PENDING]:
                     del table[old]
@@ -435,7 +483,8 @@ def read_frames(bag: Path | str, topics: BagTopics | None = None) -> Iterator[Ba
 
 
 class BagWriter:
-    """Write replay bags: per frame an image, its camera_info and its ground truth, same stamp.
+    """Write replay bags: per frame an image, its camera_info, its ground truth and (when
+    ``topics.depth`` is set) its aligned depth image, same stamp.
 
     ``storage`` "mcap" (zstd-compressed chunks when ``zstd``) or "sqlite3"; ``image_format``
     "raw" (sensor_msgs/Image rgb8), "png" or "jpeg" (sensor_msgs/CompressedImage on
@@ -482,6 +531,9 @@ class BagWriter:
         self._info = self._writer.add_connection(
             topics.camera_info, CAMERA_INFO_TYPE, typestore=self.typestore
         )
+        self._depth = None
+        if topics.depth:
+            self._depth = self._writer.add_connection(topics.depth, IMAGE_TYPE, typestore=self.typestore)
         self._truth = None
         if topics.ground_truth:
             self._truth = self._writer.add_connection(
@@ -495,8 +547,10 @@ class BagWriter:
         image: np.ndarray,
         camera: CameraModel,
         ground_truth: Sequence[ObjectPose] | None = None,
+        depth: np.ndarray | None = None,
     ) -> None:
-        """Write one frame: image (H, W, 3) uint8 RGB, camera_info and ground truth, stamped ``stamp_ns``."""
+        """Write one frame: image (H, W, 3) uint8 RGB, camera_info, ground truth and (H, W) ``depth`` in
+        metres (16UC1 millimetres, when the bag has a depth topic), all stamped ``stamp_ns``."""
         image = np.asarray(image)
         if image.shape[:2] != (camera.height, camera.width):
             raise ValueError(
@@ -504,6 +558,11 @@ class BagWriter:
             )
         if (ground_truth is None) != (self._truth is None):
             raise ValueError("ground_truth: give it exactly when the bag has a ground-truth topic")
+        if (depth is None) != (self._depth is None):
+            raise ValueError("depth: give it exactly when the bag has a depth topic")
+        if depth is not None and np.shape(depth) != (camera.height, camera.width):
+            raise ValueError(f"depth: shape {np.shape(depth)} does not match camera "
+                             f"{camera.width}x{camera.height}")
         ts = self.typestore
         header = convert.header_msg(stamp_ns, self.frame_id, ts.types)
         if self.image_format == "raw":
@@ -515,6 +574,9 @@ class BagWriter:
         self._writer.write(self._image, stamp_ns, ts.serialize_cdr(image_msg, self._image.msgtype))
         info_msg = convert.camera_info_msg(camera, header, ts.types)
         self._writer.write(self._info, stamp_ns, ts.serialize_cdr(info_msg, CAMERA_INFO_TYPE))
+        if self._depth is not None:
+            depth_msg = convert.depth_image_msg(depth, header, "16UC1", ts.types)
+            self._writer.write(self._depth, stamp_ns, ts.serialize_cdr(depth_msg, IMAGE_TYPE))
         if self._truth is not None:
             truth_msg = convert.object_pose_array_msg(ground_truth, header, ts.types)
             self._writer.write(self._truth, stamp_ns, ts.serialize_cdr(truth_msg, OBJECT_POSE_ARRAY_TYPE))

@@ -41,7 +41,8 @@ def bop_scene_to_bag(
 
     Images go in ascending im_id, one every 1/``fps`` s from ``start_ns``; each with its
     camera_info (scene_camera.json K, no distortion) and its ground truth (scene_gt.json,
-    metres) as an ObjectPoseArray, all three with the same stamp. ``names`` maps obj_id to
+    metres) as an ObjectPoseArray, all three with the same stamp, and its depth image (16UC1) when
+    ``topics.depth`` is set (the scene must have depth/). ``names`` maps obj_id to
     the class_name written (default ``obj_OBJID``). When the scene has scene_gt_info.json,
     instances less than ``min_visib_fract`` visible are left out, as BOP leaves them out of
     its test targets.
@@ -53,12 +54,16 @@ def bop_scene_to_bag(
         raise ValueError(f"{scene_dir}: scene_camera.json lists no images")
     names = names or {}
     period_ns = 1e9 / fps
+    topics = topics or BagTopics()
+    if topics.depth and any(frame.depth_path is None for frame in frames):
+        raise ValueError(f"{scene_dir}: depth topic {topics.depth} asked for, but the scene has images "
+                         f"without depth (depth/)")
     with bag_io.BagWriter(
         bag,
         storage=storage,
         image_format=image_format,
         zstd=zstd,
-        topics=topics or BagTopics(),
+        topics=topics,
         frame_id=frame_id,
         jpeg_quality=jpeg_quality,
     ) as writer:
@@ -82,7 +87,9 @@ def bop_scene_to_bag(
                         t=inst.t,
                     )
                 )
-            writer.write_frame(start_ns + round(i * period_ns), frame.read_rgb(), frame.camera, truth)
+            depth = frame.read_depth() if topics.depth else None
+            writer.write_frame(start_ns + round(i * period_ns), frame.read_rgb(), frame.camera, truth,
+                               depth=depth)
     return len(frames)
 
 
@@ -123,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-topic", default=bag_io.IMAGE_TOPIC)
     parser.add_argument("--camera-info-topic", default=bag_io.CAMERA_INFO_TOPIC)
     parser.add_argument("--gt-topic", default=bag_io.GROUND_TRUTH_TOPIC)
+    parser.add_argument("--depth", action="store_true",
+                        help="also write the scene's depth images (16UC1 mm) on --depth-topic")
+    parser.add_argument("--depth-topic", default=bag_io.DEPTH_TOPIC)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -139,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_visib_fract=args.min_visib_fract,
             jpeg_quality=args.jpeg_quality,
             frame_id=args.frame_id,
-            topics=BagTopics(args.image_topic, args.camera_info_topic, args.gt_topic),
+            topics=BagTopics(args.image_topic, args.camera_info_topic, args.gt_topic,
+                             args.depth_topic if args.depth else None),
             progress=not args.quiet,
         )
     except ValueError as exc:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hrpose_ros import bop_to_bag, bop_writer
+from hrpose_ros import bag_io, bop_to_bag, bop_writer
 from hrpose_ros.types import CameraModel, ObjectModel
 
 __all__ = ["DEMO_FPS", "DEMO_FRAMES", "DEMO_SEED", "make_demo_bag", "orbit_camera_poses", "render_bin_scene"]
@@ -75,15 +75,19 @@ def render_bin_scene(
     camera: CameraModel | None = None,
     batch: int = 10,
     progress: bool = False,
+    depth_noise: bool = False,
 ) -> Path:
     """Return ``scene_dir`` after writing a BOP scene of one pile of ``objects`` seen along an orbit.
 
     ``objects`` need meshes (``mesh_path``); ``camera`` defaults to the scenes module's
     640x480 LINEMOD-like camera. Frames are rendered ``batch`` at a time (the pile is
     dropped again with the same seed each time, which gives the same pile) so memory stays small.
+    ``depth_noise`` writes the depth as a depth camera measures it (its own random stream).
     """
+    from hrpose_ros.data.depth_noise import add_depth_noise
     from hrpose_ros.data.scenes import DEFAULT_CAMERA, render_bin_sequence
 
+    noise_rng = np.random.default_rng((seed, 1))
     camera = camera or DEFAULT_CAMERA
     poses = orbit_camera_poses(n_frames)
     scene_dir = Path(scene_dir)
@@ -95,7 +99,7 @@ def render_bin_scene(
                     frame.rgb,
                     frame.K,
                     frame.instances,
-                    depth=frame.depth,
+                    depth=add_depth_noise(frame.depth, noise_rng) if depth_noise else frame.depth,
                     masks_visib=frame.masks_visib,
                     masks_full=frame.masks_full,
                     R_w2c=frame.R_w2c,
@@ -117,11 +121,14 @@ def make_demo_bag(
     storage: str = "mcap",
     keep_scene: Path | None = None,
     progress: bool = True,
+    depth: bool = False,
 ) -> int:
     """Return the number of frames of a new demo bag at ``bag`` (rendered scene -> converter).
 
     ``objects`` default to the shipped object set. ``keep_scene`` keeps the intermediate
-    BOP scene folder there (else it goes to a temporary folder and is deleted).
+    BOP scene folder there (else it goes to a temporary folder and is deleted). ``depth`` adds
+    the aligned depth images, with the depth camera's noise, on ``bag_io.DEPTH_TOPIC`` (about
+    0.12 MB per frame with zstd); the colour frames are the same with or without.
     """
     from hrpose_ros.data.objects import load_default_objects
 
@@ -132,7 +139,8 @@ def make_demo_bag(
     names = {o.obj_id: o.name for o in objects}
     with tempfile.TemporaryDirectory(prefix="hrpose-demo-") as tmp:
         scene_dir = Path(keep_scene) if keep_scene is not None else Path(tmp) / "000000"
-        render_bin_scene(scene_dir, objects, n_frames=n_frames, seed=seed, progress=progress)
+        render_bin_scene(scene_dir, objects, n_frames=n_frames, seed=seed, progress=progress,
+                         depth_noise=depth)
         return bop_to_bag.bop_scene_to_bag(
             scene_dir,
             bag,
@@ -142,6 +150,7 @@ def make_demo_bag(
             zstd=zstd,
             jpeg_quality=jpeg_quality,
             fps=DEMO_FPS,
+            topics=bag_io.BagTopics(depth=bag_io.DEPTH_TOPIC if depth else None),
             progress=progress,
         )
 
@@ -159,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jpeg-quality", type=int, default=95)
     parser.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
     parser.add_argument("--keep-scene", type=Path, default=None, help="also keep the rendered BOP scene here")
+    parser.add_argument("--depth", action="store_true",
+                        help=f"add noisy aligned depth images on {bag_io.DEPTH_TOPIC} (RGB-D replay)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -171,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             jpeg_quality=args.jpeg_quality,
             storage=args.storage,
             keep_scene=args.keep_scene,
+            depth=args.depth,
         )
     except ValueError as exc:
         print(f"demo_bag: error: {exc}", file=sys.stderr)

@@ -77,6 +77,20 @@ class PoseNodeConfig:
                               0.0, 1.0)
     sync_queue_size: int = _param(5, "Messages per input the synchroniser keeps while waiting for a match",
                                   1, 100)
+    use_depth: bool = _param(
+        False, "Subscribe depth (sensor_msgs/Image, 16UC1 mm or 32FC1 m, aligned to the colour image, same "
+               "frame_id) and refine each pose against it by ICP; a frame whose depth is missing, late "
+               "(stamp beyond sync_slop) or unusable is published with its RGB poses")
+    depth_max_translation: float = _param(
+        0.05, "Largest move (m) a depth refinement may make; a larger one is refused (RGB pose kept)",
+        0.001, 1.0)
+    depth_max_rotation: float = _param(
+        0.436, "Largest turn (rad) a depth refinement may make, turns about symmetry axes not counted",
+        0.001, 3.1416)
+    depth_iterations: int = _param(6, "ICP iterations per correspondence distance (20, 10, 5 mm)", 1, 100)
+    depth_frame_budget: float = _param(
+        0.03, "Seconds of depth refinement per frame; instances left when it is spent keep their RGB pose",
+        0.001, 10.0)
     frame_prefix: str = _param("hrpose/", "Prefix of the TF frames <prefix><class>_<instance>")
     publish_tf: bool = _param(True, "Broadcast one TF frame per object instance, child of the camera frame")
     publish_markers: bool = _param(True, "Publish ~/markers (cuboids, labels, optional meshes) for RViz")

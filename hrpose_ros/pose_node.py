@@ -19,6 +19,13 @@ numbers). Per processed image, stamped with the image's header:
 - ``~/markers`` visualization_msgs/MarkerArray, stale markers deleted (publish_markers),
 - ``~/overlay`` the image with 3D boxes and axes, drawn only while subscribed (publish_overlay),
 
+With ``use_depth`` the node also subscribes ``depth`` (sensor_msgs/Image, 16UC1 mm or 32FC1 m,
+aligned to the colour image) and refines each pose against the depth frame whose stamp lies
+within ``sync_slop`` of the image's (:mod:`hrpose_ros.depth_refine`). Depth frames wait in a
+short buffer of their own and are looked up when a frame's poses are ready, so a missing, late
+or unusable depth frame never holds colour poses back: they are published unrefined, with a
+throttled warning, and ``refined`` false in ~/objects.
+
 and every ``diagnostics_period`` a ``/diagnostics`` status: input and output rates,
 per-stage latency, dropped and rejected frames. A bad frame (encoding, sizes, frame
 ids, intrinsics) is logged (throttled, per kind) and skipped; the node keeps serving.
@@ -32,7 +39,7 @@ import sys
 import threading
 import time
 import traceback
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -61,6 +68,7 @@ from hrpose_ros.sync import ApproximateTimeSynchronizer
 from hrpose_ros.types import CameraModel, ObjectModel, stamp_to_ns
 
 if TYPE_CHECKING:  # the estimators import torch: load_pipeline does, once the parameters are checked
+    from hrpose_ros.depth_refine import DepthRefiner
     from hrpose_ros.estimators import Estimator
 
 try:  # a full ROS 2 install
@@ -131,6 +139,23 @@ def display_objects(config: PoseNodeConfig, objects: list[ObjectModel]) -> dict[
     return {obj_id: replace(obj, mesh_path=meshes[obj_id]) for obj_id, obj in by_id.items()}
 
 
+def load_refiner(config: PoseNodeConfig, objects: dict[int, ObjectModel]) -> DepthRefiner:
+    """Return the depth refiner of ``objects``, their meshes from ``objects_dir`` or else the shipped set.
+
+    ValueError when an object has no mesh in either place.
+    """
+    from hrpose_ros.depth_refine import DepthRefiner, RefineConfig, with_meshes
+
+    try:
+        meshed = with_meshes(objects.values(), config.objects_dir or None)
+    except ValueError as exc:
+        raise ValueError(f"use_depth: {exc}; set objects_dir to the BOP models of the network's objects") \
+            from exc
+    refine = RefineConfig(iterations=config.depth_iterations, max_translation=config.depth_max_translation,
+                          max_rotation=config.depth_max_rotation, frame_budget=config.depth_frame_budget)
+    return DepthRefiner(meshed, refine)
+
+
 def _all_finite(pose) -> bool:
     """True unless the pipeline produced NaN/inf (never published: downstream planners would choke)."""
     return bool(np.all(np.isfinite(pose.R)) and np.all(np.isfinite(pose.t)) and np.isfinite(pose.score))
@@ -159,6 +184,7 @@ class _Stats:
         self.images = self.camera_infos = self.processed = 0
         self.dropped = self.rejected = self.failed = 0  # totals since start
         self.total_images = self.total_processed = self.lost_images = self.lost_camera_infos = 0
+        self.depth_frames = self.depth_used = self.depth_unusable = self.refined = self.refusals = 0
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.last_error = ""
         self.period_rejected = 0
@@ -198,6 +224,12 @@ class PoseNode(Node):
                                f"model_path={self.config.model_path!r}, "
                                f"backend={self.config.backend}, device={self.config.device}, "
                                f"precision={self.config.precision}): {exc}") from exc
+        self.refiner = None
+        if self.config.use_depth:
+            try:
+                self.refiner = load_refiner(self.config, self.objects)
+            except (ValueError, OSError) as exc:
+                raise StartupError(f"cannot set up depth refinement: {exc}") from exc
         if self.config.marker_mesh and not any(o.mesh_path for o in self.objects.values()):
             self.get_logger().warning("marker_mesh is set but objects_dir names no meshes: no mesh markers")
 
@@ -216,6 +248,9 @@ class PoseNode(Node):
         self._last_pair_time: float | None = None
         self._reported_lost = 0
         self._start_time = time.monotonic()
+        # Recent depth frames by stamp (ns), looked up when a frame's poses are ready.
+        self._depth_frames: deque[tuple[int, Image]] = deque(maxlen=max(self.config.sync_queue_size, 2))
+        self._depth_lock = threading.Lock()
 
         io_group = MutuallyExclusiveCallbackGroup()
         publisher_qos = {"qos_profile": 10,
@@ -239,6 +274,7 @@ class PoseNode(Node):
         for worker in self._workers:
             worker.start()
         self._subscribe(io_group)
+        self._subscribe_depth(io_group)
         self.create_timer(self.config.diagnostics_period, self._publish_diagnostics, callback_group=io_group)
         self.get_logger().info(
             f"ready: {type(self.pipeline).__name__}, {_engine_description(self.pipeline.engine)} "
@@ -304,6 +340,16 @@ class PoseNode(Node):
         info_sub = self.create_subscription(CameraInfo, "camera_info", on_info, **info_options)
         self._image_topic, self._info_topic = image_sub.topic_name, info_sub.topic_name
 
+    def _subscribe_depth(self, group) -> None:
+        """Subscribe the aligned depth image into a buffer of its own: it never gates image pairs."""
+        self._depth_topic = ""
+        if self.refiner is None:
+            return
+        depth_sub = self.create_subscription(
+            Image, "depth", self._on_depth, qos_profile=qos_profile_sensor_data, callback_group=group,
+            qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        self._depth_topic = depth_sub.topic_name
+
     # -- input ------------------------------------------------------------------------------------
 
     def _on_image_seen(self, _msg: Image) -> None:
@@ -315,6 +361,30 @@ class PoseNode(Node):
     def _on_lost(self, counter: str, info) -> None:
         with self._stats.lock:
             setattr(self._stats, counter, int(info.total_count))
+
+    def _on_depth(self, msg: Image) -> None:
+        with self._depth_lock:
+            self._depth_frames.append((stamp_to_ns(msg.header.stamp), msg))
+        with self._stats.lock:
+            self._stats.depth_frames += 1
+
+    def _depth_for(self, header) -> Image:
+        """Return the buffered depth frame nearest the image's stamp within sync_slop (ValueError if none)."""
+        stamp = stamp_to_ns(header.stamp)
+        with self._depth_lock:
+            frames = list(self._depth_frames)
+        if not frames:
+            raise ValueError(f"depth: no depth image received on {self._depth_topic}")
+        depth_stamp, msg = min(frames, key=lambda frame: abs(frame[0] - stamp))
+        gap = (depth_stamp - stamp) / 1e9
+        if abs(gap) > self.config.sync_slop:
+            newest = max(t for t, _ in frames)
+            raise ValueError(f"depth: no depth image within sync_slop={self.config.sync_slop} s of the image "
+                             f"(nearest {gap:+.3f} s; newest depth {(newest - stamp) / 1e9:+.3f} s from it)")
+        if msg.header.frame_id != header.frame_id:
+            raise ValueError(f"depth.header.frame_id: '{msg.header.frame_id}' differs from the image's "
+                             f"'{header.frame_id}' (depth must be aligned to the colour image)")
+        return msg
 
     def _on_camera_info_seen(self, _msg: CameraInfo) -> None:
         self._last_info_time = time.monotonic()
@@ -418,10 +488,15 @@ class PoseNode(Node):
         if len(poses) != len(estimated):
             self._warn("non-finite", f"dropped {len(estimated) - len(poses)} pose(s) with NaN/inf values")
         solved = time.monotonic()
+        if self.refiner is not None:
+            poses = self._refine(poses, inferred)
+        refined = time.monotonic()
         self._publish(poses, inferred.header)
         published = time.monotonic()
         timings = {**inferred.timings, "handoff": started - inferred.inferred, **stage_timings,
-                   "publish": published - solved}
+                   "publish": published - refined}
+        if self.refiner is not None:
+            timings["depth refinement"] = refined - solved
         if self._overlay_pub is not None and self._overlay_pub.get_subscription_count() > 0:
             self._overlay_pub.publish(convert.overlay_msg(inferred.rgb, poses, self.objects, inferred.camera,
                                                           inferred.header))
@@ -432,6 +507,27 @@ class PoseNode(Node):
             self._stats.total_processed += 1
             for stage, seconds in timings.items():
                 self._stats.latencies[stage].append(seconds)
+
+    def _refine(self, poses: list, inferred: _Inferred) -> list:
+        """Return ``poses`` refined against the frame's depth image, or as they are when it is unusable.
+
+        The refinement projects with K alone: on raw images lens distortion shifts its box and
+        culling a little (rectified input, image_is_rectified, avoids that).
+        """
+        try:
+            depth = convert.depth_image_to_metres(self._depth_for(inferred.header))
+            refined, outcomes = self.refiner.refine(poses, depth, inferred.camera)
+        except ValueError as exc:
+            with self._stats.lock:
+                self._stats.depth_unusable += 1
+            kind = " ".join(str(exc).split()[:4])  # one throttle per kind of problem, not per value
+            self._warn("depth:" + kind, f"poses published without depth refinement: {exc}")
+            return poses
+        with self._stats.lock:
+            self._stats.depth_used += 1
+            self._stats.refined += sum(o.refined for o in outcomes)
+            self._stats.refusals += sum(not o.refined for o in outcomes)
+        return refined
 
     def _publish(self, poses: list, header) -> None:
         """Publish ``poses`` (possibly none) on every output, stamped with the image's ``header``."""
@@ -510,6 +606,18 @@ class PoseNode(Node):
                 f"FASTDDS_DEFAULT_PROFILES_FILE=<share>/hrpose_ros/config/fastdds_profile.xml (Fast DDS's "
                 f"default transports lose large images on best-effort links)")
 
+    def _depth_values(self) -> dict[str, str]:
+        """Return the depth refinement's counters for /diagnostics ({} without use_depth)."""
+        if self.refiner is None:
+            return {}
+        with self._stats.lock:
+            stats = self._stats
+            return {"depth images received": str(stats.depth_frames),
+                    "frames refined with depth": str(stats.depth_used),
+                    "frames without usable depth": str(stats.depth_unusable),
+                    "poses refined": str(stats.refined),
+                    "poses kept from RGB (refinement refused)": str(stats.refusals)}
+
     def _publish_diagnostics(self) -> None:
         images, infos, processed, rejected, latencies = self._stats.take_period()
         period = self.config.diagnostics_period
@@ -538,6 +646,7 @@ class PoseNode(Node):
             "dropped frames (queue)": str(dropped),
             "unmatched messages (sync)": str(sync_dropped),
             "rejected frames": str(total_rejected),
+            **self._depth_values(),
             "failed frames": str(failed),
             "last error": last_error,
         }

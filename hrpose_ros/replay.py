@@ -14,6 +14,11 @@ DIR:
 - ``recall_curves.png``, ``latency.png``, ``overlay.mp4``, ``overlay_strip.png``,
   ``report.md`` and ``report.html`` (see :mod:`hrpose_ros.report`).
 
+With ``--depth-topic`` (an RGB-D bag: depth aligned to the colour image) every frame's poses are
+also refined against its depth in-process (:mod:`hrpose_ros.depth_refine`); the report scores the
+refined poses and gives the RGB-only recalls of the same network run beside them (not with
+``--live-node``, which drives the node with colour only).
+
 Matching, errors and recalls are :mod:`hrpose_ros.scoring`'s; ``--live-node`` drives the
 node through :mod:`hrpose_ros.live_node`. ``hrpose-bop-to-bag`` (:mod:`hrpose_ros.bop_to_bag`)
 makes such a bag from a BOP scene.
@@ -28,6 +33,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -52,6 +58,7 @@ from hrpose_ros.scoring import (
 from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
 
 __all__ = [
+    "DepthRefinedEstimator",
     "Estimator",
     "evaluate_bag",
     "evaluate_frames",
@@ -67,6 +74,34 @@ class Estimator(Protocol):
     last_timings: dict[str, float]
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]: ...
+
+
+class DepthRefinedEstimator:
+    """``estimator``'s poses refined against each frame's depth image; the RGB poses are kept too."""
+
+    def __init__(self, estimator: Estimator, refiner):
+        self.estimator, self.refiner = estimator, refiner
+        self.objects = estimator.objects
+        self.last_timings: dict[str, float] = {}
+        self.rgb_poses: tuple[ObjectPose, ...] = ()
+
+    def __call__(self, image_rgb: np.ndarray, camera: CameraModel, depth: np.ndarray | None = None
+                 ) -> list[ObjectPose]:
+        poses = list(self.estimator(image_rgb, camera))
+        self.rgb_poses = tuple(poses)
+        start = time.perf_counter()
+        if depth is not None:
+            try:
+                poses, _ = self.refiner.refine(poses, depth, camera)
+            except ValueError as exc:  # an unusable depth frame: the RGB poses, as the node does
+                logging.getLogger(__name__).warning("frame without depth refinement: %s", exc)
+        self.last_timings = {**self.estimator.last_timings, "depth refinement": time.perf_counter() - start}
+        return poses
+
+    def close(self) -> None:
+        close = getattr(self.estimator, "close", None)
+        if close is not None:
+            close()
 
 
 def _check_ground_truth(bag: Path, topic: str, frame: BagFrame, objects: dict[int, ObjectModel]) -> None:
@@ -109,12 +144,15 @@ def evaluate_frames(
             _check_ground_truth(bag, topics.ground_truth, frame, objects)
             if not results:
                 estimator(frame.image, frame.camera)  # warm-up: lazy initialisation is not latency
+            refined = isinstance(estimator, DepthRefinedEstimator)
+            depth = {"depth": frame.depth} if refined else {}
             start = time.perf_counter()
-            estimates = tuple(estimator(frame.image, frame.camera))
+            estimates = tuple(estimator(frame.image, frame.camera, **depth))
             elapsed = time.perf_counter() - start
             timings = {**estimator.last_timings, "total": elapsed}
             result = FrameResult(
-                frame.index, frame.stamp_ns, frame.camera, estimates, frame.ground_truth, timings
+                frame.index, frame.stamp_ns, frame.camera, estimates, frame.ground_truth, timings,
+                rgb_estimates=estimator.rgb_poses if refined else None,
             )
             results.append(result)
             if on_frame is not None:
@@ -125,6 +163,21 @@ def evaluate_frames(
     finally:
         bar.close()
     return results, None
+
+
+def _score(frames: Sequence[FrameResult], objects: dict[int, ObjectModel]
+           ) -> tuple[list[InstanceScore], dict[int, int]]:
+    """Return the scores of the ground-truth instances of ``frames`` and the false positives per obj_id."""
+    scores: list[InstanceScore] = []
+    false_positives: dict[int, int] = {}
+    for frame in frames:
+        if frame.ground_truth is None:
+            continue
+        frame_scores, frame_fp = match_frame(frame, objects)
+        scores += frame_scores
+        for obj_id, n in frame_fp.items():
+            false_positives[obj_id] = false_positives.get(obj_id, 0) + n
+    return scores, false_positives
 
 
 def _write_results_csv(path: Path, frames: Sequence[FrameResult], scene_id: int) -> None:
@@ -185,15 +238,7 @@ def evaluate_bag(
         error = exc
     finally:
         overlay.close()
-    scores: list[InstanceScore] = []
-    false_positives: dict[int, int] = {}
-    for frame in frames:
-        if frame.ground_truth is None:
-            continue
-        frame_scores, frame_fp = match_frame(frame, objects)
-        scores += frame_scores
-        for obj_id, n in frame_fp.items():
-            false_positives[obj_id] = false_positives.get(obj_id, 0) + n
+    scores, false_positives = _score(frames, objects)
     result = EvalResult(
         bag=str(bag),
         mode=mode,
@@ -205,6 +250,9 @@ def evaluate_bag(
         summary=summarize(scores, false_positives, objects, thresholds),
         error=str(error) if error else None,
     )
+    if frames and frames[0].rgb_estimates is not None:
+        rgb_frames = [replace(f, estimates=f.rgb_estimates) for f in frames]
+        result.rgb_summary = summarize(*_score(rgb_frames, objects), objects, thresholds)
     result.latency, result.fps = latency_stats(frames)
     _write_results_csv(out / "results.csv", frames, scene_id)
     write_scores_csv(out / "scores.csv", scores)
@@ -255,6 +303,11 @@ def _replay_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--camera-info-topic", default=None, help="default: the bag's only CameraInfo topic")
     parser.add_argument("--gt-topic", default=None, help=f"default: {bag_io.GROUND_TRUTH_TOPIC}")
+    parser.add_argument(
+        "--depth-topic", default=None,
+        help=f"RGB-D: refine every pose against this depth topic (e.g. {bag_io.DEPTH_TOPIC}) and report "
+        "RGB-only beside RGB-D",
+    )
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many images")
     parser.add_argument("--scene-id", type=int, default=0, help="scene_id written to results.csv")
     parser.add_argument("--no-video", action="store_true", help="skip overlay.mp4 (the strip is still drawn)")
@@ -315,7 +368,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _replay_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        topics = bag_io.resolve_topics(args.bag, args.image_topic, args.camera_info_topic, args.gt_topic)
+        if args.depth_topic and args.live_node:
+            raise ValueError("--depth-topic: the live node is driven with colour images only; replay RGB-D "
+                             "in-process (without --live-node)")
+        topics = bag_io.resolve_topics(args.bag, args.image_topic, args.camera_info_topic, args.gt_topic,
+                                       depth=args.depth_topic)
         from hrpose_ros.devices import resolve_device
 
         device = resolve_device(args.device, args.backend)  # the node and the reference on the same one
@@ -342,6 +399,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 weights, args.estimator, backend=args.backend, device=device, precision=args.precision
             )
             mode = f"pipeline ({kind}, {args.backend}, {args.precision}, {device})"
+        if topics.depth:
+            from hrpose_ros.depth_refine import DepthRefiner, RefineConfig, with_meshes
+
+            # the whole frame is refined: the node's per-frame budget would leave instances out
+            estimator = DepthRefinedEstimator(
+                estimator, DepthRefiner(with_meshes(estimator.objects), RefineConfig(frame_budget=10.0)))
+            mode += " + depth refinement"
     except ValueError as exc:
         print(f"hrpose-replay-eval: error: {exc}", file=sys.stderr)
         return 1

@@ -292,6 +292,22 @@ def latency_rows(result: EvalResult) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def rgbd_rows(result: EvalResult) -> tuple[list[str], list[list[str]]]:
+    """Return (header, rows) of RGB-only beside RGB-D recalls per object (no rows for an RGB replay)."""
+    th = result.thresholds
+    cm_deg = f"{th.translation_m * 100:g} cm {th.rotation_deg:g} deg"
+    header = ["object", "ADD(-S) RGB", "ADD(-S) RGB-D", f"{cm_deg} RGB", f"{cm_deg} RGB-D"]
+    rows = [[rgbd.name, _percent(rgb.add_recall), _percent(rgbd.add_recall), _percent(rgb.cm_deg_recall),
+             _percent(rgbd.cm_deg_recall)] for rgb, rgbd in zip(result.rgb_summary, result.summary)]
+    return header, rows
+
+
+def _rgbd_note(result: EvalResult) -> str:
+    refine = result.latency.get("depth refinement")
+    per_frame = f"; depth refinement {refine['mean_ms']:.1f} ms mean per frame" if refine else ""
+    return f"The same network run before (RGB) and after depth refinement (RGB-D){per_frame}."
+
+
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -313,6 +329,8 @@ def summary_text(result: EvalResult) -> str:
         lines += ["", _text_table(*accuracy_rows(result))]
     else:
         lines.append("no ground truth scored")
+    if result.rgb_summary:
+        lines += ["", "RGB-only vs RGB-D:", _text_table(*rgbd_rows(result)), _rgbd_note(result)]
     total = result.latency.get("total")
     if total:
         stages = ", ".join(f"{s} {v['mean_ms']:.1f}" for s, v in result.latency.items() if s != "total")
@@ -374,6 +392,8 @@ def _markdown(result: EvalResult, images: dict[str, Path]) -> str:
         _markdown_table(*accuracy_rows(result)) if result.summary else "No ground truth was scored.",
         "",
     ]
+    if result.rgb_summary:
+        parts += ["## RGB-only vs RGB-D", "", _markdown_table(*rgbd_rows(result)), "", _rgbd_note(result), ""]
     if "recall" in images:
         parts += [f"![recall curves]({images['recall'].name})", ""]
     parts += ["## Latency", ""]
@@ -418,6 +438,9 @@ def _html(result: EvalResult, images: dict[str, Path]) -> str:
         "<h2>Accuracy</h2>",
         _html_table(*accuracy_rows(result)) if result.summary else "<p>No ground truth was scored.</p>",
     ]
+    if result.rgb_summary:
+        parts += ["<h2>RGB-only vs RGB-D</h2>", _html_table(*rgbd_rows(result)),
+                  f"<p>{html.escape(_rgbd_note(result))}</p>"]
     if "recall" in images:
         parts.append(_html_image(images["recall"], "recall curves"))
     parts.append("<h2>Latency</h2>")

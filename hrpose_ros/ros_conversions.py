@@ -46,6 +46,7 @@ except ImportError:
 
 __all__ = [
     "COMPRESSED_FORMATS",
+    "DEPTH_ENCODINGS",
     "RCLPY_TYPES",
     "SUPPORTED_ENCODINGS",
     "camera_info_msg",
@@ -53,6 +54,8 @@ __all__ = [
     "check_image_matches_camera_info",
     "check_image_size",
     "compressed_image_msg",
+    "depth_image_msg",
+    "depth_image_to_metres",
     "header_msg",
     "image_to_rgb",
     "marker_array_msg",
@@ -149,6 +152,59 @@ def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     # A copy, padding dropped: the result does not alias the message's buffer.
     pixels = np.array(data.reshape(height, step)[:, :row_bytes].reshape(height, width, channels))
     return pixels if to_rgb is None else cv2.cvtColor(pixels, to_rgb)
+
+
+# Depth encodings of aligned depth images (REP 118): numpy element type and metres per unit.
+DEPTH_ENCODINGS = {"16UC1": ("u2", 0.001), "32FC1": ("f4", 1.0)}
+
+
+def depth_image_to_metres(msg: Image) -> np.ndarray:
+    """Return the (H, W) float32 depth in metres of a 16UC1 (millimetres) or 32FC1 (metres) ``msg``.
+
+    0 and NaN stay as they are (no measurement). Another encoding, a ``step`` shorter than a
+    row, or ``data`` whose length is not ``step * height`` are ValueErrors naming the field.
+    """
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"depth.width/height: must be positive, got {width}x{height}")
+    if msg.encoding not in DEPTH_ENCODINGS:
+        raise ValueError(f"depth.encoding: '{msg.encoding}' is not supported; expected 16UC1 (mm) or "
+                         f"32FC1 (m)")
+    kind, metres_per_unit = DEPTH_ENCODINGS[msg.encoding]
+    dtype = np.dtype(kind).newbyteorder(">" if msg.is_bigendian else "<")
+    row_bytes = width * dtype.itemsize
+    if step < row_bytes:
+        raise ValueError(f"depth.step: {step} bytes is shorter than one {msg.encoding} row of "
+                         f"{width} pixels ({row_bytes} bytes)")
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size != step * height:
+        raise ValueError(f"depth.data: {data.size} bytes, expected step x height = {step} x {height} "
+                         f"= {step * height}")
+    units = data.reshape(height, step)[:, :row_bytes].copy().view(dtype)
+    return units.astype(np.float32) * np.float32(metres_per_unit)
+
+
+def depth_image_msg(depth_m: np.ndarray, header: Header, encoding: str = "16UC1",
+                    types: Mapping[str, type] = RCLPY_TYPES) -> Image:
+    """Return a ``sensor_msgs/Image`` of (H, W) ``depth_m`` metres: 16UC1 millimetres (rounded; NaN
+    becomes 0) or 32FC1 metres, little-endian, no padding."""
+    depth_m = np.asarray(depth_m)
+    if depth_m.ndim != 2:
+        raise ValueError(f"depth_m: expected an (H, W) array in metres, got shape {depth_m.shape}")
+    if encoding not in DEPTH_ENCODINGS:
+        raise ValueError(f"encoding: expected one of {', '.join(DEPTH_ENCODINGS)}, got {encoding!r}")
+    kind, metres_per_unit = DEPTH_ENCODINGS[encoding]
+    if encoding == "16UC1":
+        millimetres = np.round(np.nan_to_num(depth_m.astype(np.float64), nan=0.0) / metres_per_unit)
+        if np.any(millimetres < 0) or np.any(millimetres > np.iinfo(np.uint16).max):
+            raise ValueError("depth_m: 16UC1 holds 0 to 65.535 m")
+        units = millimetres.astype("<u2")
+    else:
+        units = depth_m.astype("<f4")
+    height, width = depth_m.shape
+    Image = types["sensor_msgs/msg/Image"]
+    return Image(header=header, height=height, width=width, encoding=encoding, is_bigendian=0,
+                 step=width * units.itemsize, data=_uint8_field(Image, units.view(np.uint8)))
 
 
 def _compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
@@ -259,7 +315,10 @@ def poses_from_msg(msg: ObjectPoseArray) -> tuple[ObjectPose, ...]:
             score=float(obj.score), R=matrix_from_quaternion(quaternion / norm),
             t=np.array([p.x, p.y, p.z], dtype=np.float64), keypoints_2d=keypoints.reshape(-1, 2),
             keypoint_ids=np.asarray(obj.keypoint_ids, dtype=np.int64),
-            reprojection_error=float(obj.reprojection_error)))
+            reprojection_error=float(obj.reprojection_error),
+            # absent from messages recorded before depth refinement existed
+            refined=bool(getattr(obj, "refined", False)),
+            depth_residual=float(getattr(obj, "depth_residual", np.nan))))
     return tuple(poses)
 
 
@@ -352,7 +411,8 @@ def object_pose_array_msg(poses: Sequence[ObjectPose], header: Header,
             score=float(p.score), pose=pose_msg(p.R, p.t, types),
             keypoints_2d=np.asarray(p.keypoints_2d, dtype=np.float32).reshape(-1),
             keypoint_ids=keypoint_ids.astype(np.uint8),
-            reprojection_error=float(p.reprojection_error)))
+            reprojection_error=float(p.reprojection_error),
+            refined=bool(p.refined), depth_residual=float(p.depth_residual)))
     return types["hrpose_ros/msg/ObjectPoseArray"](header=header, objects=objects)
 
 

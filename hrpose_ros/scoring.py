@@ -47,7 +47,10 @@ __all__ = [
 
 @dataclass(frozen=True)
 class FrameResult:
-    """One processed image: its estimates, its ground truth, and seconds per pipeline stage."""
+    """One processed image: its estimates, its ground truth, and seconds per pipeline stage.
+
+    ``rgb_estimates`` are the same network's poses before depth refinement (RGB-D replays only).
+    """
 
     im_id: int
     stamp_ns: int
@@ -55,6 +58,7 @@ class FrameResult:
     estimates: tuple[ObjectPose, ...]
     ground_truth: tuple[ObjectPose, ...] | None
     timings: dict[str, float]
+    rgb_estimates: tuple[ObjectPose, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class EvalResult:
     objects: dict[int, ObjectModel]
     thresholds: Thresholds
     summary: list[ObjectSummary] = field(default_factory=list)
+    rgb_summary: list[ObjectSummary] = field(default_factory=list)  # before depth refinement (RGB-D)
     latency: dict[str, dict[str, float]] = field(default_factory=dict)
     fps: float = 0.0
     error: str | None = None
@@ -285,6 +290,7 @@ def metrics_dict(result: EvalResult) -> dict:
         "frames": len(result.frames),
         "thresholds": asdict(result.thresholds),
         "objects": [asdict(s) for s in result.summary],
+        **({"objects_rgb_only": [asdict(s) for s in result.rgb_summary]} if result.rgb_summary else {}),
         "latency_ms": result.latency,
         "fps": result.fps,
         "outputs": result.outputs,

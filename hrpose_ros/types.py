@@ -175,7 +175,9 @@ class ObjectPose:
     (x_cam = R @ x_model + t). ``keypoints_2d`` (M, 2) are the found keypoints in
     pixels of the input image and ``keypoint_ids`` (M,) says which of the model's
     keypoints each one is (0-7 box corners, 8 centroid). ``reprojection_error`` is the
-    RMS PnP reprojection error in pixels.
+    RMS PnP reprojection error in pixels. ``refined`` says the pose was moved onto the aligned
+    depth image (:mod:`hrpose_ros.depth_refine`); ``depth_residual`` is the pose's fit to that
+    depth (metres, NaN when no depth was used).
     """
 
     class_name: str
@@ -187,6 +189,8 @@ class ObjectPose:
     keypoints_2d: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     keypoint_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     reprojection_error: float = 0.0
+    refined: bool = False
+    depth_residual: float = float("nan")
 
 
 def checked_image(image_rgb, camera: CameraModel) -> np.ndarray:

@@ -3,7 +3,8 @@
     ros2 launch hrpose_ros pose.launch.py camera_namespace:=/camera image_topic:=image_raw rviz:=true
     ros2 launch hrpose_ros pose.launch.py estimator:=crops backend:=torch
 
-pose_node subscribes <camera_namespace>/<image_topic> and <camera_namespace>/<camera_info_topic>.
+pose_node subscribes <camera_namespace>/<image_topic> and <camera_namespace>/<camera_info_topic>,
+and <camera_namespace>/<depth_topic> when the parameter use_depth is true.
 Parameters come from params_file (default config/pose_node.yaml). The arguments model, estimator,
 backend, device and precision override it when given; left empty (their default) they pass
 nothing, so the params file's values hold and the defaults live in one place (the YAML, which
@@ -53,6 +54,7 @@ def pose_node(context):
         remappings=[
             ("image", [camera, "/", LaunchConfiguration("image_topic")]),
             ("camera_info", [camera, "/", LaunchConfiguration("camera_info_topic")]),
+            ("depth", [camera, "/", LaunchConfiguration("depth_topic")]),
         ],
     )]
 
@@ -67,6 +69,9 @@ def generate_launch_description():
                               description="Image topic in the camera namespace (e.g. image_rect_color)"),
         DeclareLaunchArgument("camera_info_topic", default_value="camera_info",
                               description="CameraInfo topic in the camera namespace"),
+        DeclareLaunchArgument("depth_topic", default_value="aligned_depth_to_color/image_raw",
+                              description="Depth image aligned to the colour image, in the camera "
+                                          "namespace (read only with the parameter use_depth: true)"),
         DeclareLaunchArgument("params_file",
                               default_value=PathJoinSubstitution([FindPackageShare("hrpose_ros"), "config",
                                                                   "pose_node.yaml"]),

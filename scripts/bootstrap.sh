@@ -20,8 +20,9 @@ started=$SECONDS
 fingerprint() { (cd "$REPO" && cat "$@" 2>/dev/null | sha256sum | cut -c1-16); }
 stamp_ok() { [ -f "$BUILD/$1.stamp" ] && [ "$(cat "$BUILD/$1.stamp")" = "$2" ]; }
 
-# 1. Debian packages: EGL + Mesa for the headless renderer (moderngl on EGL, llvmpipe).
-DEB_PACKAGES="libegl1 libgl1 libgl1-mesa-dri libglib2.0-0"
+# 1. Debian packages: EGL + Mesa for the headless renderer (moderngl on EGL, llvmpipe);
+# libusb for open3d (depth refinement), whose library links it even without a camera.
+DEB_PACKAGES="libegl1 libgl1 libgl1-mesa-dri libglib2.0-0 libusb-1.0-0"
 missing=""
 for p in $DEB_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -29,7 +30,7 @@ if [ -n "$missing" ]; then
     say "installing Debian packages:$missing"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   else
-    say "warning: missing Debian packages:$missing (rendering falls back to pybullet's TinyRenderer, ~50x slower)"
+    say "warning: missing Debian packages:$missing (rendering falls back to pybullet's TinyRenderer, ~50x slower; without libusb-1.0-0 open3d, used by depth refinement, does not import)"
   fi
 fi
 

@@ -250,3 +250,60 @@ def test_writer_refuses_existing_path_and_bad_options(tmp_path):
     with pytest.raises(ValueError, match="zstd"):
         BagWriter(tmp_path / "b3", storage="sqlite3", zstd=True)
     shutil.rmtree(tmp_path / "bag")
+
+
+def test_bag_recorded_before_the_depth_fields_reads_with_its_own_definition(tmp_path):
+    """ObjectPose gained refined/depth_residual; bags recorded with the older definition stay readable."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    current = (bag_io._msg_dirs()[0] / "ObjectPose.msg").read_text()
+    older = "\n".join(line for line in current.splitlines()
+                      if not line.startswith(("bool refined", "float32 depth_residual")))
+    assert older != current
+    ts = get_typestore(Stores.ROS2_JAZZY)
+    ts.register(get_types_from_msg(older, bag_io.OBJECT_POSE_TYPE))
+    ts.register(get_types_from_msg((bag_io._msg_dirs()[0] / "ObjectPoseArray.msg").read_text(),
+                                   bag_io.OBJECT_POSE_ARRAY_TYPE))
+    bag = tmp_path / "old"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connections = [writer.add_connection(topic, msgtype, typestore=ts) for topic, msgtype in (
+            ("/cam/image", bag_io.IMAGE_TYPE), ("/cam/info", bag_io.CAMERA_INFO_TYPE),
+            ("/gt", bag_io.OBJECT_POSE_ARRAY_TYPE))]
+        header = rc.header_msg(T0, "cam", ts.types)
+        pose = rc.pose_msg(np.eye(3), np.array([0.01, 0.0, 0.5]), ts.types)
+        truth = ts.types[bag_io.OBJECT_POSE_TYPE](
+            class_name="duck", class_id=1, instance_id=0, score=1.0, pose=pose,
+            keypoints_2d=np.zeros(0, np.float32), keypoint_ids=np.zeros(0, np.uint8), reprojection_error=0.0)
+        messages = (rc.rgb_to_image(_photos(1)[0], header, ts.types),
+                    rc.camera_info_msg(CAMERA, header, ts.types),
+                    ts.types[bag_io.OBJECT_POSE_ARRAY_TYPE](header=header, objects=[truth]))
+        for connection, msg in zip(connections, messages):
+            writer.write(connection, T0, ts.serialize_cdr(msg, connection.msgtype))
+
+    topics = BagTopics(image="/cam/image", camera_info="/cam/info", ground_truth="/gt")
+    (frame,) = bag_io.read_frames(bag, topics)
+
+    (pose,) = frame.ground_truth
+    assert pose.class_name == "duck" and pose.t[0] == pytest.approx(0.01)
+    assert not pose.refined and np.isnan(pose.depth_residual)
+
+
+def test_depth_frames_round_trip_in_millimetres_beside_the_colour_image(tmp_path):
+    bag = tmp_path / "rgbd"
+    topics = BagTopics(depth=bag_io.DEPTH_TOPIC)
+    depths = [np.full((CAMERA.height, CAMERA.width), 0.5 + 0.1 * i, np.float32) for i in range(3)]
+    depths[1][:10] = 0.0  # no measurement stays none
+    with BagWriter(bag, topics=topics) as writer:
+        for i, (image, depth) in enumerate(zip(_photos(3), depths)):
+            writer.write_frame(T0 + i * PERIOD, image, CAMERA, _truth(i), depth=depth)
+        with pytest.raises(ValueError, match="depth: give it exactly when the bag has a depth topic"):
+            writer.write_frame(T0 + 9 * PERIOD, image, CAMERA, _truth(0))
+
+    resolved = bag_io.resolve_topics(bag, depth=bag_io.DEPTH_TOPIC)  # two Image topics: depth named
+    assert resolved == topics
+    frames = list(bag_io.read_frames(bag, resolved))
+    assert len(frames) == 3
+    for frame, depth in zip(frames, depths):
+        np.testing.assert_allclose(frame.depth, depth, atol=5e-4)
+    assert all(f.depth is None for f in bag_io.read_frames(bag, BagTopics()))  # RGB reading ignores it
+    assert bag_io.resolve_topics(bag).image == bag_io.IMAGE_TOPIC  # the colour topic, not the depth one

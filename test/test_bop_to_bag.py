@@ -4,6 +4,7 @@ import math
 
 import cv2
 import numpy as np
+import pytest
 import skimage.data
 
 from hrpose_ros import bag_io, bop_format, bop_to_bag, bop_writer
@@ -77,3 +78,11 @@ def test_converter_cli_writes_the_bag_and_refuses_an_existing_one(tmp_path, caps
     assert bag_io.resolve_topics(tmp_path / "bag").image == "/camera/color/image_raw/compressed"
     assert bop_to_bag.main(argv) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_depth_topic_needs_a_scene_with_depth_images(tmp_path):
+    _photo_scene(tmp_path / "scene", n=1)
+    topics = bag_io.BagTopics(depth=bag_io.DEPTH_TOPIC)
+    with pytest.raises(ValueError, match="asked for, but the scene has images without depth"):
+        bop_to_bag.bop_scene_to_bag(tmp_path / "scene", tmp_path / "bag", topics=topics, progress=False)
+    assert not (tmp_path / "bag").exists()

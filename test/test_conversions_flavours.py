@@ -106,9 +106,10 @@ def test_uncalibrated_k_has_one_wording_in_both_flavours():
 
 POSES = [ObjectPose("duck", 1, 0, 0.875, np.eye(3), np.array([0.1, -0.05, 0.7]),
                     keypoints_2d=np.array([[10.5, 20.25], [30.0, 40.0]]), keypoint_ids=np.array([0, 8]),
-                    reprojection_error=0.75),
+                    reprojection_error=0.75, refined=True, depth_residual=2.0**-11),  # exact in float32
+         # a finite residual: messages holding NaN never compare equal, which the builders test needs
          ObjectPose("mug", 3, 2, 1.0, np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
-                    np.array([0.0, 0.0, 1.0]))]
+                    np.array([0.0, 0.0, 1.0]), depth_residual=0.0)]
 CAMERA = CameraModel(K=K, width=640, height=480, dist=[0.1, -0.05, 0.001, 0.002, 0.01, 0.2, 0.0, 0.03])
 
 
@@ -148,6 +149,15 @@ def test_object_poses_round_trip_through_either_flavour():
             np.testing.assert_array_equal(got.t, want.t)
         np.testing.assert_array_equal(back[0].keypoints_2d, [[10.5, 20.25], [30.0, 40.0]])
         assert list(back[0].keypoint_ids) == [0, 8] and back[0].reprojection_error == pytest.approx(0.75)
+        assert back[0].refined and back[0].depth_residual == 2.0**-11
+        assert not back[1].refined
+
+
+def test_a_pose_without_depth_carries_nan_residual_through_either_flavour():
+    pose = ObjectPose("duck", 1, 0, 1.0, np.eye(3), np.array([0.0, 0.0, 0.5]))
+    for flavour in both_flavours(rc.object_pose_array_msg([pose], node_header())):
+        (back,) = rc.poses_from_msg(flavour)
+        assert not back.refined and np.isnan(back.depth_residual)
 
 
 def test_keypoint_ids_beyond_uint8_are_refused_not_wrapped():

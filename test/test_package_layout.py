@@ -109,6 +109,6 @@ def test_generated_messages_have_the_documented_fields():
     from hrpose_ros.msg import ObjectPose, ObjectPoseArray
     assert set(ObjectPose.get_fields_and_field_types()) == {
         "class_name", "class_id", "instance_id", "score", "pose", "keypoints_2d", "keypoint_ids",
-        "reprojection_error"}
+        "reprojection_error", "refined", "depth_residual"}
     assert ObjectPoseArray.get_fields_and_field_types() == {
         "header": "std_msgs/Header", "objects": "sequence<hrpose_ros/ObjectPose>"}

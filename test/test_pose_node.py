@@ -112,7 +112,8 @@ def pose_node_command(tmp_dir: Path, params_file: Path | None = None, launch_arg
     return [str(executable), "--ros-args", "-r", f"__node:={keywords['name']}",
             "--params-file", str(params_file), "--params-file", str(launch_params),
             "-r", f"image:={camera}/{arguments['image_topic']}",
-            "-r", f"camera_info:={camera}/{arguments['camera_info_topic']}"]
+            "-r", f"camera_info:={camera}/{arguments['camera_info_topic']}",
+            "-r", f"depth:={camera}/{arguments['depth_topic']}"]
 
 
 # -- the node under test and a listener ----------------------------------------------------------
@@ -767,3 +768,152 @@ def test_crop_estimator_refuses_what_it_does_not_have_by_name(tiny_crops_file, v
 
     with pytest.raises(ValueError, match=message):
         load_pipeline(PoseNodeConfig(model_path=str(tiny_crops_file), backend="torch", **values))
+
+
+# -- depth refinement (use_depth: true, crop estimator) -------------------------------------------
+
+DEPTH_NODE = "pose_node_depth"
+DEPTH_CAMERA = "/depth_camera"
+DEPTH_TOPIC = f"{DEPTH_CAMERA}/aligned_depth_to_color/image_raw"
+
+
+@pytest.fixture(scope="module")
+def depth_frame(crops_frame):
+    """Return (SceneFrame, RGB poses, refined poses) of crops_frame with its depth in whole millimetres.
+
+    The refined poses are the in-process refiner's on the depth the node receives (16UC1); at least
+    one is refined.
+    """
+    from hrpose_ros.data.objects import load_default_objects
+    from hrpose_ros.depth_refine import DepthRefiner
+
+    frame, poses = crops_frame
+    depth_mm = np.round(frame.depth * 1000.0) / 1000.0
+    refined, _ = DepthRefiner(load_default_objects()).refine(poses, depth_mm, DEFAULT_CAMERA)
+    assert any(p.refined for p in refined), "no pose of crops_frame refines: choose another frame"
+    return frame, poses, refined
+
+
+@pytest.fixture(scope="module")
+def depth_node(listener, tmp_path_factory, depth_frame):
+    """Return (process, image + camera_info + depth publishers) of pose_node with use_depth: true."""
+    tmp = tmp_path_factory.mktemp("depth_node")
+    image_pub, info_pub = listener.add_node(DEPTH_NODE, DEPTH_CAMERA)
+    depth_pub = listener.create_publisher(Image, DEPTH_TOPIC, 10)
+    arguments = {"estimator": "crops", "backend": "torch", "camera_namespace": DEPTH_CAMERA}
+    reliable = {f"qos_overrides.{DEPTH_CAMERA}/{topic}.subscription.reliability": "reliable"
+                for topic in ("image_raw", "camera_info", "aligned_depth_to_color/image_raw")}
+    command = pose_node_command(tmp, launch_arguments=arguments, use_depth=True,
+                                **{**TEST_PARAMETERS, **reliable})
+    command[command.index("__node:=pose_node")] = f"__node:={DEPTH_NODE}"
+    for process in run_pose_node(listener, tmp, (image_pub, info_pub, depth_pub), f"/{DEPTH_NODE}/objects",
+                                 command):
+        yield process, (image_pub, info_pub), depth_pub
+
+
+def depth_message(depth_m: np.ndarray, stamp, encoding: str = "16UC1", frame: str = FRAME) -> Image:
+    from hrpose_ros.ros_conversions import depth_image_msg, header_msg
+
+    return depth_image_msg(depth_m, header_msg(stamp[0] * 10**9 + stamp[1], frame), encoding)
+
+
+def send_with_depth(listener, depth_node, rgb, depth: Image | None, stamp) -> ObjectPoseArray:
+    """Publish depth (when given), then image + camera_info; return the depth node's ObjectPoseArray."""
+    _, publishers, depth_pub = depth_node
+    if depth is not None:
+        depth_pub.publish(depth)
+        time.sleep(0.05)  # the depth frame is buffered before its image pair completes
+    return send(listener, image_message(rgb, stamp), info_message(stamp), publishers=publishers,
+                outputs=f"{DEPTH_NODE}/objects")
+
+
+def positions(msg: ObjectPoseArray) -> np.ndarray:
+    return np.array([[o.pose.position.x, o.pose.position.y, o.pose.position.z] for o in msg.objects])
+
+
+def test_depth_node_publishes_refined_poses_flagged_with_their_residual(listener, depth_node, depth_frame):
+    frame, _, refined = depth_frame
+    stamp = new_stamp()
+    msg = send_with_depth(listener, depth_node, frame.rgb, depth_message(frame.depth, stamp), stamp)
+
+    assert [o.refined for o in msg.objects] == [p.refined for p in refined]
+    np.testing.assert_allclose(positions(msg), [p.t for p in refined], atol=1e-3)
+    for published, pose in zip(msg.objects, refined):
+        if pose.refined:
+            assert 0 <= published.depth_residual < 0.005
+            assert published.depth_residual == pytest.approx(pose.depth_residual, abs=5e-4)
+
+
+def _bad_depth(case: str, frame, stamp) -> Image:
+    if case == "all zeros":
+        return depth_message(np.zeros_like(frame.depth), stamp)
+    if case == "all NaN":
+        return depth_message(np.full_like(frame.depth, np.nan), stamp, encoding="32FC1")
+    if case == "other size":
+        return depth_message(frame.depth[::2, ::2], stamp)
+    if case == "other encoding":
+        msg = depth_message(frame.depth, stamp)
+        msg.encoding = "mono8"
+        return msg
+    if case == "stale stamp":
+        return depth_message(frame.depth, (stamp[0] - 1, stamp[1]))
+    if case == "other frame":
+        return depth_message(frame.depth, stamp, frame="camera_depth_optical_frame")
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(("case", "expected_log"), [
+    ("all zeros", "depth: no valid measurement in the frame (all zero or NaN)"),
+    ("all NaN", "depth: no valid measurement in the frame (all zero or NaN)"),
+    ("other size", "depth: size 320x240 differs from the camera's 640x480"),
+    ("other encoding", "depth.encoding: 'mono8' is not supported; expected 16UC1 (mm) or 32FC1 (m)"),
+    ("stale stamp", "depth: no depth image within sync_slop=0.01 s of the image (nearest -1.000 s"),
+    ("other frame", "depth.header.frame_id: 'camera_depth_optical_frame' differs from the image's"),
+])
+def test_bad_depth_gives_rgb_poses_a_warning_and_the_node_keeps_serving(listener, depth_node, depth_frame,
+                                                                        case, expected_log):
+    frame, rgb_poses, _ = depth_frame
+    start = len(listener.messages("rosout"))
+    deadline = time.monotonic() + 20.0
+    log = None
+    while log is None:  # the same warning may be inside its throttle period: frames until it shows
+        stamp = new_stamp()
+        msg = send_with_depth(listener, depth_node, frame.rgb, _bad_depth(case, frame, stamp), stamp)
+        assert not any(o.refined for o in msg.objects)
+        assert all(np.isnan(o.depth_residual) for o in msg.objects)
+        np.testing.assert_allclose(positions(msg), [p.t for p in rgb_poses], atol=1e-4)
+        logs = listener.messages("rosout")[start:]
+        log = next((m for m in logs if m.name.endswith(DEPTH_NODE) and expected_log in m.msg), None)
+        assert time.monotonic() < deadline, f"no warning {expected_log!r} from {DEPTH_NODE}"
+    assert log.level == Log.WARN and "poses published without depth refinement" in log.msg
+    assert depth_node[0].poll() is None
+    # A good depth frame afterwards is used again.
+    good = new_stamp()
+    msg = send_with_depth(listener, depth_node, frame.rgb, depth_message(frame.depth, good), good)
+    assert any(o.refined for o in msg.objects)
+
+
+def test_no_depth_at_all_never_holds_rgb_poses_back(listener, tmp_path):
+    """A use_depth node whose depth topic is silent publishes every frame's RGB poses."""
+    # The depth node has buffered depth by now; the same check on its stale buffer is the case above.
+    # Here: the node's first frames, before any depth arrived, on a camera nobody sends depth for.
+    camera = "/silent_depth_camera"
+    publishers = listener.add_node("pose_node_silent_depth", camera)
+    arguments = {"estimator": "crops", "backend": "torch", "camera_namespace": camera}
+    reliable = {f"qos_overrides.{camera}/{topic}.subscription.reliability": "reliable"
+                for topic in ("image_raw", "camera_info")}
+    command = pose_node_command(tmp_path, launch_arguments=arguments, use_depth=True,
+                                **{**TEST_PARAMETERS, **reliable})
+    command[command.index("__node:=pose_node")] = "__node:=pose_node_silent_depth"
+    start = len(listener.messages("rosout"))
+    expected = f"depth: no depth image received on {camera}/aligned_depth_to_color"
+    for process in run_pose_node(listener, tmp_path, publishers, "/pose_node_silent_depth/objects", command):
+        deadline = time.monotonic() + 20.0
+        # Frames until the warning is heard: the first may go out before /rosout is connected.
+        while not [m for m in listener.messages("rosout")[start:] if expected in m.msg]:
+            stamp = new_stamp()
+            msg = send(listener, image_message(blank_frame(), stamp), info_message(stamp),
+                       publishers=publishers, outputs="pose_node_silent_depth/objects")
+            assert msg.header.frame_id == FRAME
+            assert time.monotonic() < deadline, f"no warning {expected!r}"
+        assert process.poll() is None

@@ -295,3 +295,25 @@ def test_crop_estimator_through_the_live_node_gives_the_in_process_poses(crops_b
     assert [(r.im_id, r.obj_id) for r in theirs] == [(r.im_id, r.obj_id) for r in ours]
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(b.t, a.t, atol=1e-6)
+
+
+def test_rgbd_replay_reports_the_rgb_only_recalls_of_the_same_run_beside_it(tmp_path, scene_bag,
+                                                                            crops_bag_runs, capsys):
+    """The scene of scene_bag with its depth images: RGB-only numbers equal an RGB replay's."""
+    bag = tmp_path / "rgbd_bag"
+    topics = bag_io.BagTopics(depth=bag_io.DEPTH_TOPIC)
+    bop_to_bag.bop_scene_to_bag(scene_bag.parent / "000000", bag, topics=topics, progress=False)
+    out = tmp_path / "rgbd"
+    argv = [str(bag), "--out", str(out), "--quiet", "--no-video", "--max-frames", "2", "--estimator", "crops",
+            "--backend", "torch", "--depth-topic", bag_io.DEPTH_TOPIC]
+    assert replay.main(argv) == 0
+    assert "RGB-only vs RGB-D:" in capsys.readouterr().out
+    rgbd = json.loads((out / "metrics.json").read_text())
+    rgb = json.loads((crops_bag_runs["inline"] / "metrics.json").read_text())
+    assert rgbd["mode"].endswith("+ depth refinement") and "depth refinement" in rgbd["latency_ms"]
+    assert rgbd["objects_rgb_only"] == rgb["objects"]
+    assert [o["instances"] for o in rgbd["objects"]] == [o["instances"] for o in rgb["objects"]]
+    assert "## RGB-only vs RGB-D" in (out / "report.md").read_text()
+    assert "<h2>RGB-only vs RGB-D</h2>" in (out / "report.html").read_text()
+    assert replay.main([*argv, "--live-node"]) == 1
+    assert "--depth-topic: the live node is driven with colour images only" in capsys.readouterr().err

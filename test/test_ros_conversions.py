@@ -313,3 +313,47 @@ def test_overlay_draws_boxes_where_the_camera_projects_them():
                           np.asarray(dist) if dist else None)
         for u, v in np.round(corners).astype(int):  # every corner of the box is on a drawn line
             assert drawn[v - 1:v + 2, u - 1:u + 2].any(), (u, v)
+
+
+# -- depth images --------------------------------------------------------------------------------
+
+DEPTH_M = np.array([[0.0, 0.5, 1.2345], [2.0, 0.001, 65.535]], dtype=np.float32)
+
+
+@pytest.mark.parametrize("encoding", ["16UC1", "32FC1"])
+def test_depth_round_trips_in_metres(encoding):
+    msg = rc.depth_image_msg(DEPTH_M, rc.header_msg(0, "cam"), encoding)
+    assert msg.encoding == encoding and msg.step == 3 * (2 if encoding == "16UC1" else 4)
+    back = rc.depth_image_to_metres(msg)
+    assert back.dtype == np.float32 and back.shape == (2, 3)
+    np.testing.assert_allclose(back, DEPTH_M, atol=0.0005 if encoding == "16UC1" else 0.0)
+
+
+def test_depth_16uc1_is_millimetres_big_endian_and_padded_rows_too():
+    from sensor_msgs.msg import Image
+
+    millimetres = np.array([[0, 600], [1500, 65535]], dtype=">u2")
+    padded = np.zeros((2, 6), np.uint8)  # 4 bytes of pixels + 2 of padding per row
+    padded[:, :4] = millimetres.view(np.uint8).reshape(2, 4)
+    msg = Image(height=2, width=2, encoding="16UC1", is_bigendian=1, step=6, data=padded.tobytes())
+    np.testing.assert_allclose(rc.depth_image_to_metres(msg), [[0.0, 0.6], [1.5, 65.535]], rtol=1e-6)
+
+
+def test_depth_nan_stays_no_measurement():
+    depth = np.array([[np.nan, 0.7]], dtype=np.float32)
+    back = rc.depth_image_to_metres(rc.depth_image_msg(depth, rc.header_msg(0, "cam"), "32FC1"))
+    assert np.isnan(back[0, 0]) and back[0, 1] == pytest.approx(0.7)
+    assert rc.depth_image_to_metres(rc.depth_image_msg(depth, rc.header_msg(0, "cam"), "16UC1"))[0, 0] == 0
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: setattr(m, "encoding", "rgb8"), "depth.encoding: 'rgb8' is not supported; expected 16UC1"),
+    (lambda m: setattr(m, "data", bytes(m.data)[:-1]), "depth.data: 11 bytes, expected step x height"),
+    (lambda m: setattr(m, "step", 4), "depth.step: 4 bytes is shorter than one 16UC1 row of 3 pixels"),
+    (lambda m: setattr(m, "width", 0), "depth.width/height: must be positive"),
+])
+def test_unusable_depth_messages_name_the_field(edit, message):
+    msg = rc.depth_image_msg(DEPTH_M, rc.header_msg(0, "cam"))
+    edit(msg)
+    with pytest.raises(ValueError, match=message):
+        rc.depth_image_to_metres(msg)

@@ -4,7 +4,9 @@ Frames are written to a temporary folder beside the output and moved into place 
 end, so an interrupted run leaves nothing half-written; an existing output folder with
 data in it is refused. Each scene folder holds at most 1000 frames (as BOP's PBR splits).
 Frame ``i`` of kind ``k`` draws from the random stream (seed, k, i): splits made with
-different seeds are disjoint, and a run repeats exactly.
+different seeds are disjoint, and a run repeats exactly. Depth is written as a depth camera
+measures it (:mod:`hrpose_ros.data.depth_noise`) unless ``--clean-depth``; its noise draws from a
+stream of its own, so the RGB frames are the same with and without it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hrpose_ros import bop_models, bop_writer
+from hrpose_ros.data.depth_noise import DEFAULT_DEPTH_NOISE, DepthNoise, add_depth_noise
 from hrpose_ros.data.objects import default_object_set_dir, select_objects
 from hrpose_ros.data.scenes import SceneFrame, SceneGenerator
 from hrpose_ros.visualization import colour_for, contact_sheet, draw_pose
@@ -36,6 +39,7 @@ logger = logging.getLogger(__name__)
 KINDS = ("views", "cutpaste", "bin")
 FRAMES_PER_SCENE = 1000
 BIN_VIEWS_PER_PILE = 5  # camera poses per physics drop: the drop costs more than a rendering
+DEPTH_NOISE_STREAM = 1  # extra seed entry of the depth noise's random stream
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ def make_data(
     object_names: Sequence[str] | None = None,
     models_dir=None,
     depth: bool = True,
+    depth_noise: DepthNoise | None = DEFAULT_DEPTH_NOISE,
     rgb_ext: str = "jpg",
     sheet_frames: int = 12,
     progress: bool = True,
@@ -101,7 +106,8 @@ def make_data(
     """Return what was written after making ``n`` frames of ``kinds`` (split evenly) in the BOP split ``out``.
 
     ``object_names`` picks objects by name (default all) from ``models_dir`` (default: the
-    shipped set); ``depth`` writes depth PNGs; the contact sheet (``out``/contact_sheet.png)
+    shipped set); ``depth`` writes depth PNGs, with ``depth_noise`` (None: the rendered depth as
+    it is); the contact sheet (``out``/contact_sheet.png)
     shows the first ``sheet_frames`` frames, spread over the kinds, with their ground truth.
     """
     split_dir = Path(out)
@@ -124,6 +130,8 @@ def make_data(
                 batch_index = 0
                 while written < count:
                     rng = np.random.default_rng((seed, KINDS.index(kind), batch_index))
+                    noise_rng = np.random.default_rng((seed, KINDS.index(kind), batch_index,
+                                                       DEPTH_NOISE_STREAM))
                     batch_index += 1
                     if kind == "views":
                         batch = [generator.views(rng)]
@@ -137,8 +145,11 @@ def make_data(
                                 writer.close()
                                 scene_id += 1
                             writer = bop_writer.SceneWriter(tmp / f"{scene_id:06d}", rgb_ext=rgb_ext)
-                        writer.add_frame(frame.rgb, frame.K, frame.instances,
-                                         depth=frame.depth if depth else None,
+                        frame_depth = None
+                        if depth:
+                            frame_depth = (frame.depth if depth_noise is None
+                                           else add_depth_noise(frame.depth, noise_rng, depth_noise))
+                        writer.add_frame(frame.rgb, frame.K, frame.instances, depth=frame_depth,
                                          masks_visib=frame.masks_visib, masks_full=frame.masks_full,
                                          R_w2c=frame.R_w2c, t_w2c=frame.t_w2c)
                         if written < per_kind_sheet:
@@ -183,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--objects", default="", help="comma-separated object names (default: all)")
     parser.add_argument("--models-dir", default=None, help="BOP models dir (default: the shipped object set)")
     parser.add_argument("--no-depth", action="store_true", help="skip the depth PNGs (smaller, faster)")
+    parser.add_argument("--clean-depth", action="store_true",
+                        help="write the rendered depth without the depth camera's noise and holes")
     parser.add_argument("--rgb-ext", default="jpg", choices=("jpg", "png"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -192,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = make_data(out, [k.strip() for k in args.kind.split(",") if k.strip()], args.n, args.seed,
                            [n.strip() for n in args.objects.split(",") if n.strip()] or None,
-                           args.models_dir, depth=not args.no_depth, rgb_ext=args.rgb_ext)
+                           args.models_dir, depth=not args.no_depth,
+                           depth_noise=None if args.clean_depth else DEFAULT_DEPTH_NOISE,
+                           rgb_ext=args.rgb_ext)
     except ValueError as exc:
         logger.error("error: %s", exc)
         return 2
