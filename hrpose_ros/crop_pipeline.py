@@ -37,6 +37,7 @@ from hrpose_ros.types import CameraModel, Detection, ObjectModel, ObjectPose, ch
 
 __all__ = [
     "CROPS_FORMAT",
+    "DECODING_OPTIONS",
     "DEFAULT_CROPS_WEIGHTS",
     "CropInference",
     "CropPosePipeline",
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 CROPS_FORMAT = "hrpose_ros/crops-1"
+# Decoding options a crops file may store beside its PoseThresholds fields.
+DECODING_OPTIONS = ("drop_keypoints",)
 DEFAULT_CROPS_WEIGHTS = Path(__file__).resolve().parent / "assets" / "weights" / "crops_lite0.pt"
 
 
@@ -114,7 +117,9 @@ def save_crops_file(path, detector: dict, keypoints: dict, thresholds: dict | No
     ``thresholds``: PoseThresholds fields chosen for these weights on a validation split (the
     estimator's defaults; arguments given to ``from_pretrained`` still win).
     """
-    split_thresholds(thresholds or {})  # names and values checked before anything is written
+    # names and values checked before anything is written
+    _, decoding = split_thresholds(thresholds or {}, DECODING_OPTIONS)
+    _check_drop(decoding.get("drop_keypoints", 0), int(keypoints["config"].get("num_keypoints", 9)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -159,6 +164,15 @@ def load_crops_file(path):
     if [o.obj_id for o in det_objects] != [o.obj_id for o in objects]:
         raise ValueError(f"{path}: the detector and the keypoint network know other objects")
     return detector, keypoints, objects, d
+
+
+def _check_drop(drop, num_keypoints: int) -> int:
+    """Return ``drop`` as an int after checking PnP keeps at least 6 keypoints (ValueError otherwise)."""
+    limit = max(num_keypoints - 6, 0)
+    if isinstance(drop, bool) or not isinstance(drop, (int, np.integer)) or not 0 <= drop <= limit:
+        raise ValueError(f"drop_keypoints: expected an integer from 0 to {limit} "
+                         f"(PnP keeps at least 6 of {num_keypoints} keypoints), got {drop!r}")
+    return int(drop)
 
 
 class _TorchModule:
@@ -261,9 +275,11 @@ class CropPosePipeline:
         detection_threshold: float | None = None,
         description: str = "torch fp32 on cpu",
         keypoints_3d=None,
+        drop_keypoints: int = 0,
     ):
         """``keypoints_3d``: per object the (K, 3) points the heatmaps locate (default: box corners
-        + centre)."""
+        + centre). ``drop_keypoints``: PnP leaves out that many keypoints per crop, the least
+        confident (a spread-out heatmap is the usual sign of a wrong keypoint)."""
         self.engine = _Engines(detector_engine, keypoint_engine, description)
         self.detector_config = detector_config
         self.keypoint_config = keypoint_config
@@ -276,6 +292,7 @@ class CropPosePipeline:
             detection_threshold if detection_threshold is not None else detector_config.score_threshold
         )
         self.input_size = tuple(int(v) for v in detector_config.input_size)
+        self.drop_keypoints = _check_drop(drop_keypoints, keypoint_config.num_keypoints)
         self.last_timings: dict[str, float] = {}
 
     @classmethod
@@ -292,8 +309,9 @@ class CropPosePipeline:
 
         ``backend`` "torch" or "onnxruntime" (each network exported once into the cache);
         ``device`` "auto" takes a GPU where the backend can use one. ``thresholds``: PoseThresholds
-        fields. The detector keeps its file's score threshold (its recall and AP were measured at
-        it); ``min_score`` then drops poses of detections scoring below it, when it is higher.
+        fields and ``drop_keypoints``. The detector keeps its file's score threshold (its recall and
+        AP were measured at it); ``min_score`` then drops poses of detections scoring below it, when
+        it is higher.
         ``input_size`` is HRPose's whole-frame input and is refused here: the detector's input is
         fixed by its file.
         """
@@ -304,7 +322,7 @@ class CropPosePipeline:
         path = Path(path) if path is not None else DEFAULT_CROPS_WEIGHTS
         detector, keypoints, objects, stored = load_crops_file(path)
         thresholds = {**stored.get("thresholds", {}), **thresholds}  # the file's, chosen on validation
-        pose_thresholds, _ = split_thresholds(thresholds)
+        pose_thresholds, decoding = split_thresholds(thresholds, DECODING_OPTIONS)
         device = resolve_device(device, backend)
         if backend == "torch":
             det_engine, kp_engine = (
@@ -329,6 +347,7 @@ class CropPosePipeline:
             None,
             description,
             keypoints.keypoints_3d,
+            decoding.get("drop_keypoints", 0),
         )
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:
@@ -395,18 +414,22 @@ class CropPosePipeline:
         if not inference.crops:
             return []
         if self.keypoint_config.head == "voting":
-            keypoints, _ = decode_votes(inference.heatmaps)
+            keypoints, confidence = decode_votes(inference.heatmaps)
         else:
-            keypoints, _ = decode_heatmaps(inference.heatmaps)
+            keypoints, confidence = decode_heatmaps(inference.heatmaps)
+        found = np.ones(confidence.shape, bool)
+        if self.drop_keypoints:
+            least = np.argsort(confidence, axis=1, kind="stable")[:, : self.drop_keypoints]
+            np.put_along_axis(found, least, False, axis=1)
         return [
             DecodedInstance(
                 class_index=int(c),
                 score=float(d.score),
                 keypoints=crop.to_image(kps),
-                found=np.ones(len(kps), bool),
+                found=kept,
             )
-            for d, crop, c, kps in zip(
-                inference.detections, inference.crops, inference.class_indices, keypoints
+            for d, crop, c, kps, kept in zip(
+                inference.detections, inference.crops, inference.class_indices, keypoints, found
             )
         ]
 

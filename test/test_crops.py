@@ -196,3 +196,40 @@ def test_votes_of_exact_offsets_give_the_keypoints_in_torch_and_numpy():
     assert (voted - keypoints).abs().max() < 1e-6 and np.abs(decoded - keypoints.numpy()).max() < 1e-3
     loss, terms = voting_loss(outputs, keypoints, torch.ones(2, 9, dtype=torch.bool))
     assert float(loss) < 1e-6 and float(terms["aux"]) < 1e-9
+
+
+def test_pnp_leaves_out_the_least_confident_keypoints_when_the_file_says_so(toy, tmp_path):
+    from hrpose_ros.crop_pipeline import CropInference, CropPosePipeline, keypoints_to_dict, save_crops_file
+    from hrpose_ros.detector import DetectorConfig, SingleShotDetector, detector_to_dict
+    from hrpose_ros.geometry import project
+    from hrpose_ros.types import Detection
+    from training.crop_data import amodal_box
+
+    split, objects = toy
+    keypoints_3d = [model_keypoints(o.points, "box") for o in objects]
+    frame = bop_reader.read_split(split)[0]
+    inst = frame.instances[0]
+    c = next(k for k, o in enumerate(objects) if o.obj_id == inst.obj_id)
+    # one crop around the instance, ground-truth heatmaps but for two flat (least confident) ones
+    crop = crop_around_box(amodal_box(objects[c], inst.R, inst.t, frame.camera), 128, 1.5)
+    in_crop = crop.to_crop(project(keypoints_3d[c], inst.R, inst.t, frame.camera.K, frame.camera.dist))
+    logits = torch.log(heatmap_targets(torch.tensor(in_crop)[None], 32).clamp_min(1e-30)).numpy()
+    logits[0, [2, 6]] = 0.0
+    detector_config = DetectorConfig(num_classes=len(objects), input_size=(128, 96), pretrained=False)
+    keypoint_config = CropKeypointConfig(num_classes=len(objects), pretrained=False, crop_size=128)
+    inference = CropInference([Detection(inst.obj_id, objects[c].name, 0.9, np.zeros(4))], [crop],
+                              np.array([c]), logits.astype(np.float32))
+    kept = [True, True, False, True, True, True, False, True, True]
+    for drop, found in ((0, [True] * 9), (2, kept)):
+        pipeline = CropPosePipeline(None, None, detector_config, keypoint_config, objects,
+                                    keypoints_3d=keypoints_3d, drop_keypoints=drop)
+        (decoded,) = pipeline.decode(inference)
+        assert decoded.found.tolist() == found
+    (pose,) = pipeline.solve([decoded], frame.camera)
+    assert not {2, 6} & set(pose.keypoint_ids.tolist())
+    assert add_or_adds_error(pose.R, pose.t, inst.R, inst.t, objects[c]) < 0.02 * objects[c].diameter
+    with pytest.raises(ValueError, match="drop_keypoints: expected an integer from 0 to 3"):
+        CropPosePipeline(None, None, detector_config, keypoint_config, objects, drop_keypoints=4)
+    with pytest.raises(ValueError, match="drop_keypoints"):
+        save_crops_file(tmp_path / "f.pt", detector_to_dict(SingleShotDetector(detector_config), objects),
+                        keypoints_to_dict(CropKeypointNet(keypoint_config), objects), {"drop_keypoints": 9})

@@ -20,7 +20,8 @@ __all__ = ["bundle"]
 def bundle(detector_path, keypoints_path, out, thresholds: dict | None = None) -> Path:
     """Write the crops file ``out`` from the two checkpoints (checked to know the same objects).
 
-    ``thresholds``: PoseThresholds fields chosen on a validation split, stored as the file's defaults.
+    ``thresholds``: PoseThresholds fields and decoding options (``drop_keypoints``) chosen on a
+    validation split, stored as the file's defaults.
     """
     detector, det_objects = load_detector(detector_path)
     keypoints, objects, history = keypoints_from_dict(
@@ -57,12 +58,20 @@ def main(argv=None) -> None:
         metavar="PX",
         help="the file's RANSAC inlier distance (px), chosen on a validation split",
     )
+    parser.add_argument(
+        "--drop-keypoints",
+        type=int,
+        default=None,
+        metavar="N",
+        help="PnP leaves out the N least confident keypoints of each crop, chosen on a validation split",
+    )
     args = parser.parse_args(argv)
     thresholds = {
         k: v
         for k, v in (
             ("max_reprojection_error", args.max_reprojection_error),
             ("ransac_threshold", args.ransac_threshold),
+            ("drop_keypoints", args.drop_keypoints),
         )
         if v is not None
     }
