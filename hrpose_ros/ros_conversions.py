@@ -128,7 +128,7 @@ def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     """
     if hasattr(msg, "format"):
         return _compressed_to_rgb(msg)
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    height, width = int(msg.height), int(msg.width)
     if height <= 0 or width <= 0:
         raise ValueError(f"image.width/height: must be positive, got {width}x{height}")
     encoding = msg.encoding
@@ -141,17 +141,26 @@ def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
         except CvBridgeError as exc:
             raise ValueError(f"image.encoding: cv_bridge cannot convert '{encoding}' to rgb8: {exc}") from exc
     channels, to_rgb = _ENCODINGS[encoding]
-    row_bytes = width * channels
+    rows = _image_rows(msg, "image", encoding, width * channels)
+    # A copy, padding dropped: the result does not alias the message's buffer.
+    pixels = np.array(rows.reshape(height, width, channels))
+    return pixels if to_rgb is None else cv2.cvtColor(pixels, to_rgb)
+
+
+def _image_rows(msg: Image, what: str, encoding: str, row_bytes: int) -> np.ndarray:
+    """Return the (height, row_bytes) uint8 view of ``msg.data`` without row padding.
+
+    ValueError naming ``what``.step or ``what``.data when the rows do not fit the message.
+    """
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if step < row_bytes:
-        raise ValueError(f"image.step: {step} bytes is shorter than one {encoding} row of "
+        raise ValueError(f"{what}.step: {step} bytes is shorter than one {encoding} row of "
                          f"{width} pixels ({row_bytes} bytes)")
     data = np.frombuffer(msg.data, dtype=np.uint8)
     if data.size != step * height:
-        raise ValueError(f"image.data: {data.size} bytes, expected step x height = {step} x {height} "
+        raise ValueError(f"{what}.data: {data.size} bytes, expected step x height = {step} x {height} "
                          f"= {step * height}")
-    # A copy, padding dropped: the result does not alias the message's buffer.
-    pixels = np.array(data.reshape(height, step)[:, :row_bytes].reshape(height, width, channels))
-    return pixels if to_rgb is None else cv2.cvtColor(pixels, to_rgb)
+    return data.reshape(height, step)[:, :row_bytes]
 
 
 # Depth encodings of aligned depth images (REP 118): numpy element type and metres per unit.
@@ -164,7 +173,7 @@ def depth_image_to_metres(msg: Image) -> np.ndarray:
     0 and NaN stay as they are (no measurement). Another encoding, a ``step`` shorter than a
     row, or ``data`` whose length is not ``step * height`` are ValueErrors naming the field.
     """
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    height, width = int(msg.height), int(msg.width)
     if height <= 0 or width <= 0:
         raise ValueError(f"depth.width/height: must be positive, got {width}x{height}")
     if msg.encoding not in DEPTH_ENCODINGS:
@@ -172,15 +181,7 @@ def depth_image_to_metres(msg: Image) -> np.ndarray:
                          f"32FC1 (m)")
     kind, metres_per_unit = DEPTH_ENCODINGS[msg.encoding]
     dtype = np.dtype(kind).newbyteorder(">" if msg.is_bigendian else "<")
-    row_bytes = width * dtype.itemsize
-    if step < row_bytes:
-        raise ValueError(f"depth.step: {step} bytes is shorter than one {msg.encoding} row of "
-                         f"{width} pixels ({row_bytes} bytes)")
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size != step * height:
-        raise ValueError(f"depth.data: {data.size} bytes, expected step x height = {step} x {height} "
-                         f"= {step * height}")
-    units = data.reshape(height, step)[:, :row_bytes].copy().view(dtype)
+    units = _image_rows(msg, "depth", msg.encoding, width * dtype.itemsize).copy().view(dtype)
     return units.astype(np.float32) * np.float32(metres_per_unit)
 
 
