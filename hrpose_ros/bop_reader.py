@@ -259,5 +259,8 @@ def read_split(split_dir) -> list[BopFrame]:
     scenes = sorted((p for p in split_dir.iterdir() if p.is_dir() and p.name.isdigit()),
                     key=lambda p: int(p.name))
     if not scenes:
+        if (split_dir / "scene_camera.json").is_file():
+            raise ValueError(f"{split_dir}: a scene, not a split; give the directory that holds it "
+                             f"({split_dir.parent}), or a directory holding only a link to it")
         raise ValueError(f"{split_dir}: no scene directories (expected {split_dir}/000000/scene_camera.json)")
     return [frame for scene in scenes for frame in read_scene(scene)]

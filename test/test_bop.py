@@ -191,7 +191,10 @@ def test_malformed_files_name_the_file_and_field(tmp_path):
     camera.write_text(json.dumps({"0": {"cam_K": [0, 0, 10, 0, 500, 10, 0, 0, 1], "depth_scale": 1.0}}))
     with pytest.raises(ValueError, match=r"cam_K: focal lengths must be positive"):
         bop_reader.read_scene_camera(camera)
-    with pytest.raises(ValueError, match="no scene directories"):
+    with pytest.raises(ValueError, match=f"{tmp_path}: a scene, not a split; give the directory that"):
         bop_reader.read_split(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no scene directories"):
+        bop_reader.read_split(tmp_path / "empty")
     with pytest.raises(ValueError, match="obj_000009.ply: model file not found"):
         bop_models.read_ply_model(bop_models.model_path(tmp_path, 9))
