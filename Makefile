@@ -36,8 +36,7 @@ bench: bootstrap
 .PHONY: bench-crops
 bench-crops: bootstrap
 	$(ENV) && { [ -d data/test/000001 ] || hrpose-make-data --kind cutpaste,bin --n 200 --out data/test --seed 1000; } \
-	  && mkdir -p out/bench/splits/cutpaste && ln -sfn "$$(realpath data/test/000000)" out/bench/splits/cutpaste/000000 \
-	  && python benchmarks/benchmark.py --estimator crops --split out/bench/splits/cutpaste --instances 5 \
+	  && python benchmarks/benchmark.py --estimator crops --split data/test/000000 --instances 5 \
 	     --out out/bench/crops $(BENCH_ARGS)
 
 # Issue 6's accuracy check of the node: single objects rendered at known poses (hrpose-make-data

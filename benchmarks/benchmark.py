@@ -99,7 +99,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="objects per synthetic frame (default 10); with --split and --estimator crops: use only the "
         "split's frames with this many annotated objects",
     )
-    parser.add_argument("--split", type=Path, help="BOP split whose frames to use instead of synthetic ones")
+    parser.add_argument("--split", type=Path,
+                        help="BOP split or scene folder whose frames to use instead of synthetic ones")
     parser.add_argument(
         "--calib-dir",
         type=Path,

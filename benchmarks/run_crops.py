@@ -38,8 +38,8 @@ def run_crops(args, settings: Settings, out: Path) -> int:
     if args.split:
         from hrpose_ros import bop_reader as bop
 
-        split = bop.read_split(args.split)
-        frames_note = f"BOP split {args.split}"
+        split = bop.read_frames(args.split)
+        frames_note = f"BOP frames {args.split}"
         if args.instances is not None:
             split = [f for f in split if len(f.instances) == args.instances]
             if not split:

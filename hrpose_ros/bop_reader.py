@@ -39,6 +39,7 @@ __all__ = [
     "read_scene_camera",
     "read_scene_gt",
     "read_scene_gt_info",
+    "read_frames",
     "read_split",
 ]
 
@@ -264,3 +265,9 @@ def read_split(split_dir) -> list[BopFrame]:
                              f"({split_dir.parent}), or a directory holding only a link to it")
         raise ValueError(f"{split_dir}: no scene directories (expected {split_dir}/000000/scene_camera.json)")
     return [frame for scene in scenes for frame in read_scene(scene)]
+
+
+def read_frames(path) -> list[BopFrame]:
+    """Return the frames of ``path``: one BOP scene folder (with scene_camera.json) or a split of them."""
+    path = Path(path)
+    return read_scene(path) if (path / "scene_camera.json").is_file() else read_split(path)

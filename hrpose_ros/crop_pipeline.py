@@ -119,7 +119,7 @@ def save_crops_file(path, detector: dict, keypoints: dict, thresholds: dict | No
     """
     # names and values checked before anything is written
     _, decoding = split_thresholds(thresholds or {}, DECODING_OPTIONS)
-    _check_drop(decoding.get("drop_keypoints", 0), int(keypoints["config"].get("num_keypoints", 9)))
+    _check_drop(decoding.get("drop_keypoints", 0), CropKeypointConfig(**keypoints["config"]).num_keypoints)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -238,13 +238,18 @@ def fit_residual(scene: np.ndarray, model_points: np.ndarray, model_normals: np.
     return float(plane.mean())
 
 
+def _measured(depth: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Return the depth (V,) at the pixels nearest ``uv`` (V, 2), clamped into the image."""
+    pixels = np.minimum(np.round(uv).astype(np.int64), [depth.shape[1] - 1, depth.shape[0] - 1])
+    return depth[pixels[:, 1], pixels[:, 0]]
+
+
 def depth_support(points: np.ndarray, uv: np.ndarray, depth: np.ndarray, tolerance: float) -> float:
     """Return the share in [0, 1] of visible model ``points`` (V, 3) at pixels ``uv`` (V, 2) that the
     depth image confirms: measured within ``tolerance`` metres of their depth, among those it does
     not hide (something nearer in front) and does measure. The rest were seen through: depth behind
     where the object would be (free space), which a right pose cannot leave (NaN when none count)."""
-    pixels = np.minimum(np.round(uv).astype(np.int64), [depth.shape[1] - 1, depth.shape[0] - 1])
-    measured = depth[pixels[:, 1], pixels[:, 0]]
+    measured = _measured(depth, uv)
     with np.errstate(invalid="ignore"):  # NaN: no measurement, counted in neither
         confirmed = np.abs(measured - points[:, 2]) <= tolerance
         seen_through = measured > points[:, 2] + tolerance
@@ -281,8 +286,7 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
     rgb_points, rgb_normals, rgb_uv = points, normals, uv
     # RGB poses err most along the viewing ray: slide the model along it onto the depth under its
     # silhouette first (the median offset ignores occluders that cover less than half of it).
-    pixels = np.minimum(np.round(uv).astype(np.int64), [camera.width - 1, camera.height - 1])
-    measured = depth[pixels[:, 1], pixels[:, 0]]
+    measured = _measured(depth, uv)
     under = measured > 0  # False for NaN too
     t_start = t0
     if under.sum() >= config.min_depth_points:
@@ -350,8 +354,7 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
         reason = (f"the depth sees through the refined pose more ({100 * support:.0f} % of it confirmed "
                   f"against {100 * support_before:.0f} %)")
     if reason:
-        return Refinement(R=R0, t=t0, refined=False, residual=before, residual_before=before,
-                          depth_points=len(scene), reason=reason, seconds=time.perf_counter() - started)
+        return kept(reason, before, len(scene))
     return Refinement(R=R1, t=t1, refined=True, residual=after, residual_before=before,
                       depth_points=len(scene), reason="", seconds=time.perf_counter() - started)
 

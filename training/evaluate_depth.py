@@ -32,11 +32,6 @@ __all__ = ["evaluate_depth", "format_report", "main"]
 GRASP_BOUNDS = (0.005, 2.0)  # metres, degrees
 
 
-def _frames(path: Path) -> list[bop_reader.BopFrame]:
-    """Return the frames of a BOP scene folder (with scene_gt.json) or of a split of scene folders."""
-    return bop_reader.read_scene(path) if (path / "scene_gt.json").is_file() else bop_reader.read_split(path)
-
-
 def evaluate_depth(estimator, refiner: DepthRefiner, frames, gt_boxes: bool = False) -> dict:
     """Return {"rgb": [InstanceResult], "rgbd": [InstanceResult], "instance_seconds": [s per refined
     instance], "frame_seconds": [s per frame], "refined": {obj_id: [bool per estimate]}} on ``frames``."""
@@ -115,7 +110,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="out/depth_eval", help="folder for report.md and metrics.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    frames = _frames(Path(args.split))
+    frames = bop_reader.read_frames(args.split)
     if args.max_frames:
         frames = frames[: args.max_frames]
     if not frames or frames[0].depth_path is None:
