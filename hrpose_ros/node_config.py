@@ -82,10 +82,10 @@ class PoseNodeConfig:
                "frame_id) and refine each pose against it by ICP; a frame whose depth is missing, late "
                "(stamp beyond sync_slop) or unusable is published with its RGB poses")
     depth_max_translation: float = _param(
-        0.05, "Largest move (m) a depth refinement may make; a larger one is refused (RGB pose kept)",
+        0.1, "Largest move (m) a depth refinement may make; a larger one is refused (RGB pose kept)",
         0.001, 1.0)
     depth_max_rotation: float = _param(
-        0.436, "Largest turn (rad) a depth refinement may make, turns about symmetry axes not counted",
+        0.785, "Largest turn (rad) a depth refinement may make, turns about symmetry axes not counted",
         0.001, 3.1416)
     depth_iterations: int = _param(6, "ICP iterations per correspondence distance (20, 10, 5 mm)", 1, 100)
     depth_frame_budget: float = _param(
