@@ -146,6 +146,10 @@ def test_surface_keypoints_travel_with_the_network_and_box_files_without_them_st
                  progress=False)
     stored = torch.load(path, weights_only=False)
     model, loaded_objects, _ = keypoints_from_dict(stored)
+    # ... and at another crop size (the network is fully convolutional)
+    larger = train(CropTrainConfig(out=str(tmp_path / "96"), keypoints="surface", init=str(path),
+                                   **{**base, "crop_size": 96}), progress=False)
+    assert keypoints_from_dict(torch.load(larger, weights_only=False))[0].config.crop_size == 96
     models = bop_models.load_object_models(split.parent / "models")  # what training reads: the split's models
     expected = np.stack([model_keypoints(o.points, "surface") for o in models])
     assert model.config.keypoints == "surface" and np.allclose(model.keypoints_3d, expected)

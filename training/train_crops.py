@@ -62,7 +62,7 @@ class CropTrainConfig:
     max_frames: int | None = None
     pretrained: bool = True
     head: str = "heatmap"  # crop_keypoints.CropKeypointConfig.head (voting: no faster here, see README)
-    init: str = ""  # a keypoints.pt to go on training from (same objects, variant, head, crop size)
+    init: str = ""  # a keypoints.pt to go on training from (same objects, variant and head)
     keypoints: str = "box"  # crop_keypoints.CropKeypointConfig.keypoints
 
 
@@ -179,8 +179,10 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
         if isinstance(stored, dict) and stored.get("format") == CROPS_FORMAT:
             stored = stored["keypoints"]  # the keypoint part of a crops weights file
         start, start_objects, _ = keypoints_from_dict(stored, config.init)
-        # Another keypoint set is allowed: the heads then start from related maps.
-        same = replace(start.config, keypoints=model_config.keypoints, pretrained=model_config.pretrained)
+        # Another keypoint set is allowed: the heads then start from related maps. Another crop size
+        # too: the network is fully convolutional, and the same object parts only look larger.
+        same = replace(start.config, keypoints=model_config.keypoints, pretrained=model_config.pretrained,
+                       crop_size=model_config.crop_size)
         if [o.obj_id for o in start_objects] != [o.obj_id for o in objects] or same != model_config:
             raise ValueError(f"--init {config.init}: another network ({start.config}) or other objects")
         model.load_state_dict(start.state_dict())
