@@ -37,7 +37,8 @@ class LiveNodeEstimator:
     ``~/objects`` arrives with the image's stamp, so no frame is dropped by the node's one-slot
     queue; the measured time is the round
     trip (conversion, inference and DDS both ways). ``objects`` are the models the node's weights
-    name (loaded here from the same weights). Close with :meth:`close`.
+    name (loaded here from the same weights). Made with ``depth``, the node runs with ``use_depth``
+    and each call sends the frame's depth image too. Close with :meth:`close`.
     """
 
     def __init__(self, driver: NodeDriver, objects: list[ObjectModel]):
@@ -47,6 +48,7 @@ class LiveNodeEstimator:
         self._stamp_ns = DEFAULT_START_NS
         self._answers: dict[int, object] = {}
         self.last_timings: dict[str, float] = {}
+        self.uses_depth = driver.depth_pub is not None  # replay passes each frame's depth
 
     @classmethod
     def start(
@@ -59,10 +61,13 @@ class LiveNodeEstimator:
         params: Sequence[str] = (),
         timeout: float = 60.0,
         estimator: str = "auto",
+        depth: bool = False,
     ) -> LiveNodeEstimator:
         """Return an estimator driving a freshly started pose_node; LiveNodeError if it does not come up.
 
         ``weights`` None: the shipped default of ``estimator`` (hrpose_ros.estimators.default_weights).
+        ``depth``: the node refines against the depth each call sends, with the in-process refiner's
+        limits and the whole frame refined (the node's 30 ms budget would leave instances out).
         """
         import os
         import shlex
@@ -100,12 +105,19 @@ class LiveNodeEstimator:
             "min_keypoint_spread": reference.thresholds.min_keypoint_spread,
             **hrpose_only,
         }
+        if depth:
+            from hrpose_ros.depth_refine import RefineConfig
+
+            refine = RefineConfig(frame_budget=10.0)  # replay's in-process refiner
+            node_params.update(use_depth="true", depth_iterations=refine.iterations,
+                               depth_max_translation=refine.max_translation,
+                               depth_max_rotation=refine.max_rotation, depth_frame_budget=refine.frame_budget)
         for param in params:
             key, sep, value = param.partition(":=")
             if not sep:
                 raise ValueError(f"--node-param: expected NAME:=VALUE, got {param!r}")
             node_params[key] = value
-        driver = NodeDriver(argv, f"hrpose_replay_{os.getpid()}", node_params, timeout)
+        driver = NodeDriver(argv, f"hrpose_replay_{os.getpid()}", node_params, timeout, depth=depth)
         _log.info("starting %s", " ".join(driver.command))
         estimator = cls(driver, reference.objects)
         driver.subscribe(ObjectPoseArray, f"{driver.namespace}/objects", estimator._on_objects)
@@ -119,15 +131,21 @@ class LiveNodeEstimator:
     def _on_objects(self, msg) -> None:
         self._answers[stamp_to_ns(msg.header.stamp)] = msg
 
-    def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:
-        """Return the poses the live node publishes for one image (sent with a fresh stamp)."""
+    def __call__(self, image_rgb: np.ndarray, camera: CameraModel, depth: np.ndarray | None = None
+                 ) -> list[ObjectPose]:
+        """Return the poses the live node publishes for one image (sent with a fresh stamp).
+
+        ``depth`` (H, W) metres, for a node started with depth: sent as 32FC1, so the node refines
+        against the same values as the in-process refiner.
+        """
         self._stamp_ns += 1_000_000  # a fresh stamp per call: the answer is recognised by it
         header = ros_conversions.header_msg(self._stamp_ns, bag_io.CAMERA_FRAME)
         info = ros_conversions.camera_info_msg(camera, header)
         image = ros_conversions.rgb_to_image(np.ascontiguousarray(image_rgb), header)
+        depth_msg = None if depth is None else ros_conversions.depth_image_msg(depth, header, "32FC1")
         stamp = self._stamp_ns
         self._calls += 1
-        start = self._driver.send(image, info)
+        start = self._driver.send(image, info, depth_msg)
         if not self._driver.spin_until(lambda: stamp in self._answers, self._driver.timeout):
             timeout = self._driver.timeout
             raise self._driver.failure(f"pose_node: no answer to image {self._calls} within {timeout:.0f} s")

@@ -16,8 +16,9 @@ DIR:
 
 With ``--depth-topic`` (an RGB-D bag: depth aligned to the colour image) every frame's poses are
 also refined against its depth in-process (:mod:`hrpose_ros.depth_refine`); the report scores the
-refined poses and gives the RGB-only recalls of the same network run beside them (not with
-``--live-node``, which drives the node with colour only).
+refined poses and gives the RGB-only recalls of the same network run beside them. With
+``--live-node`` too, the node runs with ``use_depth`` and gets each frame's depth over DDS; it
+publishes refined poses only, so the report has no RGB-only column then.
 
 Matching, errors and recalls are :mod:`hrpose_ros.scoring`'s; ``--live-node`` drives the
 node through :mod:`hrpose_ros.live_node`. ``hrpose-bop-to-bag`` (:mod:`hrpose_ros.bop_to_bag`)
@@ -84,6 +85,7 @@ class DepthRefinedEstimator:
         self.objects = estimator.objects
         self.last_timings: dict[str, float] = {}
         self.rgb_poses: tuple[ObjectPose, ...] = ()
+        self.uses_depth = True
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel, depth: np.ndarray | None = None
                  ) -> list[ObjectPose]:
@@ -144,8 +146,8 @@ def evaluate_frames(
             _check_ground_truth(bag, topics.ground_truth, frame, objects)
             if not results:
                 estimator(frame.image, frame.camera)  # warm-up: lazy initialisation is not latency
-            refined = isinstance(estimator, DepthRefinedEstimator)
-            depth = {"depth": frame.depth} if refined else {}
+            refined = isinstance(estimator, DepthRefinedEstimator)  # keeps its RGB poses to compare
+            depth = {"depth": frame.depth} if getattr(estimator, "uses_depth", False) else {}
             start = time.perf_counter()
             estimates = tuple(estimator(frame.image, frame.camera, **depth))
             elapsed = time.perf_counter() - start
@@ -306,7 +308,7 @@ def _replay_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--depth-topic", default=None,
         help=f"RGB-D: refine every pose against this depth topic (e.g. {bag_io.DEPTH_TOPIC}) and report "
-        "RGB-only beside RGB-D",
+        "RGB-only beside RGB-D (with --live-node: the node's use_depth, its refined poses only)",
     )
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many images")
     parser.add_argument("--scene-id", type=int, default=0, help="scene_id written to results.csv")
@@ -368,9 +370,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _replay_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.depth_topic and args.live_node:
-            raise ValueError("--depth-topic: the live node is driven with colour images only; replay RGB-D "
-                             "in-process (without --live-node)")
         topics = bag_io.resolve_topics(args.bag, args.image_topic, args.camera_info_topic, args.gt_topic,
                                        depth=args.depth_topic)
         from hrpose_ros.devices import resolve_device
@@ -390,8 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 params=args.node_param,
                 timeout=args.node_timeout,
                 estimator=args.estimator,
+                depth=bool(topics.depth),
             )
             mode = f"live pose_node ({kind}, {args.backend}, {args.precision}, {device})"
+            if topics.depth:
+                mode += " + use_depth"
         else:
             from hrpose_ros.estimators import load_estimator
 
@@ -399,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 weights, args.estimator, backend=args.backend, device=device, precision=args.precision
             )
             mode = f"pipeline ({kind}, {args.backend}, {args.precision}, {device})"
-        if topics.depth:
+        if topics.depth and not args.live_node:
             from hrpose_ros.depth_refine import DepthRefiner, RefineConfig, with_meshes
 
             # the whole frame is refined: the node's per-frame budget would leave instances out
