@@ -32,11 +32,12 @@ bench: bootstrap
 	$(ENV) && python benchmarks/benchmark.py $(BENCH_ARGS)
 
 # Crop estimator at a bin-picking load: the test split's frames with 5 annotated objects
-# (detector, one crop per detection, PnP), per-stage latency and fps. Writes out/bench/crops/.
+# (detector, one crop per detection, PnP), per-stage latency and fps, and the depth refinement's
+# time on their depth images. Writes out/bench/crops/.
 .PHONY: bench-crops
 bench-crops: bootstrap
 	$(ENV) && { [ -d data/test/000001 ] || hrpose-make-data --kind cutpaste,bin --n 200 --out data/test --seed 1000; } \
-	  && python benchmarks/benchmark.py --estimator crops --split data/test/000000 --instances 5 \
+	  && python benchmarks/benchmark.py --estimator crops --split data/test/000000 --instances 5 --depth \
 	     --out out/bench/crops $(BENCH_ARGS)
 
 # Issue 6's accuracy check of the node: single objects rendered at known poses (hrpose-make-data

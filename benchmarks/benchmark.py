@@ -38,7 +38,8 @@ Writes to ``--out``: benchmark.json (every number), stages.csv, benchmark.png, r
 ``--estimator crops`` measures the crop estimator instead (hrpose_ros.crop_pipeline; weights:
 ``--checkpoint``, default the shipped crops file): per stage (message -> image, detection, crops,
 inference, decode, PnP, message build + publish) for torch fp32 and ONNX Runtime fp32, the frames
-found per frame, and the live node (``estimator:=crops``) closed and open loop. The HRPose-only
+found per frame, and the live node (``estimator:=crops``) closed and open loop; with ``--depth``
+also the depth refinement per instance and per frame on the split's depth images. The HRPose-only
 measurements (bf16, int8, GFLOP/s, maps encoded from ground truth, input sizes, goals) are skipped.
 
 This file is the command line; each job is a module beside it (benchmarks/README.md lists them).
@@ -107,6 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="BOP split of synthetic images to calibrate int8 on (default: data/train "
         "when present, else the benchmark's own frames)",
     )
+    parser.add_argument("--depth", action="store_true",
+                        help="crops: also time depth refinement on the --split frames' depth images")
     parser.add_argument("--no-int8", action="store_true")
     parser.add_argument("--no-node", action="store_true", help="skip the live pose_node measurements")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch and ORT threads")

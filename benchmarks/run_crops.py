@@ -47,7 +47,13 @@ def run_crops(args, settings: Settings, out: Path) -> int:
             frames_note += f", its {len(split)} frames with {args.instances} objects"
         split = split[: max(settings.frames, 10)]
         frames = [Frame(f.read_rgb(), f.camera, []) for f in split]
+        if args.depth:
+            if split[0].depth_path is None:
+                raise SystemExit(f"--depth: the frames of --split {args.split} have no depth images")
+            depths = [f.read_depth() for f in split]
     else:
+        if args.depth:
+            raise SystemExit("--depth: needs --split frames with depth images")
         frames = []
         for _ in range(10):
             chosen = scene_instances(objects, args.instances or 10, CAMERA, rng)
@@ -67,6 +73,7 @@ def run_crops(args, settings: Settings, out: Path) -> int:
                                           settings.open_loop_seconds, args.node_timeout, ros, transport))
     finally:
         ros.close()
+    depth = measure_depth(backends[-1].pipeline, frames, depths) if args.depth else None
     stages = {b: {s: Stats.of(v) for s, v in st.items()} for b, st in samples.items()}
     names = list(stages)
     rows = [[s, *(str(stages[b][s]) for b in names)] for s in stages[names[0]] if s != "frame"]
@@ -80,6 +87,17 @@ def run_crops(args, settings: Settings, out: Path) -> int:
         "per stage, median / p90 ms",
         table(["stage", *names], rows),
     ]
+    if depth is not None:
+        frame_ms = stages[backends[-1].label]["frame"].median_ms
+        lines += ["", f"depth refinement ({backends[-1].label} poses, the node's defaults: "
+                      f"{1e3 * depth['config'].frame_budget:.0f} ms budget per frame)",
+                  table(["", "median / p90 ms"], [
+                      ["per refined instance", str(depth["instance"])],
+                      ["per frame", str(depth["frame"])],
+                      ["instances refined / attempted per frame (median)",
+                       f"{depth['refined']:.0f} / {depth['attempted']:.0f}"],
+                      ["frame total with depth (median)", f"{frame_ms + depth['frame'].median_ms:.1f}"],
+                  ])]
     node_rows = []
     for n in nodes:
         closed = Stats.of(n.get("closed_loop", []))
@@ -101,7 +119,32 @@ def run_crops(args, settings: Settings, out: Path) -> int:
         "stages": stages,
         "poses_found": {b: float(np.median(v)) for b, v in found.items()},
         "nodes": nodes,
+        "depth_refinement": None if depth is None else {k: v for k, v in depth.items() if k != "config"},
     }
     (out / "benchmark.json").write_text(json.dumps(to_jsonable(results), indent=2, ensure_ascii=False))
     (out / "report.txt").write_text(report + "\n")
     return 0
+
+
+def measure_depth(estimator, frames: list[Frame], depths: list[np.ndarray]) -> dict:
+    """Return the depth refinement's times on ``frames``' poses, as pose_node runs it (default RefineConfig).
+
+    Stats per refined instance and per frame, and the median instances refined and attempted.
+    """
+    from hrpose_ros.depth_refine import DepthRefiner, RefineConfig, with_meshes
+
+    config = RefineConfig()
+    refiner = DepthRefiner(with_meshes(estimator.objects), config)
+    instance, frame, refined, attempted = [], [], [], []
+    refiner.refine(estimator(frames[0].image, frames[0].camera), depths[0], frames[0].camera)  # warm-up
+    for f, depth in zip(frames, depths):
+        poses = estimator(f.image, f.camera)
+        start = time.perf_counter()
+        _, outcomes = refiner.refine(poses, depth, f.camera)
+        frame.append(time.perf_counter() - start)
+        tried = [o for o in outcomes if o.depth_points > 0]
+        instance += [o.seconds for o in tried]
+        refined.append(sum(o.refined for o in outcomes))
+        attempted.append(len(tried))
+    return {"config": config, "instance": Stats.of(instance), "frame": Stats.of(frame),
+            "refined": float(np.median(refined)), "attempted": float(np.median(attempted))}

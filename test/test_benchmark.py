@@ -140,6 +140,26 @@ def test_crops_estimator_option_measures_the_crop_stages(tmp_path):
     assert note.endswith(f"its {counts.count(n)} frames with {n} objects")
     with pytest.raises(SystemExit, match="no frame has 7 annotated objects"):
         main([*split_argv, "--instances", "7", "--out", str(tmp_path / "b3")])
+    with pytest.raises(SystemExit, match="--depth: the frames of --split .* have no depth images"):
+        main([*split_argv, "--depth", "--out", str(tmp_path / "b4")])
+
+
+def test_crops_depth_option_times_the_refinement_of_the_shipped_poses(tmp_path):
+    """--depth: the depth refinement's time per instance and frame on a rendered bin frame's depth."""
+    import json
+
+    from benchmarks.benchmark import main
+    from hrpose_ros.data.objects import load_default_objects
+    from hrpose_ros.demo_bag import DEMO_SEED, render_bin_scene
+
+    render_bin_scene(tmp_path / "000000", load_default_objects(), n_frames=1, seed=DEMO_SEED)
+    argv = ["--estimator", "crops", "--quick", "--frames", "1", "--no-node", "--threads", "1",
+            "--split", str(tmp_path / "000000"), "--depth", "--out", str(tmp_path / "bench")]
+    assert main(argv) == 0
+    depth = json.loads((tmp_path / "bench" / "benchmark.json").read_text())["depth_refinement"]
+    assert depth["attempted"] >= 1 and depth["instance"]["n"] >= 1 and depth["frame"]["n"] >= 1
+    assert depth["instance"]["median_ms"] > 0
+    assert "depth refinement" in (tmp_path / "bench" / "report.txt").read_text()
 
 
 def test_hrpose_quick_run_writes_report_json_csv_and_figure(tmp_path):
