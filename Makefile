@@ -19,6 +19,13 @@ test: bootstrap
 demo: bootstrap
 	$(ENV) && hrpose-replay-eval demo/bin_demo --out out/demo
 
+# The demo's scene rendered again with noisy aligned depth (the same seed: the same pile and
+# camera path), replayed RGB-D: RGB-only beside depth-refined, per object. Writes out/demo_rgbd/.
+.PHONY: demo-rgbd
+demo-rgbd: bootstrap
+	$(ENV) && { [ -f out/demo_rgbd/bag/metadata.yaml ] || python -m hrpose_ros.demo_bag --depth --out out/demo_rgbd/bag; } \
+	  && hrpose-replay-eval out/demo_rgbd/bag --depth-topic /camera/aligned_depth_to_color/image_raw --out out/demo_rgbd
+
 lint: bootstrap
 	$(ENV) && ruff check hrpose_ros training test benchmarks
 
