@@ -20,7 +20,8 @@ Nothing here imports ROS.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -272,6 +273,23 @@ def pose_change(R0, t0, R1, t1, symmetries=None) -> tuple[float, float]:
     return float(np.linalg.norm(np.asarray(t1) - np.asarray(t0))), float(angle)
 
 
+@contextmanager
+def _one_open3d_thread() -> Iterator[None]:
+    """Run Open3D on one thread inside the block (its setting is process-wide: restored after).
+
+    Open3D's ICP sums its normal equations in a parallel reduction whose order changes from run to
+    run; on a pose that fits the depth in more than one way the last bits steer it to another
+    minimum, centimetres apart. One thread makes a pose depend on its inputs only (replays repeat)
+    for about 1 ms more per instance.
+    """
+    threads = o3d.utility.get_max_threads()
+    o3d.utility.set_max_threads(1)
+    try:
+        yield
+    finally:
+        o3d.utility.set_max_threads(threads)
+
+
 def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraModel,
                 config: RefineConfig = RefineConfig()) -> Refinement:
     """Return the :class:`Refinement` of pose ``R`` (3, 3), ``t`` (3,) m against checked ``depth`` (m)."""
@@ -328,15 +346,16 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
         reg = o3d.pipelines.registration
         criteria = reg.ICPConvergenceCriteria(relative_fitness=1e-6, relative_rmse=1e-6,
                                               max_iteration=int(config.iterations))
-        result = reg.registration_icp(source, target, distance, np.eye(4),
-                                      reg.TransformationEstimationPointToPlane(reg.TukeyLoss(k=distance / 2)),
-                                      criteria)
-        if len(result.correspondence_set) < config.min_depth_points:
-            # Point-to-plane has no unique step where the surface allows a motion (a can turning about
-            # its axis, a slab sliding): its solve can throw the pose away. Point-to-point (closed form)
-            # always has one.
-            result = reg.registration_icp(source, target, distance, np.eye(4),
-                                          reg.TransformationEstimationPointToPoint(), criteria)
+        with _one_open3d_thread():
+            result = reg.registration_icp(
+                source, target, distance, np.eye(4),
+                reg.TransformationEstimationPointToPlane(reg.TukeyLoss(k=distance / 2)), criteria)
+            if len(result.correspondence_set) < config.min_depth_points:
+                # Point-to-plane has no unique step where the surface allows a motion (a can turning
+                # about its axis, a slab sliding): its solve can throw the pose away. Point-to-point
+                # (closed form) always has one.
+                result = reg.registration_icp(source, target, distance, np.eye(4),
+                                              reg.TransformationEstimationPointToPoint(), criteria)
         if len(result.correspondence_set) < config.min_depth_points:
             # too few pairs left: the last steps slid off the object and their transform means nothing
             return kept(f"ICP kept {len(result.correspondence_set)} depth points at {1e3 * distance:g} mm",
