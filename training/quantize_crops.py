@@ -1,0 +1,183 @@
+"""Static int8 (ONNX QDQ) of the crop estimator's two networks, and what it costs on validation frames.
+
+The detector and the keypoint network are exported as the pipeline exports them
+(:func:`hrpose_ros.crop_pipeline.export_crops_onnx`) and quantised with ONNX Runtime's static
+quantisation, as ``training.quantize_int8`` does for HRPose: ``quant_pre_process``, then
+``quantize_static`` in QDQ format, weights int8 per output channel, activations 8-bit with MinMax
+ranges calibrated on inputs prepared exactly as the pipeline prepares them (the detector's resized
+frame; the keypoint network's crops around the true boxes of the calibration frames). The
+calibration input differs from HRPose's (crops, not letterboxed frames), hence this script.
+
+Each network alone and both are then swapped into the same ONNX Runtime pipeline and scored on a
+validation split with the evaluation's matching (ADD(-S) below 0.1 d, mean over objects), beside
+fp32, with the networks' median times:
+
+    python -m training.quantize_crops --calib data/ctrain --val data/val --out out/int8_crops
+
+int8 is worth shipping for a network only where ADD(-S) drops by at most
+``training.quantize_int8.MAX_RECALL_DROP_POINTS``; the verdict is printed and written with the
+numbers (report.md, metrics.json) and the int8 files stay in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from hrpose_ros import bop_reader
+from hrpose_ros.crop_pipeline import DEFAULT_CROPS_WEIGHTS, CropPosePipeline, export_crops_onnx
+from hrpose_ros.crops import crop_around_box, crop_images
+from hrpose_ros.detector import preprocess
+from hrpose_ros.engines import OnnxEngine
+from training.evaluate import ground_truth_boxes, match_poses
+from training.quantize_int8 import MAX_RECALL_DROP_POINTS
+
+__all__ = ["calibration_inputs", "main", "quantize_network", "score"]
+
+DETECTOR_OUTPUTS = ["heatmap", "size", "offset"]
+KEYPOINT_OUTPUTS = ["heatmaps"]
+
+
+class _Inputs:
+    """ONNX Runtime CalibrationDataReader over prepared batches (ORT calls only get_next and rewind)."""
+
+    def __init__(self, batches: Sequence[np.ndarray]):
+        self.batches, self.index = list(batches), 0
+
+    def get_next(self):
+        if self.index >= len(self.batches):
+            return None
+        self.index += 1
+        return {"image": self.batches[self.index - 1]}
+
+    def rewind(self):
+        self.index = 0
+
+
+def calibration_inputs(pipeline: CropPosePipeline, split, frames: int) -> tuple[list, list]:
+    """Return (detector inputs (1, 3, H, W), keypoint batches (N, 3, S, S)) of ``frames`` frames spread
+    over the BOP split ``split``, prepared as ``pipeline`` prepares them (crops around true boxes)."""
+    all_frames = bop_reader.read_frames(split)
+    if not all_frames:
+        raise ValueError(f"--calib {split}: no frames to calibrate on")
+    spread = np.linspace(0, len(all_frames) - 1, min(frames, len(all_frames))).astype(int)
+    picked = [all_frames[i] for i in spread]
+    objects = {o.obj_id: o for o in pipeline.objects}
+    cfg = pipeline.keypoint_config
+    detector, keypoints = [], []
+    for frame in picked:
+        image = frame.read_rgb()
+        detector.append(preprocess(image, pipeline.input_size)[0])
+        boxes = ground_truth_boxes(frame, objects)
+        crops = [crop_around_box(d.box_xywh, cfg.crop_size, cfg.padding) for d in boxes]
+        if crops:
+            keypoints.append(crop_images(image, crops).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+    if not keypoints:
+        raise ValueError(f"--calib {split}: no annotated instances of the weights' objects to crop")
+    return detector, keypoints
+
+
+def quantize_network(source: Path, target: Path, batches: Sequence[np.ndarray],
+                     activations: str = "uint8") -> Path:
+    """Write the int8 QDQ model of the fp32 ONNX ``source`` to ``target``, calibrated on ``batches``.
+
+    ``activations`` "uint8" (U8S8, ORT's default) or "int8" (S8S8: CPUs without VNNI can saturate
+    U8S8's 16-bit sums, ORT's quantisation notes).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if activations not in ("uint8", "int8"):
+        raise ValueError(f"activations: expected 'uint8' or 'int8', got {activations!r}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hrpose_int8_") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(target), _Inputs(batches), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+        )
+    return target
+
+
+def score(pipeline: CropPosePipeline, frames, label: str) -> dict:
+    """Return {"add": mean over objects of ADD(-S) recall (%), "per_object": {name: %}, "detection_ms",
+    "keypoints_ms": medians} of ``pipeline`` on ``frames`` (the detector's boxes)."""
+    objects = {o.obj_id: o for o in pipeline.objects}
+    verdicts: dict[int, list[bool]] = {}
+    detection, keypoints = [], []
+    for frame in tqdm(frames, desc=label, leave=False):
+        poses = pipeline(frame.read_rgb(), frame.camera)
+        for result in match_poses(poses, frame, objects):
+            verdicts.setdefault(result.obj_id, []).append(bool(result.correct["add"]))
+        detection.append(pipeline.last_timings["detection"])
+        keypoints.append(pipeline.last_timings["inference"])
+    per_object = {objects[k].name: 100.0 * float(np.mean(v)) for k, v in sorted(verdicts.items())}
+    return {"add": float(np.mean(list(per_object.values()))), "per_object": per_object,
+            "detection_ms": 1e3 * float(np.median(detection)),
+            "keypoints_ms": 1e3 * float(np.median(keypoints))}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default=str(DEFAULT_CROPS_WEIGHTS), help="crops weights file (.pt)")
+    parser.add_argument("--calib", required=True, help="BOP split to calibrate on (training frames)")
+    parser.add_argument("--val", required=True, help="BOP split to score on")
+    parser.add_argument("--frames", type=int, default=50, help="calibration frames")
+    parser.add_argument("--activations", default="uint8", choices=("uint8", "int8"))
+    parser.add_argument("--max-frames", type=int, default=0, help="score only the first N validation frames")
+    parser.add_argument("--out", default="out/int8_crops")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+
+    def pipeline() -> CropPosePipeline:
+        return CropPosePipeline.from_pretrained(args.weights, backend="onnxruntime", device="cpu")
+
+    fp32 = pipeline()
+    det_fp32, kp_fp32 = export_crops_onnx(args.weights)
+    det_inputs, kp_inputs = calibration_inputs(fp32, args.calib, args.frames)
+    det_int8 = quantize_network(det_fp32, out / "detector.int8.onnx", det_inputs, args.activations)
+    kp_int8 = quantize_network(kp_fp32, out / "keypoints.int8.onnx", kp_inputs, args.activations)
+    frames = bop_reader.read_frames(args.val)
+    if args.max_frames:
+        frames = frames[: args.max_frames]
+    if not frames:
+        parser.error(f"--val {args.val}: no frames")
+    results = {"fp32": score(fp32, frames, "fp32")}
+    for label, det, kp in (("int8 detector", det_int8, None), ("int8 keypoints", None, kp_int8),
+                           ("int8 both", det_int8, kp_int8)):
+        candidate = pipeline()
+        if det is not None:
+            candidate.engine.detector = OnnxEngine(det, device="cpu", output_names=DETECTOR_OUTPUTS)
+        if kp is not None:
+            candidate.engine.keypoints = OnnxEngine(kp, device="cpu", output_names=KEYPOINT_OUTPUTS)
+        results[label] = score(candidate, frames, label)
+    base = results["fp32"]["add"]
+    rows = ["| networks | ADD(-S) % | drop (points) | detection ms | keypoints ms | verdict |",
+            "|---|---:|---:|---:|---:|---|"]
+    for label, r in results.items():
+        drop = base - r["add"]
+        r["drop_points"] = drop
+        r["keeps_accuracy"] = bool(drop <= MAX_RECALL_DROP_POINTS)
+        verdict = "" if label == "fp32" else ("keeps accuracy" if r["keeps_accuracy"] else "loses accuracy")
+        rows.append(f"| {label} | {r['add']:.1f} | {drop:.1f} | {r['detection_ms']:.1f} | "
+                    f"{r['keypoints_ms']:.1f} | {verdict} |")
+    title = (f"int8 ({args.activations} activations, MinMax, {len(det_inputs)} calibration frames of "
+             f"{args.calib}) against fp32 on {args.val} ({len(frames)} frames, the detector's boxes)")
+    table = "\n".join(rows)
+    print(f"{title}\n\n{table}")
+    (out / "report.md").write_text(f"# {title}\n\n{table}\n")
+    numbers = {"weights": args.weights, "calib": args.calib, "val": args.val, "activations": args.activations}
+    (out / "metrics.json").write_text(json.dumps({**numbers, **results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
