@@ -366,6 +366,15 @@ class CropPosePipeline:
         )
         return detections[: self.thresholds.max_instances]
 
+    def crop_batch(self, image_rgb: np.ndarray, detections: list[Detection]) -> tuple[list[Crop], np.ndarray]:
+        """Return (one square crop per detection, their pixels as the keypoint network's input
+        (N, 3, S, S) float32 in [0, 1]; None without detections)."""
+        cfg = self.keypoint_config
+        crops = [crop_around_box(d.box_xywh, cfg.crop_size, cfg.padding) for d in detections]
+        if not crops:
+            return crops, None
+        return crops, crop_images(image_rgb, crops).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+
     def estimate_maps(
         self, image_rgb: np.ndarray, camera: CameraModel, detections: list[Detection] | None = None
     ) -> CropInference:
@@ -378,15 +387,13 @@ class CropPosePipeline:
         if detections is None:
             detections = self.detect(image_rgb)
         t1 = time.perf_counter()
-        cfg = self.keypoint_config
-        crops = [crop_around_box(d.box_xywh, cfg.crop_size, cfg.padding) for d in detections]
+        crops, batch = self.crop_batch(image_rgb, detections)
         index = {o.obj_id: i for i, o in enumerate(self.objects)}
         classes = np.array([index[d.obj_id] for d in detections], np.int64)
-        k, m = cfg.outputs_per_class, cfg.map_size
+        k, m = self.keypoint_config.outputs_per_class, self.keypoint_config.map_size
         heatmaps = np.zeros((0, k, m, m), np.float32)
         t2 = t1
         if crops:
-            batch = crop_images(image_rgb, crops).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
             t2 = time.perf_counter()
             (logits,) = self.engine.keypoints(batch)
             heatmaps = logits.reshape(len(crops), -1, k, m, m)[np.arange(len(crops)), classes]

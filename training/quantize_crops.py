@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +30,12 @@ from tqdm import tqdm
 
 from hrpose_ros import bop_reader
 from hrpose_ros.crop_pipeline import DEFAULT_CROPS_WEIGHTS, CropPosePipeline, export_crops_onnx
-from hrpose_ros.crops import crop_around_box, crop_images
 from hrpose_ros.detector import preprocess
 from hrpose_ros.engines import OnnxEngine
-from training.evaluate import ground_truth_boxes, match_poses
-from training.quantize_int8 import MAX_RECALL_DROP_POINTS
+from training.evaluate import ground_truth_boxes, match_poses, summarise
+from training.quantize_int8 import MAX_RECALL_DROP_POINTS, quantize_qdq
 
-__all__ = ["calibration_inputs", "main", "quantize_network", "score"]
+__all__ = ["calibration_inputs", "main", "score"]
 
 DETECTOR_OUTPUTS = ["heatmap", "size", "offset"]
 KEYPOINT_OUTPUTS = ["heatmaps"]
@@ -47,7 +44,7 @@ KEYPOINT_OUTPUTS = ["heatmaps"]
 class _Inputs:
     """ONNX Runtime CalibrationDataReader over prepared batches (ORT calls only get_next and rewind)."""
 
-    def __init__(self, batches: Sequence[np.ndarray]):
+    def __init__(self, batches):
         self.batches, self.index = list(batches), 0
 
     def get_next(self):
@@ -69,58 +66,29 @@ def calibration_inputs(pipeline: CropPosePipeline, split, frames: int) -> tuple[
     spread = np.linspace(0, len(all_frames) - 1, min(frames, len(all_frames))).astype(int)
     picked = [all_frames[i] for i in spread]
     objects = {o.obj_id: o for o in pipeline.objects}
-    cfg = pipeline.keypoint_config
     detector, keypoints = [], []
     for frame in picked:
         image = frame.read_rgb()
         detector.append(preprocess(image, pipeline.input_size)[0])
-        boxes = ground_truth_boxes(frame, objects)
-        crops = [crop_around_box(d.box_xywh, cfg.crop_size, cfg.padding) for d in boxes]
+        crops, batch = pipeline.crop_batch(image, ground_truth_boxes(frame, objects))
         if crops:
-            keypoints.append(crop_images(image, crops).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+            keypoints.append(batch)
     if not keypoints:
         raise ValueError(f"--calib {split}: no annotated instances of the weights' objects to crop")
     return detector, keypoints
-
-
-def quantize_network(source: Path, target: Path, batches: Sequence[np.ndarray],
-                     activations: str = "uint8") -> Path:
-    """Write the int8 QDQ model of the fp32 ONNX ``source`` to ``target``, calibrated on ``batches``.
-
-    ``activations`` "uint8" (U8S8, ORT's default) or "int8" (S8S8: CPUs without VNNI can saturate
-    U8S8's 16-bit sums, ORT's quantisation notes).
-    """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    if activations not in ("uint8", "int8"):
-        raise ValueError(f"activations: expected 'uint8' or 'int8', got {activations!r}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="hrpose_int8_") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared), str(target), _Inputs(batches), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
-            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-        )
-    return target
 
 
 def score(pipeline: CropPosePipeline, frames, label: str) -> dict:
     """Return {"add": mean over objects of ADD(-S) recall (%), "per_object": {name: %}, "detection_ms",
     "keypoints_ms": medians} of ``pipeline`` on ``frames`` (the detector's boxes)."""
     objects = {o.obj_id: o for o in pipeline.objects}
-    verdicts: dict[int, list[bool]] = {}
-    detection, keypoints = [], []
+    instances, detection, keypoints = [], [], []
     for frame in tqdm(frames, desc=label, leave=False):
-        poses = pipeline(frame.read_rgb(), frame.camera)
-        for result in match_poses(poses, frame, objects):
-            verdicts.setdefault(result.obj_id, []).append(bool(result.correct["add"]))
+        instances.extend(match_poses(pipeline(frame.read_rgb(), frame.camera), frame, objects))
         detection.append(pipeline.last_timings["detection"])
         keypoints.append(pipeline.last_timings["inference"])
-    per_object = {objects[k].name: 100.0 * float(np.mean(v)) for k, v in sorted(verdicts.items())}
-    return {"add": float(np.mean(list(per_object.values()))), "per_object": per_object,
+    per_object = summarise(instances, {k: o.name for k, o in sorted(objects.items())}, ("add",))["add"]
+    return {"add": per_object.pop("Mean"), "per_object": per_object,
             "detection_ms": 1e3 * float(np.median(detection)),
             "keypoints_ms": 1e3 * float(np.median(keypoints))}
 
@@ -143,8 +111,11 @@ def main(argv=None) -> int:
     fp32 = pipeline()
     det_fp32, kp_fp32 = export_crops_onnx(args.weights)
     det_inputs, kp_inputs = calibration_inputs(fp32, args.calib, args.frames)
-    det_int8 = quantize_network(det_fp32, out / "detector.int8.onnx", det_inputs, args.activations)
-    kp_int8 = quantize_network(kp_fp32, out / "keypoints.int8.onnx", kp_inputs, args.activations)
+    # MinMax ranges, weights per channel: training.quantize_int8's choices for HRPose
+    det_int8 = quantize_qdq(det_fp32, out / "detector.int8.onnx", _Inputs(det_inputs),
+                            activations=args.activations)
+    kp_int8 = quantize_qdq(kp_fp32, out / "keypoints.int8.onnx", _Inputs(kp_inputs),
+                           activations=args.activations)
     frames = bop_reader.read_frames(args.val)
     if args.max_frames:
         frames = frames[: args.max_frames]

@@ -58,6 +58,7 @@ __all__ = [
     "main",
     "output_agreement",
     "quantize_int8",
+    "quantize_qdq",
     "read_accuracy",
     "record_accuracy",
 ]
@@ -145,6 +146,57 @@ class ImageCalibrationReader:
         self._next = 0
 
 
+def quantize_qdq(
+    source,
+    target,
+    reader,
+    per_channel: bool = True,
+    calibration_method: str = "minmax",
+    activations: str = "uint8",
+    nodes_to_exclude: Sequence[str] = (),
+) -> Path:
+    """Write the int8 QDQ model of the fp32 ONNX ``source`` to ``target``; return ``target``.
+
+    ``reader``: an ONNX Runtime CalibrationDataReader of prepared network inputs. ``quant_pre_process``
+    first (graph optimisation and shape inference, so Conv + BatchNorm fold), then ``quantize_static``:
+    weights int8 (per output channel), activations ``activations`` with ranges from
+    ``calibration_method``; ``nodes_to_exclude`` stay fp32. See :func:`quantize_int8` for the choices.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if activations not in ("uint8", "int8"):
+        raise ValueError(f"activations: expected 'uint8' or 'int8', got {activations!r}")
+    if calibration_method not in _CALIBRATION_METHODS:
+        raise ValueError(
+            f"calibration_method: expected one of {_CALIBRATION_METHODS}, got {calibration_method!r}"
+        )
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[calibration_method]
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hrpose_int8_") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # ONNX's own shape inference is enough (static H, W); ORT's symbolic inference stops at the
+        # dynamic batch axis and then dumps a temporary model into the working directory.
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(target),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=method,
+            nodes_to_exclude=list(nodes_to_exclude),
+        )
+    return target
+
+
 def quantize_int8(
     onnx_path,
     images: Sequence[np.ndarray],
@@ -171,51 +223,24 @@ def quantize_int8(
     0.77 to 0.92 on 8 test frames, for 3 of the network's convolutions.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise ValueError(f"{onnx_path}: ONNX file not found")
-    if activations not in ("uint8", "int8"):
-        raise ValueError(f"activations: expected 'uint8' or 'int8', got {activations!r}")
-    if calibration_method not in _CALIBRATION_METHODS:
-        raise ValueError(
-            f"calibration_method: expected one of {_CALIBRATION_METHODS}, got {calibration_method!r}"
-        )
     out_path = Path(out_path) if out_path is not None else int8_path_for(onnx_path)
     source = onnx.load(str(onnx_path))
     input_name = source.graph.input[0].name
     reader = ImageCalibrationReader(images, _input_size(onnx_path), input_name)
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[calibration_method]
+    excluded = []
+    if fp32_head:  # pre-processing keeps the node names of the export
+        excluded = [n.name for n in source.graph.node if n.op_type == "Conv" and "/regressor/" in n.name]
+        if not excluded:
+            raise ValueError(
+                f"{onnx_path}: fp32_head: no Conv node named */regressor/* (not an HRPose export)"
+            )
     with tempfile.TemporaryDirectory(prefix="hrpose_int8_") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
         quantized = Path(tmp) / "quantized.onnx"
-        # ONNX's own shape inference is enough (static H, W); ORT's symbolic inference stops at the
-        # dynamic batch axis and then dumps a temporary model into the working directory.
-        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
-        excluded = []
-        if fp32_head:  # pre-processing keeps the node names of the export
-            excluded = [n.name for n in source.graph.node if n.op_type == "Conv" and "/regressor/" in n.name]
-            if not excluded:
-                raise ValueError(
-                    f"{onnx_path}: fp32_head: no Conv node named */regressor/* (not an HRPose export)"
-                )
-        quantize_static(
-            str(prepared),
-            str(quantized),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=method,
-            nodes_to_exclude=excluded,
-        )
+        quantize_qdq(onnx_path, quantized, reader, per_channel, calibration_method, activations, excluded)
         model = onnx.load(str(quantized))
         del model.metadata_props[:]
         model.metadata_props.extend(source.metadata_props)
