@@ -237,3 +237,20 @@ def test_pnp_leaves_out_the_least_confident_keypoints_when_the_file_says_so(toy,
     with pytest.raises(ValueError, match="drop_keypoints"):
         save_crops_file(tmp_path / "f.pt", detector_to_dict(SingleShotDetector(detector_config), objects),
                         keypoints_to_dict(CropKeypointNet(keypoint_config), objects), {"drop_keypoints": 9})
+
+
+def test_class_weights_draw_a_weak_objects_crops_that_many_times_as_often(toy):
+    from training.train_crops import sample_probabilities
+
+    split, objects = toy
+    samples = load_crop_samples([split], objects, progress=False)
+    names = [o.name for o in objects]
+    assert sample_probabilities(samples.classes, names, "") is None
+    weak = names[int(samples.classes[0])]
+    draw = sample_probabilities(samples.classes, names, f"{weak}=3")
+    picked = samples.classes[np.random.default_rng(0).choice(len(samples), 20000, p=draw)]
+    share = np.mean(picked == samples.classes[0])
+    own = np.mean(samples.classes == samples.classes[0])
+    assert share == pytest.approx(3 * own / (3 * own + 1 - own), abs=0.02)
+    with pytest.raises(ValueError, match="unknown object"):
+        sample_probabilities(samples.classes, names, "teapot=2")

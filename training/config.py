@@ -11,7 +11,7 @@ import numpy as np
 from hrpose_ros.devices import resolve_device
 from hrpose_ros.networks import BACKBONES
 
-__all__ = ["RECIPES", "STAGES", "TrainConfig", "parse_class_weights", "recipe"]
+__all__ = ["RECIPES", "STAGES", "TrainConfig", "class_weight_array", "parse_class_weights", "recipe"]
 
 # Stage -> (network variant, uses a teacher). Teacher and student train on Eq. 3 alone,
 # student_kd on Eq. 7 with the frozen teacher.
@@ -40,6 +40,15 @@ def parse_class_weights(text: str) -> dict[str, float]:
             )
         weights[name.strip()] = weight
     return weights
+
+
+def class_weight_array(text: str, names: Sequence[str], what: str = "class_weights") -> np.ndarray:
+    """Return the weight of each of ``names`` (class order) from ``text`` ("duck=3"): 1 unless named."""
+    weights = parse_class_weights(text)
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ValueError(f"{what}: unknown object(s) {unknown}; the objects are {list(names)}")
+    return np.array([weights.get(name, 1.0) for name in names], np.float64)
 
 
 def parse_scale_range(text: str) -> tuple[float, float] | None:
@@ -181,13 +190,7 @@ class TrainConfig:
 
     def class_weights(self, names: Sequence[str]) -> np.ndarray:
         """Return the crop weight of each of ``names`` (class order): 1 unless named in crop_class_weights."""
-        weights = parse_class_weights(self.crop_class_weights)
-        unknown = sorted(set(weights) - set(names))
-        if unknown:
-            raise ValueError(
-                f"crop_class_weights: unknown object(s) {unknown}; the objects are {list(names)}"
-            )
-        return np.array([weights.get(name, 1.0) for name in names], np.float64)
+        return class_weight_array(self.crop_class_weights, names, "crop_class_weights")
 
     @property
     def variant(self) -> str:

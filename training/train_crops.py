@@ -32,6 +32,7 @@ from hrpose_ros import bop_models
 from hrpose_ros.crop_keypoints import HEAD_OUTPUTS, CropKeypointConfig, CropKeypointNet, soft_argmax, vote
 from hrpose_ros.crop_pipeline import CROPS_FORMAT, keypoints_from_dict, keypoints_to_dict
 from hrpose_ros.geometry import model_keypoints
+from training.config import class_weight_array
 from training.crop_data import JitterConfig, crop_batch, load_crop_samples
 from training.crop_losses import keypoint_loss, voting_loss
 from training.losses import feature_similarity_loss
@@ -64,6 +65,7 @@ class CropTrainConfig:
     head: str = "heatmap"  # crop_keypoints.CropKeypointConfig.head (voting: no faster here, see README)
     init: str = ""  # a keypoints.pt to go on training from (same objects, variant and head)
     keypoints: str = "box"  # crop_keypoints.CropKeypointConfig.keypoints
+    class_weights: str = ""  # "prism=3,domino=2": those objects' crops drawn that many times as often
 
 
 def _split_objects(split: str):
@@ -150,6 +152,17 @@ def load_teacher(path, objects, keypoints: str = "box") -> CropKeypointNet:
     return teacher.eval()
 
 
+def sample_probabilities(classes: np.ndarray, names: list[str], class_weights: str) -> np.ndarray | None:
+    """Return each crop's probability of being drawn, from ``class_weights`` ("mug=2,prism=3"; None: uniform).
+
+    The mean ADD(-S) weighs every object alike, so a weak object's crops are drawn more often.
+    """
+    if not class_weights:
+        return None
+    per_sample = class_weight_array(class_weights, names)[classes]
+    return per_sample / per_sample.sum()
+
+
 def train(config: CropTrainConfig, progress: bool = True) -> Path:
     """Train per ``config``; return the path of the saved checkpoint (best validation error)."""
     torch.manual_seed(config.seed)
@@ -164,6 +177,7 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
     val_samples = load_crop_samples([config.val], objects, progress=progress, keypoints_3d=keypoints_3d)
     rng = np.random.default_rng(config.seed)
     val_indices = rng.permutation(len(val_samples))[: config.val_crops]
+    draw = sample_probabilities(samples.classes, [o.name for o in objects], config.class_weights)
     model_config = CropKeypointConfig(
         variant=config.variant,
         num_classes=len(objects),
@@ -216,7 +230,9 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
         lr = config.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         for group in optimiser.param_groups:
             group["lr"] = lr
-        indices = rng.integers(0, len(samples), config.batch)
+        indices = rng.choice(len(samples), config.batch, p=draw) if draw is not None else rng.integers(
+            0, len(samples), config.batch
+        )
         crops, kps, classes = crop_batch(
             samples, indices, config.crop_size, model_config.padding, rng, jitter
         )
@@ -316,6 +332,8 @@ def main(argv=None) -> None:
         choices=("box", "surface"),
         help="3D keypoints: HRPose's box corners or surface points (hrpose_ros.crop_keypoints)",
     )
+    parser.add_argument("--class-weights", default="",
+                        help="draw some objects' crops more often, e.g. 'prism=3,domino=2'")
     args = parser.parse_args(argv)
     train(
         CropTrainConfig(
@@ -339,6 +357,7 @@ def main(argv=None) -> None:
             head=args.head,
             init=args.init,
             keypoints=args.keypoints,
+            class_weights=args.class_weights,
         )
     )
 
