@@ -65,6 +65,8 @@ __all__ = [
     "evaluate_split",
     "format_paired",
     "format_table",
+    "ground_truth_boxes",
+    "ground_truth_crops",
     "ground_truth_maps",
     "main",
     "mark_decoded",
@@ -72,6 +74,7 @@ __all__ = [
     "metric_names",
     "metric_titles",
     "paired_comparison",
+    "scored_instances",
     "summarise",
 ]
 
@@ -155,7 +158,7 @@ def match_poses(
     bounds = _bounds(bounds)
     names = metric_names(bounds)
     K = frame.camera.K
-    gts = _evaluated(frame, objects, min_visib_fract)
+    gts = scored_instances(frame, objects, min_visib_fract)
     results = [InstanceResult(obj_id=g.obj_id) for g in gts]
     for gt, result, e in zip(gts, results, metrics.match_estimates(poses, gts, objects)):
         if e is None:
@@ -177,7 +180,9 @@ def match_poses(
     return results
 
 
-def _evaluated(frame: bop_reader.BopFrame, objects: Container[int], min_visib_fract: float) -> list:
+def scored_instances(
+    frame: bop_reader.BopFrame, objects: Container[int], min_visib_fract: float = 0.1
+) -> list:
     """Return the scored ground-truth instances of ``frame`` (object id in ``objects``, visible enough)."""
     return [
         g
@@ -199,7 +204,7 @@ def mark_decoded(
     the ground truth's projected centroid keypoint (image pixels).
     """
     index = {o.obj_id: c for c, o in enumerate(pipeline.objects)}  # object id -> class index
-    gts = _evaluated(frame, index, min_visib_fract)
+    gts = scored_instances(frame, index, min_visib_fract)
     if len(gts) != len(results):
         raise ValueError(f"results: expected one per scored instance ({len(gts)}), got {len(results)}")
     centroids = [(d.class_index, d.keypoints[-1]) for d in decoded]
@@ -227,17 +232,23 @@ def ground_truth_maps(pipeline: PosePipeline, frame: bop_reader.BopFrame) -> Net
 
 def ground_truth_boxes(frame: bop_reader.BopFrame, objects: dict[int, ObjectModel],
                        min_visib_fract: float = 0.1) -> list[Detection]:
-    """Return the scored instances' amodal boxes as detections (score 1): crops without the detector.
+    """Return the scored instances' amodal boxes as detections (score 1): crops without the detector."""
+    return [box for _, box in ground_truth_crops(frame, objects, min_visib_fract)]
+
+
+def ground_truth_crops(frame: bop_reader.BopFrame, objects: dict[int, ObjectModel],
+                       min_visib_fract: float = 0.1) -> list[tuple]:
+    """Return (ground-truth instance, its amodal box as a Detection) for the scored instances with a box.
 
     Boxes come from scene_gt_info's bbox_obj, else from the projected model points.
     """
-    boxes = []
-    for gt in _evaluated(frame, objects, min_visib_fract):
+    pairs = []
+    for gt in scored_instances(frame, objects, min_visib_fract):
         obj = objects[gt.obj_id]
         box = gt.info.bbox_obj if gt.info is not None else amodal_box(obj, gt.R, gt.t, frame.camera)
         if box[2] > 0 and box[3] > 0:
-            boxes.append(Detection(obj.obj_id, obj.name, 1.0, np.asarray(box, dtype=np.float64)))
-    return boxes
+            pairs.append((gt, Detection(obj.obj_id, obj.name, 1.0, np.asarray(box, dtype=np.float64))))
+    return pairs
 
 
 def evaluate_split(
