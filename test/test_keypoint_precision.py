@@ -5,21 +5,15 @@ import csv
 import numpy as np
 
 from hrpose_ros import bop_reader
-from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet
-from hrpose_ros.crop_pipeline import CropPosePipeline, keypoints_to_dict, save_crops_file
-from hrpose_ros.detector import DetectorConfig, SingleShotDetector, detector_to_dict
+from hrpose_ros.crop_pipeline import CropPosePipeline
 from training import keypoint_precision
 from training.evaluate import ground_truth_crops
-from training.toy_data import write_toy_split
+from training.toy_data import write_tiny_crops_file, write_toy_split
 
 
 def test_noise_curve_falls_from_exact_keypoints_and_an_untrained_network_is_far_off(tmp_path, capsys):
     objects = write_toy_split(tmp_path / "split", n_frames=4, seed=7)
-    detector = SingleShotDetector(DetectorConfig(num_classes=len(objects), input_size=(128, 96),
-                                                 pretrained=False))
-    keypoints = CropKeypointNet(CropKeypointConfig(num_classes=len(objects), pretrained=False, crop_size=64))
-    weights = save_crops_file(tmp_path / "crops.pt", detector_to_dict(detector, objects),
-                              keypoints_to_dict(keypoints, objects))
+    weights = write_tiny_crops_file(tmp_path / "crops.pt", objects)
     out = tmp_path / "out"
     keypoint_precision.main(["--split", str(tmp_path / "split"), "--weights", str(weights), "--backend",
                              "torch", "--sigmas", "0.05,30", "--out", str(out)])

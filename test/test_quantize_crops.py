@@ -6,20 +6,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet
-from hrpose_ros.crop_pipeline import CropPosePipeline, export_crops_onnx, keypoints_to_dict, save_crops_file
-from hrpose_ros.detector import DetectorConfig, SingleShotDetector, detector_to_dict
+from hrpose_ros.crop_pipeline import CropPosePipeline, export_crops_onnx
 from training import quantize_crops
-from training.toy_data import write_toy_split
+from training.toy_data import write_tiny_crops_file, write_toy_split
 
 
 def test_both_networks_are_quantised_calibrated_on_crops_and_scored_beside_fp32(tmp_path):
     objects = write_toy_split(tmp_path / "split", n_frames=3, seed=5)
-    detector = SingleShotDetector(DetectorConfig(num_classes=len(objects), input_size=(128, 96),
-                                                 pretrained=False))
-    keypoints = CropKeypointNet(CropKeypointConfig(num_classes=len(objects), pretrained=False, crop_size=64))
-    weights = save_crops_file(tmp_path / "crops.pt", detector_to_dict(detector, objects),
-                              keypoints_to_dict(keypoints, objects))
+    weights = write_tiny_crops_file(tmp_path / "crops.pt", objects)
     out = tmp_path / "out"
     assert quantize_crops.main(["--weights", str(weights), "--calib", str(tmp_path / "split"), "--val",
                                 str(tmp_path / "split"), "--frames", "2", "--out", str(out)]) == 0

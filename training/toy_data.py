@@ -16,7 +16,7 @@ from hrpose_ros import bop_format, bop_models, bop_writer
 from hrpose_ros.geometry import box_corners_3d, project
 from hrpose_ros.types import CameraModel, ObjectModel
 
-__all__ = ["TOY_CAMERA", "toy_objects", "write_toy_models", "write_toy_split"]
+__all__ = ["TOY_CAMERA", "toy_objects", "write_tiny_crops_file", "write_toy_models", "write_toy_split"]
 
 TOY_CAMERA = CameraModel(K=np.array([[320.0, 0, 160.0], [0, 320.0, 120.0], [0, 0, 1]]), width=320, height=240)
 
@@ -104,3 +104,18 @@ def write_toy_split(split_dir, n_frames: int = 8, seed: int = 0) -> list[ObjectM
                 _paint(image, obj, inst.R, inst.t, K, colour_seed=obj.obj_id)
             writer.add_frame(image, K, instances)
     return objects
+
+
+def write_tiny_crops_file(path, objects, crop_size: int = 64, input_size=(128, 96)) -> Path:
+    """Write a crops weights file of untrained, randomly initialised tiny networks for ``objects``
+    (tests: the file format and the code around the networks, not their accuracy)."""
+    # imported here: the toy split writer needs no torch
+    from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet
+    from hrpose_ros.crop_pipeline import keypoints_to_dict, save_crops_file
+    from hrpose_ros.detector import DetectorConfig, SingleShotDetector, detector_to_dict
+
+    detector = SingleShotDetector(DetectorConfig(num_classes=len(objects), input_size=tuple(input_size),
+                                                 pretrained=False))
+    keypoints = CropKeypointNet(CropKeypointConfig(num_classes=len(objects), pretrained=False,
+                                                   crop_size=crop_size))
+    return save_crops_file(path, detector_to_dict(detector, objects), keypoints_to_dict(keypoints, objects))
