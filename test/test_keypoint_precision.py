@@ -31,8 +31,8 @@ def test_noise_curve_falls_from_exact_keypoints_and_an_untrained_network_is_far_
     pipeline = CropPosePipeline.from_pretrained(weights, backend="torch")
     frames = bop_reader.read_split(tmp_path / "split")
     measured = keypoint_precision.measure(pipeline, frames, (1.0,), progress=False)
-    objects = {o.obj_id: o for o in pipeline.objects}
+    by_id = {o.obj_id: o for o in pipeline.objects}
     assert [r.name for r in measured] == [
-        objects[gt.obj_id].name for f in frames for gt, _ in ground_truth_crops(f, objects)
+        by_id[gt.obj_id].name for f in frames for gt, _ in ground_truth_crops(f, by_id)
     ]
     assert all(r.errors.shape == (9,) and np.isfinite(r.errors).all() for r in measured)

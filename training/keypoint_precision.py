@@ -34,6 +34,7 @@ from training.evaluate import ground_truth_crops, match_poses, scored_instances 
 __all__ = ["SIGMAS", "main", "measure", "summarise"]
 
 SIGMAS = (0.5, 1.0, 2.0, 3.0, 4.0)  # crop px of Gaussian noise per axis
+MEDIAN_PER_SIGMA = float(np.sqrt(2.0 * np.log(2.0)))  # median length of a 2D Gaussian error / sigma
 
 
 @dataclasses.dataclass
@@ -47,9 +48,8 @@ class InstancePrecision:
     noisy: dict[float, bool]
 
 
-def _labels(pipeline: CropPosePipeline, gt, camera) -> np.ndarray:
-    """Return the instance's keypoints in image px as training labels them (canonical pose)."""
-    c = next(i for i, o in enumerate(pipeline.objects) if o.obj_id == gt.obj_id)
+def _labels(pipeline: CropPosePipeline, c: int, gt, camera) -> np.ndarray:
+    """Return the instance's keypoints (object ``c``) in image px as training labels them (canonical pose)."""
     R, t = canonical_pose(gt.R, gt.t, pipeline.objects[c].symmetries)
     return project(pipeline.keypoints_3d[c], R, t, camera.K, camera.dist)
 
@@ -81,7 +81,7 @@ def measure(
         rows = [position[id(gt)] for gt, _ in pairs]
         inference = pipeline.estimate_maps(frame.read_rgb(), frame.camera, detections=[d for _, d in pairs])
         decoded = pipeline.decode(inference)
-        labels = [_labels(pipeline, gt, frame.camera) for gt, _ in pairs]
+        labels = [_labels(pipeline, d.class_index, gt, frame.camera) for (gt, _), d in zip(pairs, decoded)]
 
         network = _verdicts(pipeline, decoded, frame, objects, rows)
         noisy = {}
@@ -150,8 +150,9 @@ def plot(rows: Sequence[dict], path: Path) -> None:
         bold = r["object"] == "Mean"
         line, = ax.plot(x, [100.0] + [r[k] for k in sigmas], lw=2.5 if bold else 1, alpha=1 if bold else 0.6,
                         label=r["object"], color="k" if bold else None)
-        # median 2D error of a 2D Gaussian is 1.18 sigma: place the network at its equivalent sigma
-        ax.plot(r["median_px"] / 1.1774, r["network"], "o", color=line.get_color(), ms=8 if bold else 5)
+        # the network at the sigma whose median error equals its own
+        ax.plot(r["median_px"] / MEDIAN_PER_SIGMA, r["network"], "o", color=line.get_color(),
+                ms=8 if bold else 5)
     ax.set_xlabel("keypoint noise sigma (crop px per axis); dots: the network at its median error")
     ax.set_ylabel("ADD(-S) 0.1d %")
     ax.set_ylim(0, 102)

@@ -230,9 +230,10 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
         lr = config.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         for group in optimiser.param_groups:
             group["lr"] = lr
-        indices = rng.choice(len(samples), config.batch, p=draw) if draw is not None else rng.integers(
-            0, len(samples), config.batch
-        )
+        if draw is None:
+            indices = rng.integers(0, len(samples), config.batch)
+        else:
+            indices = rng.choice(len(samples), config.batch, p=draw)
         crops, kps, classes = crop_batch(
             samples, indices, config.crop_size, model_config.padding, rng, jitter
         )
