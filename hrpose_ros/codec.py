@@ -65,13 +65,16 @@ class DecodedInstance:
     """One object instance parsed from the maps, in input pixels.
 
     ``keypoints`` (K, 2) hold NaN where a keypoint was not found; ``found`` (K,) says which
-    were; ``score`` is the mean belief value of the found keypoints.
+    were; ``score`` is the mean belief value of the found keypoints. ``points_3d`` (K, 3) model
+    points of the keypoints when they are the instance's own (dense correspondences), else None:
+    the object's keypoints_3d.
     """
 
     class_index: int
     score: float
     keypoints: np.ndarray
     found: np.ndarray
+    points_3d: np.ndarray | None = None
 
 
 class KeypointCodec:

@@ -30,6 +30,8 @@ __all__ = [
     "CropKeypointConfig",
     "CropKeypointNet",
     "CropKeypointOutput",
+    "coordinate_frame",
+    "decode_coordinates",
     "decode_heatmaps",
     "heatmap_targets",
     "map_grid",
@@ -62,6 +64,10 @@ class CropKeypointConfig:
     # corners + centre; or "surface", 8 farthest-point samples on the model + centre (PVNet):
     # points on the object, which a crop shows, instead of corners in the air around it.
     keypoints: str = "box"
+    # Dense correspondences beside the keypoints (CDPN/GDR-Net's object coordinates): a second head
+    # gives per class, for every map cell, the normalised model point seen there (coordinate_frame)
+    # and a logit that the object is seen there; PnP then uses hundreds of points per crop.
+    coordinates: bool = False
 
     def __post_init__(self):
         if self.num_classes < 1 or self.num_keypoints < 4:
@@ -90,10 +96,23 @@ class CropKeypointConfig:
 
 
 class CropKeypointOutput(NamedTuple):
-    """heatmaps (B, C*K, h, w) logits, channel c*K + k = keypoint k of class c; features (B, F, h, w)."""
+    """heatmaps (B, C*K, h, w) logits, channel c*K + k = keypoint k of class c; features (B, F, h, w);
+    coordinates (B, C*4, h, w): per class x, y, z normalised and a visibility logit (None without)."""
 
     heatmaps: torch.Tensor
     features: torch.Tensor
+    coordinates: torch.Tensor | None = None
+
+
+COORDINATE_OUTPUTS = 4
+
+
+def coordinate_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (centre (3,), half extent (3,)) of the model's bounding box: normalised coordinates
+    (p - centre) / half lie in [-1, 1] on every axis (NOCS-like), for every object size alike."""
+    points = np.asarray(points, dtype=np.float64)
+    low, high = points.min(0), points.max(0)
+    return (low + high) / 2, np.maximum((high - low) / 2, 1e-6)
 
 
 class CropKeypointNet(nn.Module):
@@ -116,10 +135,29 @@ class CropKeypointNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(c, config.num_classes * config.outputs_per_class, 1),
         )
+        self.coordinate_head = None
+        if config.coordinates:
+            self.coordinate_head = nn.Sequential(
+                nn.Conv2d(c, c, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c, c, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c, config.num_classes * COORDINATE_OUTPUTS, 1),
+            )
 
     def forward(self, crops: torch.Tensor) -> CropKeypointOutput:
         features = self.trunk(crops)
-        return CropKeypointOutput(self.head(features), features)
+        coordinates = None if self.coordinate_head is None else self.coordinate_head(features)
+        return CropKeypointOutput(self.head(features), features, coordinates)
+
+    @staticmethod
+    def class_coordinates(coordinates: torch.Tensor, class_indices: torch.Tensor) -> torch.Tensor:
+        """Return (B, 4, h, w): each crop's own class's channels of coordinates (B, C*4, h, w)."""
+        b, _, h, w = coordinates.shape
+        view = coordinates.view(b, -1, COORDINATE_OUTPUTS, h, w)
+        return view[torch.arange(b, device=coordinates.device), class_indices]
 
     def class_heatmaps(self, heatmaps: torch.Tensor, class_indices: torch.Tensor) -> torch.Tensor:
         """Return (B, P, h, w): each crop's own class's P (outputs_per_class) channels of (B, C*P, h, w)."""
@@ -224,3 +262,20 @@ def decode_votes(outputs: np.ndarray, stride: int = LiteFPN.stride) -> tuple[np.
     votes = (np.stack([xs, ys]) + outputs[:, k:].reshape(n, k, 2, h, w)).reshape(n, k, 2, -1)
     keypoints = (votes * weights[:, :, None]).sum(-1) * stride + (stride - 1) / 2.0
     return keypoints.astype(np.float64), weights.max(-1)
+
+
+def decode_coordinates(
+    outputs: np.ndarray, threshold: float = 0.5, stride: int = LiteFPN.stride
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Return per crop (cells' centres (M, 2) crop px, normalised object coordinates (M, 3)) of the
+    cells whose visibility probability is above ``threshold``; ``outputs`` (N, 4, h, w) of each
+    crop's class (x, y, z, visibility logit)."""
+    outputs = np.asarray(outputs, dtype=np.float32)
+    n, _, h, w = outputs.shape
+    grid_x, grid_y = np.meshgrid(map_grid(w, stride), map_grid(h, stride))
+    logit = np.log(threshold / (1 - threshold))
+    result = []
+    for i in range(n):
+        seen = outputs[i, 3] > logit
+        result.append((np.stack([grid_x[seen], grid_y[seen]], -1), outputs[i][:3, seen].T))
+    return result

@@ -25,7 +25,15 @@ import torch
 
 from hrpose_ros.checkpoints import compact_points, object_from_dict, object_to_dict
 from hrpose_ros.codec import DecodedInstance
-from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet, decode_heatmaps, decode_votes
+from hrpose_ros.crop_keypoints import (
+    COORDINATE_OUTPUTS,
+    CropKeypointConfig,
+    CropKeypointNet,
+    coordinate_frame,
+    decode_coordinates,
+    decode_heatmaps,
+    decode_votes,
+)
 from hrpose_ros.crops import Crop, crop_around_box, crop_images
 from hrpose_ros.detector import BoxCodec, detector_from_dict, postprocess, preprocess
 from hrpose_ros.devices import parse_device, resolve_device
@@ -50,7 +58,9 @@ __all__ = [
 
 CROPS_FORMAT = "hrpose_ros/crops-1"
 # Decoding options a crops file may store beside its PoseThresholds fields.
-DECODING_OPTIONS = ("drop_keypoints",)
+DECODING_OPTIONS = ("drop_keypoints", "correspondences")
+# What PnP fits with a coordinate head: the keypoints, the dense object coordinates, or both.
+CORRESPONDENCES = ("keypoints", "coordinates", "both")
 DEFAULT_CROPS_WEIGHTS = Path(__file__).resolve().parent / "assets" / "weights" / "crops_lite0.pt"
 
 
@@ -224,19 +234,24 @@ def export_crops_onnx(path, cache_dir=None) -> tuple[Path, Path]:
         detector, keypoints, _, _ = load_crops_file(path)
         _export(detector, det_path, detector.config.input_size, ["heatmap", "size", "offset"], False)
         size = keypoints.config.crop_size
-        _export(_HeatmapsOnly(keypoints), kp_path, (size, size), ["heatmaps"], True)
+        _export(_HeatmapsOnly(keypoints), kp_path, (size, size), _keypoint_outputs(keypoints.config), True)
     return det_path, kp_path
 
 
+def _keypoint_outputs(config: CropKeypointConfig) -> list[str]:
+    return ["heatmaps", "coordinates"] if config.coordinates else ["heatmaps"]
+
+
 class _HeatmapsOnly(torch.nn.Module):
-    """The keypoint network without its feature output (only the heatmaps are needed at run time)."""
+    """The keypoint network without its feature output (heatmaps, and coordinates when it has them)."""
 
     def __init__(self, model: CropKeypointNet):
         super().__init__()
         self.model = model
 
     def forward(self, crops):
-        return (self.model(crops).heatmaps,)
+        out = self.model(crops)
+        return (out.heatmaps,) if out.coordinates is None else (out.heatmaps, out.coordinates)
 
 
 @dataclass(frozen=True)
@@ -248,6 +263,7 @@ class CropInference:
     class_indices: np.ndarray
     heatmaps: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    coordinates: np.ndarray | None = None  # (N, 4, h, w) of each crop's class, with a coordinate head
 
 
 class _Engines:
@@ -276,10 +292,12 @@ class CropPosePipeline:
         description: str = "torch fp32 on cpu",
         keypoints_3d=None,
         drop_keypoints: int = 0,
+        correspondences: str | None = None,
     ):
         """``keypoints_3d``: per object the (K, 3) points the heatmaps locate (default: box corners
         + centre). ``drop_keypoints``: PnP leaves out that many keypoints per crop, the least
-        confident (a spread-out heatmap is the usual sign of a wrong keypoint)."""
+        confident (a spread-out heatmap is the usual sign of a wrong keypoint). ``correspondences``
+        (a network with a coordinate head; default "both"): what PnP fits, one of CORRESPONDENCES."""
         self.engine = _Engines(detector_engine, keypoint_engine, description)
         self.detector_config = detector_config
         self.keypoint_config = keypoint_config
@@ -293,6 +311,17 @@ class CropPosePipeline:
         )
         self.input_size = tuple(int(v) for v in detector_config.input_size)
         self.drop_keypoints = _check_drop(drop_keypoints, keypoint_config.num_keypoints)
+        if correspondences is None:
+            correspondences = "both" if keypoint_config.coordinates else "keypoints"
+        if correspondences not in CORRESPONDENCES or (
+            correspondences != "keypoints" and not keypoint_config.coordinates
+        ):
+            raise ValueError(
+                f"correspondences: expected one of {CORRESPONDENCES} ('keypoints' for a network without "
+                f"a coordinate head), got {correspondences!r}"
+            )
+        self.correspondences = correspondences
+        self.coordinate_frames = [coordinate_frame(o.points) for o in self.objects]
         self.last_timings: dict[str, float] = {}
 
     @classmethod
@@ -324,16 +353,17 @@ class CropPosePipeline:
         thresholds = {**stored.get("thresholds", {}), **thresholds}  # the file's, chosen on validation
         pose_thresholds, decoding = split_thresholds(thresholds, DECODING_OPTIONS)
         device = resolve_device(device, backend)
+        kp_outputs = _keypoint_outputs(keypoints.config)
         if backend == "torch":
             det_engine, kp_engine = (
                 _TorchModule(detector, device, 3),
-                _TorchModule(_HeatmapsOnly(keypoints), device, 1),
+                _TorchModule(_HeatmapsOnly(keypoints), device, len(kp_outputs)),
             )
             description = f"torch fp32 on {device} (detector + keypoints)"
         elif backend == "onnxruntime":
             det_path, kp_path = export_crops_onnx(path)
             det_engine = OnnxEngine(det_path, device=device, output_names=["heatmap", "size", "offset"])
-            kp_engine = OnnxEngine(kp_path, device=device, output_names=["heatmaps"])
+            kp_engine = OnnxEngine(kp_path, device=device, output_names=kp_outputs)
             description = f"onnxruntime fp32 on {' > '.join(det_engine.providers)} (detector + keypoints)"
         else:
             raise ValueError(f"backend: expected 'torch' or 'onnxruntime', got {backend!r}")
@@ -348,6 +378,7 @@ class CropPosePipeline:
             description,
             keypoints.keypoints_3d,
             decoding.get("drop_keypoints", 0),
+            decoding.get("correspondences"),
         )
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:
@@ -392,11 +423,17 @@ class CropPosePipeline:
         classes = np.array([index[d.obj_id] for d in detections], np.int64)
         k, m = self.keypoint_config.outputs_per_class, self.keypoint_config.map_size
         heatmaps = np.zeros((0, k, m, m), np.float32)
+        coordinates = None
+        if self.keypoint_config.coordinates:
+            coordinates = np.zeros((0, COORDINATE_OUTPUTS, m, m), np.float32)
         t2 = t1
         if crops:
             t2 = time.perf_counter()
-            (logits,) = self.engine.keypoints(batch)
-            heatmaps = logits.reshape(len(crops), -1, k, m, m)[np.arange(len(crops)), classes]
+            outputs = self.engine.keypoints(batch)
+            rows = np.arange(len(crops))
+            heatmaps = outputs[0].reshape(len(crops), -1, k, m, m)[rows, classes]
+            if coordinates is not None:
+                coordinates = outputs[1].reshape(len(crops), -1, COORDINATE_OUTPUTS, m, m)[rows, classes]
         t3 = time.perf_counter()
         return CropInference(
             detections,
@@ -404,6 +441,7 @@ class CropPosePipeline:
             classes,
             heatmaps,
             {"detection": t1 - t0, "crops": t2 - t1, "inference": t3 - t2},
+            coordinates,
         )
 
     def poses_from_maps(
@@ -428,7 +466,7 @@ class CropPosePipeline:
         if self.drop_keypoints:
             least = np.argsort(confidence, axis=1, kind="stable")[:, : self.drop_keypoints]
             np.put_along_axis(found, least, False, axis=1)
-        return [
+        instances = [
             DecodedInstance(
                 class_index=int(c),
                 score=float(d.score),
@@ -439,6 +477,25 @@ class CropPosePipeline:
                 inference.detections, inference.crops, inference.class_indices, keypoints, found
             )
         ]
+        if self.correspondences == "keypoints" or inference.coordinates is None:
+            return instances
+        return [self._with_coordinates(i, crop, cells) for i, crop, cells in
+                zip(instances, inference.crops, decode_coordinates(inference.coordinates))]
+
+    def _with_coordinates(self, instance: DecodedInstance, crop: Crop, cells) -> DecodedInstance:
+        """Return ``instance`` with its crop's dense correspondences after (or instead of) its keypoints."""
+        points_2d, normalised = cells
+        centre, half = self.coordinate_frames[instance.class_index]
+        dense_2d, dense_3d = crop.to_image(points_2d), normalised * half + centre
+        keypoints_3d = self.keypoints_3d[instance.class_index]
+        use_keypoints = self.correspondences == "both"
+        return DecodedInstance(
+            class_index=instance.class_index,
+            score=instance.score,
+            keypoints=np.concatenate([instance.keypoints, dense_2d]),
+            found=np.concatenate([instance.found & use_keypoints, np.ones(len(dense_2d), bool)]),
+            points_3d=np.concatenate([keypoints_3d, dense_3d]),
+        )
 
     def solve(self, instances: list[DecodedInstance], camera: CameraModel) -> list[ObjectPose]:
         """Return the accepted poses of ``instances`` (the shared PoseSolver)."""

@@ -160,7 +160,8 @@ class PoseSolver:
         for instance in ranked[: th.max_instances]:
             ids = np.flatnonzero(instance.found)
             points_2d = instance.keypoints[ids]
-            points_3d = self.keypoints_3d[instance.class_index][ids]
+            model_points = self.keypoints_3d[instance.class_index]
+            points_3d = (model_points if instance.points_3d is None else instance.points_3d)[ids]
             solution = self._pnp(points_2d, points_3d, camera)
             if solution is None or solution.reprojection_error > th.max_reprojection_error:
                 continue
@@ -169,6 +170,8 @@ class PoseSolver:
             used = ids[solution.inliers]
             if keypoint_spread(instance.keypoints[used]) < th.min_keypoint_spread:
                 continue
+            # Dense correspondences follow the object's keypoints: only keypoints are reported.
+            used = used[used < len(model_points)] if instance.points_3d is not None else used
             obj = self.objects[instance.class_index]
             instance_id = per_class.get(obj.obj_id, 0)
             per_class[obj.obj_id] = instance_id + 1

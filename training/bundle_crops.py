@@ -11,7 +11,13 @@ from pathlib import Path
 
 import torch
 
-from hrpose_ros.crop_pipeline import keypoints_from_dict, keypoints_to_dict, load_crops_file, save_crops_file
+from hrpose_ros.crop_pipeline import (
+    CORRESPONDENCES,
+    keypoints_from_dict,
+    keypoints_to_dict,
+    load_crops_file,
+    save_crops_file,
+)
 from hrpose_ros.detector import detector_to_dict, load_detector
 
 __all__ = ["bundle"]
@@ -65,6 +71,12 @@ def main(argv=None) -> None:
         metavar="N",
         help="PnP leaves out the N least confident keypoints of each crop, chosen on a validation split",
     )
+    parser.add_argument(
+        "--correspondences",
+        default=None,
+        choices=CORRESPONDENCES,
+        help="with a coordinate head: PnP on the keypoints, the dense coordinates or both (default both)",
+    )
     args = parser.parse_args(argv)
     thresholds = {
         k: v
@@ -72,6 +84,7 @@ def main(argv=None) -> None:
             ("max_reprojection_error", args.max_reprojection_error),
             ("ransac_threshold", args.ransac_threshold),
             ("drop_keypoints", args.drop_keypoints),
+            ("correspondences", args.correspondences),
         )
         if v is not None
     }

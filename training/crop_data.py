@@ -19,17 +19,29 @@ import torch
 from tqdm import tqdm
 
 from hrpose_ros import bop_reader
+from hrpose_ros.backbones import LiteFPN
+from hrpose_ros.crop_keypoints import coordinate_frame
 from hrpose_ros.crops import Crop, crop_around_box, crop_images
 from hrpose_ros.data.augment import AugmentConfig, augment
 from hrpose_ros.geometry import keypoints_3d as box_keypoints
 from hrpose_ros.geometry import project
+from hrpose_ros.render import Renderer
 from hrpose_ros.types import ObjectModel
 from training.data import canonical_pose
 
-__all__ = ["CONTEXT_PADDING", "CropSamples", "JitterConfig", "amodal_box", "crop_batch", "load_crop_samples"]
+__all__ = [
+    "CONTEXT_PADDING",
+    "CropSamples",
+    "JitterConfig",
+    "amodal_box",
+    "coordinate_targets",
+    "crop_batch",
+    "load_crop_samples",
+]
 
 CONTEXT_PADDING = 2.2
 CONTEXT_SIZE = 192
+COORD_SIZE = 64  # object-coordinate labels per context crop: 3 context px per cell, ~ the 4 px map cell
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,10 @@ class CropSamples:
     box_sides: np.ndarray
     contexts: list  # the context Crop of each sample in its frame
     sources: np.ndarray  # (N, 2): index of the frame in the splits' order, gt_id
+    # With coordinates: (N, COORD_SIZE, COORD_SIZE, 3) float16 normalised object coordinates of the
+    # visible surface (crop_keypoints.coordinate_frame) over the context crop, and where they are.
+    coords: np.ndarray | None = None
+    coord_masks: np.ndarray | None = None
 
     def crop_in_context(self, i: int, crop_size: int, padding: float) -> Crop:
         """Return the un-jittered crop of sample ``i`` in its context crop's pixels (validation's crop)."""
@@ -78,10 +94,13 @@ def load_crop_samples(
     max_frames: int | None = None,
     progress: bool = True,
     keypoints_3d: Sequence[np.ndarray] | None = None,
+    coordinates: bool = False,
 ) -> CropSamples:
     """Return every usable instance of the BOP ``splits`` as a context crop (see module docstring).
 
     ``keypoints_3d``: per object the (K, 3) keypoints to label (default HRPose's box corners + centre).
+    ``coordinates``: also label the visible surface's object coordinates (:func:`coordinate_targets`;
+    renders each instance, needs the models' meshes and the splits' mask_visib files).
     """
     index = {o.obj_id: i for i, o in enumerate(objects)}
     if keypoints_3d is None:
@@ -91,6 +110,8 @@ def load_crop_samples(
     if max_frames is not None:
         frames = frames[:max_frames]
     images, keypoints, classes, centres, sides, contexts, sources = [], [], [], [], [], [], []
+    coords, coord_masks = [], []
+    renderer = Renderer(objects, COORD_SIZE, COORD_SIZE) if coordinates else None
     for frame_index, frame in enumerate(
         tqdm(frames, desc="context crops", unit="frame", disable=not progress)
     ):
@@ -113,10 +134,16 @@ def load_crop_samples(
             sides.append(max(box[2], box[3]) * crop.scale)
             contexts.append(crop)
             sources.append((frame_index, inst.gt_id))
+            if renderer is not None:
+                xyz, seen = coordinate_targets(renderer, objects[c], R, t, frame.camera.K, crop, inst)
+                coords.append(xyz)
+                coord_masks.append(seen)
         if crops:
             rgb = frame.read_rgb()
             images.append(crop_images(rgb, crops))
             keypoints.extend(kps)
+    if renderer is not None:
+        renderer.release()
     if not classes:
         raise ValueError(
             f"splits {list(map(str, splits))}: no instance of the objects "
@@ -130,7 +157,40 @@ def load_crop_samples(
         np.asarray(sides, np.float32),
         contexts,
         np.asarray(sources, np.int64),
+        np.stack(coords) if coordinates else None,
+        np.stack(coord_masks) if coordinates else None,
     )
+
+
+def _context_to_coord_grid() -> np.ndarray:
+    """Return the 3x3 affine context crop px -> label cell (pixel centres at integers in both)."""
+    f = COORD_SIZE / CONTEXT_SIZE
+    return np.array([[f, 0.0, 0.5 * f - 0.5], [0.0, f, 0.5 * f - 0.5], [0.0, 0.0, 1.0]])
+
+
+def coordinate_targets(renderer: Renderer, obj: ObjectModel, R, t, K, context: Crop, instance) -> tuple:
+    """Return ((COORD_SIZE, COORD_SIZE, 3) float16 normalised object coordinates, (COORD_SIZE,) * 2 bool).
+
+    The instance alone is rendered (pose R, t; the canonical one for symmetric objects, like the
+    keypoints) with a camera whose pixels are the label cells over ``context``; its depth, back-
+    projected and moved into the model frame, gives each cell's surface point, kept where the
+    frame's mask_visib says the instance is seen (occluders, other instances, cut-paste clutter).
+    """
+    A = _context_to_coord_grid() @ np.vstack([context.matrix(), [0.0, 0.0, 1.0]])
+    K_cells = A @ np.asarray(K, dtype=np.float64)
+    depth = renderer.render_depth(obj.obj_id, R, t, K_cells)
+    visible = cv2.warpAffine(
+        instance.read_mask_visib().astype(np.uint8), A[:2], (COORD_SIZE, COORD_SIZE), flags=cv2.INTER_NEAREST
+    ).astype(bool)
+    seen = (depth > 0) & visible
+    v, u = np.nonzero(seen)
+    rays = np.linalg.solve(K_cells, np.stack([u, v, np.ones_like(u)]).astype(np.float64))  # (3, M)
+    points = (rays * depth[v, u]).T  # camera frame
+    model = (points - t) @ R  # R^T (x - t), row vectors
+    centre, half = coordinate_frame(obj.points)
+    xyz = np.zeros((COORD_SIZE, COORD_SIZE, 3), np.float16)
+    xyz[v, u] = (model - centre) / half
+    return xyz, seen
 
 
 def crop_batch(
@@ -140,13 +200,25 @@ def crop_batch(
     padding: float,
     rng: np.random.Generator | None,
     jitter: JitterConfig = JitterConfig(),
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    coordinates: bool = False,
+) -> tuple:
     """Return (crops (B, 3, S, S) float in [0, 1], keypoints (B, 9, 2) crop px, classes (B,)).
 
     ``rng`` None gives the un-jittered crop (validation): the box centred in the context crop.
+    ``coordinates`` (samples loaded with them) adds the map cells' (B, 3, S/4, S/4) object
+    coordinates and (B, S/4, S/4) bool where they are known.
     """
     out = np.zeros((len(indices), crop_size, crop_size, 3), np.uint8)
     kps = np.zeros((len(indices), samples.keypoints.shape[1], 2), np.float32)
+    if coordinates and samples.coords is None:
+        raise ValueError("coordinates: the samples were loaded without coordinates=True")
+    cells = crop_size // LiteFPN.stride
+    xyz = np.zeros((len(indices), cells, cells, 3), np.float32)
+    seen = np.zeros((len(indices), cells, cells), bool)
+    # crop px -> map cell (cell u's centre is crop px 4u + 1.5), after label cell -> context px
+    f, shift = 1 / LiteFPN.stride, -(LiteFPN.stride - 1) / 2 / LiteFPN.stride
+    to_cells = np.array([[f, 0.0, shift], [0.0, f, shift], [0.0, 0.0, 1.0]])
+    from_labels = np.linalg.inv(_context_to_coord_grid())
     for n, i in enumerate(indices):
         side = float(samples.box_sides[i])
         cx, cy = (float(v) for v in samples.box_centres[i])
@@ -163,5 +235,22 @@ def crop_batch(
         if rng is not None:
             image, points = augment(image, points, rng, jitter.augment)
         out[n], kps[n] = image, points
+        if coordinates:
+            M = (to_cells @ np.vstack([crop.matrix(), [0.0, 0.0, 1.0]]) @ from_labels)[:2]
+            # Bilinear inside the surface; at its edge the nearest label, as coordinates of the
+            # surface and of "nothing" (zeros) must not blend.
+            mask = samples.coord_masks[i]
+            seen[n] = cv2.warpAffine(mask.astype(np.uint8), M, (cells, cells), flags=cv2.INTER_NEAREST) > 0
+            labels = samples.coords[i].astype(np.float32)
+            coverage = cv2.warpAffine(mask.astype(np.float32), M, (cells, cells), flags=cv2.INTER_LINEAR)
+            inside = coverage > 0.999
+            xyz[n] = np.where(
+                inside[..., None],
+                cv2.warpAffine(labels, M, (cells, cells), flags=cv2.INTER_LINEAR),
+                cv2.warpAffine(labels, M, (cells, cells), flags=cv2.INTER_NEAREST),
+            )
     crops = torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
-    return crops, torch.from_numpy(kps), torch.from_numpy(samples.classes[indices])
+    batch = crops, torch.from_numpy(kps), torch.from_numpy(samples.classes[indices])
+    if not coordinates:
+        return batch
+    return (*batch, torch.from_numpy(xyz).permute(0, 3, 1, 2), torch.from_numpy(seen))

@@ -8,7 +8,7 @@ import torch.nn.functional as F  # noqa: N812 (the torch idiom)
 from hrpose_ros.backbones import LiteFPN
 from hrpose_ros.crop_keypoints import heatmap_targets, soft_argmax, vote
 
-__all__ = ["keypoint_loss", "voting_loss"]
+__all__ = ["coordinate_loss", "keypoint_loss", "voting_loss"]
 
 
 def keypoint_loss(
@@ -55,3 +55,20 @@ def voting_loss(
     dense = F.smooth_l1_loss(offsets, target, reduction="none").sum(2).mean((-1, -2))  # (B, K)
     dense = (dense * weight).sum() / count
     return l1 + dense, {"l1_cells": l1.detach(), "aux": dense.detach()}
+
+
+def coordinate_loss(
+    outputs: torch.Tensor, coordinates: torch.Tensor, seen: torch.Tensor
+) -> tuple[torch.Tensor, dict]:
+    """Return (loss, terms): L1 of the normalised coordinates where the object is seen + visibility BCE.
+
+    ``outputs`` (B, 4, h, w) of each crop's class (x, y, z, visibility logit), ``coordinates``
+    (B, 3, h, w) normalised targets, ``seen`` (B, h, w) bool. GDR-Net's masked L1 on coordinates
+    and BCE on the visible mask; the L1 is x 10 so that a tenth of the half extent weighs like a
+    map cell of keypoint error.
+    """
+    weight = seen.to(outputs.dtype)
+    count = weight.sum().clamp_min(1.0)
+    l1 = ((outputs[:, :3] - coordinates).abs().mean(1) * weight).sum() / count
+    bce = F.binary_cross_entropy_with_logits(outputs[:, 3], weight)
+    return 10.0 * l1 + bce, {"coord_l1": l1.detach(), "mask_bce": bce.detach()}

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from hrpose_ros import bop_reader, metrics, replay, scoring
 from hrpose_ros.codec import DecodedInstance
-from hrpose_ros.crop_pipeline import CropPosePipeline
+from hrpose_ros.crop_pipeline import CORRESPONDENCES, CropPosePipeline, load_crops_file
 from hrpose_ros.devices import resolve_device
 from hrpose_ros.estimators import estimator_of, load_estimator
 from hrpose_ros.geometry import project
@@ -449,7 +449,14 @@ def _columns(models: dict[str, str], gt_boxes: bool) -> dict[str, tuple[str, boo
 
 
 def _options(path: str, input_size, overrides: dict) -> dict:
-    """Return the from_pretrained options for ``path``'s estimator (HRPose-only ones refused for crops)."""
+    """Return the from_pretrained options for ``path``'s estimator (HRPose-only ones refused for crops).
+
+    ``correspondences`` goes only to crop models with a coordinate head: the others have keypoints only.
+    """
+    if "correspondences" in overrides and not (
+        estimator_of(path) == "crops" and load_crops_file(path)[1].config.coordinates
+    ):
+        overrides = {k: v for k, v in overrides.items() if k != "correspondences"}
     if estimator_of(path) == "hrpose":
         return {"input_size": input_size, **overrides}
     hrpose_only = [k for k in ("peak_threshold",) if k in overrides]
@@ -481,6 +488,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max-reprojection-error", type=float, default=None, metavar="PX",
                         help="reject poses whose RMS reprojection error is larger (default "
                              f"{PoseThresholds.max_reprojection_error} px)")
+    parser.add_argument("--correspondences", default=None, choices=CORRESPONDENCES,
+                        help="crop models with a coordinate head: what PnP fits (default: the file's)")
     parser.add_argument("--gt-maps", metavar="CHECKPOINT",
                         help="add a 'GT maps' column: ground-truth maps through this checkpoint's "
                              "codec, decoding and PnP (the ceiling of its input size)")
@@ -514,6 +523,7 @@ def main(argv=None) -> None:
             ("peak_threshold", args.peak_threshold, "peak threshold {}"),
             ("ransac_threshold", args.ransac_threshold, "RANSAC {} px"),
             ("max_reprojection_error", args.max_reprojection_error, "max RMS {} px"),
+            ("correspondences", args.correspondences, "PnP on {}"),
         )
         if value is not None
     ]

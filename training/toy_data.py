@@ -106,9 +106,12 @@ def write_toy_split(split_dir, n_frames: int = 8, seed: int = 0) -> list[ObjectM
     return objects
 
 
-def write_tiny_crops_file(path, objects, crop_size: int = 64, input_size=(128, 96)) -> Path:
+def write_tiny_crops_file(
+    path, objects, crop_size: int = 64, input_size=(128, 96), **keypoint_config
+) -> Path:
     """Write a crops weights file of untrained, randomly initialised tiny networks for ``objects``
-    (tests: the file format and the code around the networks, not their accuracy)."""
+    (tests: the file format and the code around the networks, not their accuracy); ``keypoint_config``:
+    further CropKeypointConfig fields."""
     # imported here: the toy split writer needs no torch
     from hrpose_ros.crop_keypoints import CropKeypointConfig, CropKeypointNet
     from hrpose_ros.crop_pipeline import keypoints_to_dict, save_crops_file
@@ -117,5 +120,5 @@ def write_tiny_crops_file(path, objects, crop_size: int = 64, input_size=(128, 9
     detector = SingleShotDetector(DetectorConfig(num_classes=len(objects), input_size=tuple(input_size),
                                                  pretrained=False))
     keypoints = CropKeypointNet(CropKeypointConfig(num_classes=len(objects), pretrained=False,
-                                                   crop_size=crop_size))
+                                                   crop_size=crop_size, **keypoint_config))
     return save_crops_file(path, detector_to_dict(detector, objects), keypoints_to_dict(keypoints, objects))

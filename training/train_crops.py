@@ -34,7 +34,7 @@ from hrpose_ros.crop_pipeline import CROPS_FORMAT, keypoints_from_dict, keypoint
 from hrpose_ros.geometry import model_keypoints
 from training.config import class_weight_array
 from training.crop_data import JitterConfig, crop_batch, load_crop_samples
-from training.crop_losses import keypoint_loss, voting_loss
+from training.crop_losses import coordinate_loss, keypoint_loss, voting_loss
 from training.losses import feature_similarity_loss
 
 __all__ = ["CropTrainConfig", "load_teacher", "train"]
@@ -66,25 +66,45 @@ class CropTrainConfig:
     init: str = ""  # a keypoints.pt to go on training from (same objects, variant and head)
     keypoints: str = "box"  # crop_keypoints.CropKeypointConfig.keypoints
     class_weights: str = ""  # "prism=3,domino=2": those objects' crops drawn that many times as often
+    coordinates: bool = False  # crop_keypoints.CropKeypointConfig.coordinates (dense correspondences)
+    freeze_keypoints: bool = False  # train only the coordinate head (trunk and keypoint head as in --init)
 
 
 def _split_objects(split: str):
     return bop_models.load_object_models(Path(split).parent / "models")
 
 
-def _validate(model, samples, config, indices) -> float:
-    """Return the mean keypoint error (crop px) of un-jittered ground-truth-box crops."""
+def _validate(model, samples, config, indices) -> tuple[float, float]:
+    """Return (mean keypoint error (crop px), mean coordinate L1 where seen (normalised; NaN without
+    coordinates)) of un-jittered ground-truth-box crops."""
     model.eval()
-    errors = []
+    errors, coord_errors, counts = [], 0.0, 0.0
+    coordinates = model.config.coordinates
     with torch.inference_mode():
         for start in range(0, len(indices), 64):
-            crops, kps, classes = crop_batch(
-                samples, indices[start : start + 64], config.crop_size, model.config.padding, None
+            batch = crop_batch(
+                samples, indices[start : start + 64], config.crop_size, model.config.padding, None,
+                coordinates=coordinates,
             )
-            predicted = _keypoints(model, model.class_heatmaps(model(crops).heatmaps, classes))
+            crops, kps, classes = batch[:3]
+            output = model(crops)
+            predicted = _keypoints(model, model.class_heatmaps(output.heatmaps, classes))
             errors.append((predicted - kps).norm(dim=-1).mean(-1))
+            if coordinates:
+                xyz, seen = batch[3:]
+                outputs = model.class_coordinates(output.coordinates, classes)
+                coord_errors += float(((outputs[:, :3] - xyz).abs().mean(1) * seen).sum())
+                counts += float(seen.sum())
+    _train_mode(model, config.freeze_keypoints)
+    return float(torch.cat(errors).mean()), coord_errors / counts if counts else math.nan
+
+
+def _train_mode(model: CropKeypointNet, freeze_keypoints: bool) -> None:
+    """Training mode; with frozen keypoints the trunk and keypoint head keep their batch-norm statistics."""
     model.train()
-    return float(torch.cat(errors).mean())
+    if freeze_keypoints:
+        model.trunk.eval()
+        model.head.eval()
 
 
 def _keypoints(model: CropKeypointNet, outputs: torch.Tensor) -> torch.Tensor:
@@ -118,7 +138,7 @@ def _plot(log_path: Path, val_path: Path, out: Path) -> None:
     vals = list(csv.DictReader(val_path.open())) if val_path.exists() else []
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     steps = [int(r["step"]) for r in rows]
-    for key in ("total", "l1_cells", "aux", "od", "fs"):
+    for key in ("total", "l1_cells", "aux", "od", "fs", "coord_l1", "mask_bce"):
         if rows and key in rows[0]:
             axes[0].plot(steps, [float(r[key]) for r in rows], label=key)
     axes[0].set_yscale("log")
@@ -172,9 +192,12 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
     objects = _split_objects(config.train[0])
     keypoints_3d = np.stack([model_keypoints(o.points, config.keypoints) for o in objects])
     samples = load_crop_samples(
-        config.train, objects, max_frames=config.max_frames, progress=progress, keypoints_3d=keypoints_3d
+        config.train, objects, max_frames=config.max_frames, progress=progress, keypoints_3d=keypoints_3d,
+        coordinates=config.coordinates,
     )
-    val_samples = load_crop_samples([config.val], objects, progress=progress, keypoints_3d=keypoints_3d)
+    val_samples = load_crop_samples(
+        [config.val], objects, progress=progress, keypoints_3d=keypoints_3d, coordinates=config.coordinates
+    )
     rng = np.random.default_rng(config.seed)
     val_indices = rng.permutation(len(val_samples))[: config.val_crops]
     draw = sample_probabilities(samples.classes, [o.name for o in objects], config.class_weights)
@@ -185,7 +208,10 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
         pretrained=config.pretrained,
         head=config.head,
         keypoints=config.keypoints,
+        coordinates=config.coordinates,
     )
+    if config.freeze_keypoints and not (config.coordinates and config.init):
+        raise ValueError("--freeze-keypoints: needs --coordinates and an --init network to keep")
     model = CropKeypointNet(model_config).train()
     model.keypoints_3d = keypoints_3d
     if config.init:
@@ -195,22 +221,34 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
         start, start_objects, _ = keypoints_from_dict(stored, config.init)
         # Another keypoint set is allowed: the heads then start from related maps. Another crop size
         # too: the network is fully convolutional, and the same object parts only look larger.
+        # A coordinate head may be added to a network without one: it starts from scratch.
         same = replace(start.config, keypoints=model_config.keypoints, pretrained=model_config.pretrained,
-                       crop_size=model_config.crop_size)
+                       crop_size=model_config.crop_size,
+                       coordinates=start.config.coordinates or model_config.coordinates)
         if [o.obj_id for o in start_objects] != [o.obj_id for o in objects] or same != model_config:
             raise ValueError(f"--init {config.init}: another network ({start.config}) or other objects")
-        model.load_state_dict(start.state_dict())
+        missing, _ = model.load_state_dict(start.state_dict(), strict=False)
+        if any(not k.startswith("coordinate_head.") for k in missing):
+            raise ValueError(f"--init {config.init}: weights missing for {missing[:3]}")
+    trained = model.parameters()
+    if config.freeze_keypoints:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.coordinate_head.parameters():
+            p.requires_grad_(True)
+        trained = model.coordinate_head.parameters()
+    _train_mode(model, config.freeze_keypoints)
     teacher = load_teacher(config.teacher, objects, config.keypoints) if config.teacher else None
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimiser = torch.optim.Adam(trained, lr=config.lr)
     log_path, val_path = out / "log.csv", out / "val.csv"
     log_file, val_file = (
         log_path.open("w", newline="", buffering=1),
         val_path.open("w", newline="", buffering=1),
     )
     log = csv.writer(log_file)
-    log.writerow(["step", "seconds", "total", "l1_cells", "aux", "od", "fs", "lr"])
+    log.writerow(["step", "seconds", "total", "l1_cells", "aux", "od", "fs", "coord_l1", "mask_bce", "lr"])
     val_log = csv.writer(val_file)
-    val_log.writerow(["step", "seconds", "val_px"])
+    val_log.writerow(["step", "seconds", "val_px", "val_coord_l1"])
     start, best, best_path = time.perf_counter(), math.inf, out / "keypoints.pt"
     budget = config.minutes * 60
     bar = tqdm(
@@ -234,14 +272,23 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
             indices = rng.integers(0, len(samples), config.batch)
         else:
             indices = rng.choice(len(samples), config.batch, p=draw)
-        crops, kps, classes = crop_batch(
-            samples, indices, config.crop_size, model_config.padding, rng, jitter
+        batch = crop_batch(
+            samples, indices, config.crop_size, model_config.padding, rng, jitter,
+            coordinates=config.coordinates,
         )
+        crops, kps, classes = batch[:3]
         output = model(crops)
         logits = model.class_heatmaps(output.heatmaps, classes)
         valid = ((kps > -0.25 * config.crop_size) & (kps < 1.25 * config.crop_size)).all(-1)
         head_loss = voting_loss if model_config.head == "voting" else keypoint_loss
         loss, terms = head_loss(logits, kps, valid)
+        if config.freeze_keypoints:
+            loss = torch.zeros(())
+        coord_terms = {"coord_l1": torch.full((), math.nan), "mask_bce": torch.full((), math.nan)}
+        if config.coordinates:
+            outputs = model.class_coordinates(output.coordinates, classes)
+            coord, coord_terms = coordinate_loss(outputs, *batch[3:])
+            loss = loss + coord
         od = fs = torch.zeros(())
         if teacher is not None:
             with torch.no_grad():
@@ -264,29 +311,34 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
                 f"{terms['aux'].item():.5f}",
                 f"{od.item():.5f}",
                 f"{fs.item():.5f}",
+                f"{coord_terms['coord_l1'].item():.5f}",
+                f"{coord_terms['mask_bce'].item():.5f}",
                 f"{lr:.2e}",
             ]
         )
         bar.set_postfix(loss=f"{loss.item():.3f}", l1=f"{terms['l1_cells'].item():.3f}", refresh=False)
         bar.update(1 if budget <= 0 else int(seconds) - bar.n)
         if step % config.val_every == 0:
-            val_px = _validate(model, val_samples, config, val_indices)
-            val_log.writerow([step, f"{seconds:.1f}", f"{val_px:.4f}"])
+            val_px, val_coord = _validate(model, val_samples, config, val_indices)
+            val_log.writerow([step, f"{seconds:.1f}", f"{val_px:.4f}", f"{val_coord:.5f}"])
             history["val_px"].append((step, val_px))
-            tqdm.write(f"step {step}: validation keypoint error {val_px:.3f} crop px")
-            if val_px < best:
-                best = val_px
+            tqdm.write(f"step {step}: validation keypoint error {val_px:.3f} crop px, "
+                       f"coordinates {val_coord:.4f}")
+            score = val_coord if config.freeze_keypoints else val_px
+            if score < best:
+                best = score
                 torch.save(
                     keypoints_to_dict(model, objects, {**history, "steps": step, "best_val_px": best}),
                     best_path,
                 )
             _plot(log_path, val_path, out / "loss.png")
     bar.close()
-    val_px = _validate(model, val_samples, config, val_indices)
-    val_log.writerow([step, f"{time.perf_counter() - start:.1f}", f"{val_px:.4f}"])
+    val_px, val_coord = _validate(model, val_samples, config, val_indices)
+    val_log.writerow([step, f"{time.perf_counter() - start:.1f}", f"{val_px:.4f}", f"{val_coord:.5f}"])
     history["val_px"].append((step, val_px))
-    if val_px < best:
-        best = val_px
+    score = val_coord if config.freeze_keypoints else val_px
+    if score < best:
+        best = score
         torch.save(
             keypoints_to_dict(model, objects, {**history, "steps": step, "best_val_px": best}), best_path
         )
@@ -335,6 +387,10 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--class-weights", default="",
                         help="draw some objects' crops more often, e.g. 'prism=3,domino=2'")
+    parser.add_argument("--coordinates", action="store_true",
+                        help="add the dense object-coordinate head (hrpose_ros.crop_keypoints)")
+    parser.add_argument("--freeze-keypoints", action="store_true",
+                        help="train only the coordinate head of the --init network")
     args = parser.parse_args(argv)
     train(
         CropTrainConfig(
@@ -359,6 +415,8 @@ def main(argv=None) -> None:
             init=args.init,
             keypoints=args.keypoints,
             class_weights=args.class_weights,
+            coordinates=args.coordinates,
+            freeze_keypoints=args.freeze_keypoints,
         )
     )
 
