@@ -50,6 +50,7 @@ __all__ = [
     "CropInference",
     "CropPosePipeline",
     "is_crops_file",
+    "keypoint_outputs",
     "keypoints_from_dict",
     "keypoints_to_dict",
     "load_crops_file",
@@ -234,11 +235,13 @@ def export_crops_onnx(path, cache_dir=None) -> tuple[Path, Path]:
         detector, keypoints, _, _ = load_crops_file(path)
         _export(detector, det_path, detector.config.input_size, ["heatmap", "size", "offset"], False)
         size = keypoints.config.crop_size
-        _export(_HeatmapsOnly(keypoints), kp_path, (size, size), _keypoint_outputs(keypoints.config), True)
+        names = keypoint_outputs(keypoints.config)
+        _export(_HeatmapsOnly(keypoints), kp_path, (size, size), names, True)
     return det_path, kp_path
 
 
-def _keypoint_outputs(config: CropKeypointConfig) -> list[str]:
+def keypoint_outputs(config: CropKeypointConfig) -> list[str]:
+    """Return the keypoint network's run-time output names (its ONNX outputs, in order)."""
     return ["heatmaps", "coordinates"] if config.coordinates else ["heatmaps"]
 
 
@@ -353,7 +356,7 @@ class CropPosePipeline:
         thresholds = {**stored.get("thresholds", {}), **thresholds}  # the file's, chosen on validation
         pose_thresholds, decoding = split_thresholds(thresholds, DECODING_OPTIONS)
         device = resolve_device(device, backend)
-        kp_outputs = _keypoint_outputs(keypoints.config)
+        kp_outputs = keypoint_outputs(keypoints.config)
         if backend == "torch":
             det_engine, kp_engine = (
                 _TorchModule(detector, device, 3),

@@ -29,7 +29,12 @@ import numpy as np
 from tqdm import tqdm
 
 from hrpose_ros import bop_reader
-from hrpose_ros.crop_pipeline import DEFAULT_CROPS_WEIGHTS, CropPosePipeline, export_crops_onnx
+from hrpose_ros.crop_pipeline import (
+    DEFAULT_CROPS_WEIGHTS,
+    CropPosePipeline,
+    export_crops_onnx,
+    keypoint_outputs,
+)
 from hrpose_ros.detector import preprocess
 from hrpose_ros.engines import OnnxEngine
 from training.evaluate import ground_truth_boxes, match_poses, summarise
@@ -38,7 +43,6 @@ from training.quantize_int8 import MAX_RECALL_DROP_POINTS, quantize_qdq
 __all__ = ["calibration_inputs", "main", "score"]
 
 DETECTOR_OUTPUTS = ["heatmap", "size", "offset"]
-KEYPOINT_OUTPUTS = ["heatmaps"]
 
 
 class _Inputs:
@@ -128,7 +132,8 @@ def main(argv=None) -> int:
         if det is not None:
             candidate.engine.detector = OnnxEngine(det, device="cpu", output_names=DETECTOR_OUTPUTS)
         if kp is not None:
-            candidate.engine.keypoints = OnnxEngine(kp, device="cpu", output_names=KEYPOINT_OUTPUTS)
+            names = keypoint_outputs(candidate.keypoint_config)
+            candidate.engine.keypoints = OnnxEngine(kp, device="cpu", output_names=names)
         results[label] = score(candidate, frames, label)
     base = results["fp32"]["add"]
     rows = ["| networks | ADD(-S) % | drop (points) | detection ms | keypoints ms | verdict |",
