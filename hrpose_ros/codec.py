@@ -67,7 +67,8 @@ class DecodedInstance:
     ``keypoints`` (K, 2) hold NaN where a keypoint was not found; ``found`` (K,) says which
     were; ``score`` is the mean belief value of the found keypoints. ``points_3d`` (K, 3) model
     points of the keypoints when they are the instance's own (dense correspondences), else None:
-    the object's keypoints_3d.
+    the object's keypoints_3d. ``box``: the predicted extent of the whole silhouette (extreme
+    points), which PoseSolver's ``box_depth_weight`` uses.
     """
 
     class_index: int
@@ -75,6 +76,7 @@ class DecodedInstance:
     keypoints: np.ndarray
     found: np.ndarray
     points_3d: np.ndarray | None = None
+    box: np.ndarray | None = None  # (x0, y0, x1, y1) px of the object's whole silhouette, when predicted
 
 
 class KeypointCodec:

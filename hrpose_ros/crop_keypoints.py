@@ -68,6 +68,10 @@ class CropKeypointConfig:
     # gives per class, for every map cell, the normalised model point seen there (coordinate_frame)
     # and a logit that the object is seen there; PnP then uses hundreds of points per crop.
     coordinates: bool = False
+    # The object's 4 extreme image points (leftmost, rightmost, topmost, bottommost of its whole
+    # silhouette, ExtremeNet's), located like keypoints by a third head: they are on the outline a
+    # crop shows, and their box fixes the object's distance better than hidden keypoints do.
+    extremes: bool = False
 
     def __post_init__(self):
         if self.num_classes < 1 or self.num_keypoints < 4:
@@ -102,9 +106,11 @@ class CropKeypointOutput(NamedTuple):
     heatmaps: torch.Tensor
     features: torch.Tensor
     coordinates: torch.Tensor | None = None
+    extremes: torch.Tensor | None = None  # (B, C*4, h, w) heatmap logits: left, right, top, bottom
 
 
 COORDINATE_OUTPUTS = 4
+EXTREMES = 4
 
 
 def coordinate_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,14 +153,24 @@ class CropKeypointNet(nn.Module):
                 nn.Conv2d(c, config.num_classes * COORDINATE_OUTPUTS, 1),
             )
 
+        self.extreme_head = None
+        if config.extremes:
+            self.extreme_head = nn.Sequential(
+                nn.Conv2d(c, c, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c, config.num_classes * EXTREMES, 1),
+            )
+
     def forward(self, crops: torch.Tensor) -> CropKeypointOutput:
         features = self.trunk(crops)
         coordinates = None if self.coordinate_head is None else self.coordinate_head(features)
-        return CropKeypointOutput(self.head(features), features, coordinates)
+        extremes = None if self.extreme_head is None else self.extreme_head(features)
+        return CropKeypointOutput(self.head(features), features, coordinates, extremes)
 
     @staticmethod
     def class_coordinates(coordinates: torch.Tensor, class_indices: torch.Tensor) -> torch.Tensor:
-        """Return (B, 4, h, w): each crop's own class's channels of coordinates (B, C*4, h, w)."""
+        """Return (B, 4, h, w): each crop's own class's channels of (B, C*4, h, w) coordinates or extremes."""
         b, _, h, w = coordinates.shape
         view = coordinates.view(b, -1, COORDINATE_OUTPUTS, h, w)
         return view[torch.arange(b, device=coordinates.device), class_indices]

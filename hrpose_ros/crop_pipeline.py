@@ -26,7 +26,6 @@ import torch
 from hrpose_ros.checkpoints import compact_points, object_from_dict, object_to_dict
 from hrpose_ros.codec import DecodedInstance
 from hrpose_ros.crop_keypoints import (
-    COORDINATE_OUTPUTS,
     CropKeypointConfig,
     CropKeypointNet,
     coordinate_frame,
@@ -59,7 +58,7 @@ __all__ = [
 
 CROPS_FORMAT = "hrpose_ros/crops-1"
 # Decoding options a crops file may store beside its PoseThresholds fields.
-DECODING_OPTIONS = ("drop_keypoints", "correspondences")
+DECODING_OPTIONS = ("drop_keypoints", "correspondences", "box_depth_weight")
 # What PnP fits with a coordinate head: the keypoints, the dense object coordinates, or both.
 CORRESPONDENCES = ("keypoints", "coordinates", "both")
 DEFAULT_CROPS_WEIGHTS = Path(__file__).resolve().parent / "assets" / "weights" / "crops_lite0.pt"
@@ -242,7 +241,7 @@ def export_crops_onnx(path, cache_dir=None) -> tuple[Path, Path]:
 
 def keypoint_outputs(config: CropKeypointConfig) -> list[str]:
     """Return the keypoint network's run-time output names (its ONNX outputs, in order)."""
-    return ["heatmaps", "coordinates"] if config.coordinates else ["heatmaps"]
+    return ["heatmaps"] + ["coordinates"] * config.coordinates + ["extremes"] * config.extremes
 
 
 class _HeatmapsOnly(torch.nn.Module):
@@ -254,7 +253,12 @@ class _HeatmapsOnly(torch.nn.Module):
 
     def forward(self, crops):
         out = self.model(crops)
-        return (out.heatmaps,) if out.coordinates is None else (out.heatmaps, out.coordinates)
+        return tuple(o for o in (out.heatmaps, out.coordinates, out.extremes) if o is not None)
+
+
+def _extreme_box(points: np.ndarray) -> np.ndarray:
+    """Return (x0, y0, x1, y1) px of the extreme points (4, 2): leftmost, rightmost, topmost, bottommost."""
+    return np.array([points[0, 0], points[2, 1], points[1, 0], points[3, 1]])
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,7 @@ class CropInference:
     heatmaps: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     coordinates: np.ndarray | None = None  # (N, 4, h, w) of each crop's class, with a coordinate head
+    extremes: np.ndarray | None = None  # (N, 4, h, w) extreme-point logits of each crop's class
 
 
 class _Engines:
@@ -296,18 +301,23 @@ class CropPosePipeline:
         keypoints_3d=None,
         drop_keypoints: int = 0,
         correspondences: str | None = None,
+        box_depth_weight: float = 0.0,
     ):
         """``keypoints_3d``: per object the (K, 3) points the heatmaps locate (default: box corners
         + centre). ``drop_keypoints``: PnP leaves out that many keypoints per crop, the least
         confident (a spread-out heatmap is the usual sign of a wrong keypoint). ``correspondences``
-        (a network with a coordinate head; default "both"): what PnP fits, one of CORRESPONDENCES."""
+        (a network with a coordinate head; default "both"): what PnP fits, one of CORRESPONDENCES.
+        ``box_depth_weight`` (a network with an extreme-point head): how much the distance follows
+        the box of the predicted extreme points (PoseSolver's ``box_depth_weight``)."""
         self.engine = _Engines(detector_engine, keypoint_engine, description)
         self.detector_config = detector_config
         self.keypoint_config = keypoint_config
         self.box_codec = BoxCodec.from_config(detector_config)
         self.objects = list(objects)
         self.thresholds = thresholds if thresholds is not None else PoseThresholds()
-        self.solver = PoseSolver(self.objects, self.thresholds, keypoints_3d)
+        if box_depth_weight and not keypoint_config.extremes:
+            raise ValueError("box_depth_weight: the keypoint network has no extreme-point head")
+        self.solver = PoseSolver(self.objects, self.thresholds, keypoints_3d, box_depth_weight)
         self.keypoints_3d = self.solver.keypoints_3d
         self.detection_threshold = (
             detection_threshold if detection_threshold is not None else detector_config.score_threshold
@@ -382,6 +392,7 @@ class CropPosePipeline:
             keypoints.keypoints_3d,
             decoding.get("drop_keypoints", 0),
             decoding.get("correspondences"),
+            decoding.get("box_depth_weight", 0.0),
         )
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:
@@ -426,17 +437,15 @@ class CropPosePipeline:
         classes = np.array([index[d.obj_id] for d in detections], np.int64)
         k, m = self.keypoint_config.outputs_per_class, self.keypoint_config.map_size
         heatmaps = np.zeros((0, k, m, m), np.float32)
-        coordinates = None
-        if self.keypoint_config.coordinates:
-            coordinates = np.zeros((0, COORDINATE_OUTPUTS, m, m), np.float32)
+        names = keypoint_outputs(self.keypoint_config)
+        extra = {name: np.zeros((0, 4, m, m), np.float32) for name in names[1:]}  # 4 channels per class
         t2 = t1
         if crops:
             t2 = time.perf_counter()
-            outputs = self.engine.keypoints(batch)
+            outputs = dict(zip(names, self.engine.keypoints(batch)))
             rows = np.arange(len(crops))
-            heatmaps = outputs[0].reshape(len(crops), -1, k, m, m)[rows, classes]
-            if coordinates is not None:
-                coordinates = outputs[1].reshape(len(crops), -1, COORDINATE_OUTPUTS, m, m)[rows, classes]
+            heatmaps = outputs["heatmaps"].reshape(len(crops), -1, k, m, m)[rows, classes]
+            extra = {name: outputs[name].reshape(len(crops), -1, 4, m, m)[rows, classes] for name in extra}
         t3 = time.perf_counter()
         return CropInference(
             detections,
@@ -444,7 +453,8 @@ class CropPosePipeline:
             classes,
             heatmaps,
             {"detection": t1 - t0, "crops": t2 - t1, "inference": t3 - t2},
-            coordinates,
+            extra.get("coordinates"),
+            extra.get("extremes"),
         )
 
     def poses_from_maps(
@@ -469,15 +479,20 @@ class CropPosePipeline:
         if self.drop_keypoints:
             least = np.argsort(confidence, axis=1, kind="stable")[:, : self.drop_keypoints]
             np.put_along_axis(found, least, False, axis=1)
+        boxes = [None] * len(inference.crops)
+        if inference.extremes is not None:
+            extremes, _ = decode_heatmaps(inference.extremes)
+            boxes = [_extreme_box(crop.to_image(e)) for crop, e in zip(inference.crops, extremes)]
         instances = [
             DecodedInstance(
                 class_index=int(c),
                 score=float(d.score),
                 keypoints=crop.to_image(kps),
                 found=kept,
+                box=box,
             )
-            for d, crop, c, kps, kept in zip(
-                inference.detections, inference.crops, inference.class_indices, keypoints, found
+            for d, crop, c, kps, kept, box in zip(
+                inference.detections, inference.crops, inference.class_indices, keypoints, found, boxes
             )
         ]
         if self.correspondences == "keypoints" or inference.coordinates is None:
@@ -493,6 +508,7 @@ class CropPosePipeline:
         keypoints_3d = self.keypoints_3d[instance.class_index]
         use_keypoints = self.correspondences == "both"
         return DecodedInstance(
+            box=instance.box,
             class_index=instance.class_index,
             score=instance.score,
             keypoints=np.concatenate([instance.keypoints, dense_2d]),

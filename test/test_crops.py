@@ -254,3 +254,84 @@ def test_class_weights_draw_a_weak_objects_crops_that_many_times_as_often(toy):
     assert share == pytest.approx(3 * own / (3 * own + 1 - own), abs=0.02)
     with pytest.raises(ValueError, match="unknown object"):
         sample_probabilities(samples.classes, names, "teapot=2")
+
+
+def test_extreme_points_span_the_amodal_box_and_decode_back_to_it(toy, tmp_path):
+    from hrpose_ros.checkpoints import compact_points
+    from hrpose_ros.crop_pipeline import CropInference, CropPosePipeline
+    from hrpose_ros.types import Detection
+    from training.crop_data import amodal_box, extreme_points
+    from training.toy_data import write_tiny_crops_file
+
+    split, objects = toy
+    samples = load_crop_samples([split], objects, progress=False, extremes=True)
+    assert samples.keypoints.shape[1] == 13
+    frames = bop_reader.read_split(split)
+    pipeline = CropPosePipeline.from_pretrained(
+        write_tiny_crops_file(tmp_path / "e.pt", objects, crop_size=128, extremes=True), device="cpu",
+        box_depth_weight=1.0,
+    )
+    for n in range(4):
+        frame_index, gt_id = samples.sources[n]
+        frame = frames[frame_index]
+        inst = next(i for i in frame.instances if i.gt_id == gt_id)
+        obj = objects[int(samples.classes[n])]
+        x, y, w, h = amodal_box(obj, inst.R, inst.t, frame.camera)
+        box = extreme_points(compact_points(obj.points), inst.R, inst.t, frame.camera)
+        assert np.allclose([box[0, 0], box[2, 1], box[1, 0], box[3, 1]], [x, y, x + w, y + h], atol=1.0)
+        # the extreme points' heatmaps through the pipeline's decoding give that box in the frame
+        crop = samples.crop_in_context(n, 128, 1.5)
+        context = samples.contexts[n]
+        corner = context.to_image(np.array([crop.x0 - 0.5, crop.y0 - 0.5])) + 0.5
+        image_crop = type(crop)(float(corner[0]), float(corner[1]), crop.side / context.scale, 128)
+        in_crop = torch.tensor(image_crop.to_crop(box))[None]
+        logits = torch.log(heatmap_targets(in_crop, 32).clamp_min(1e-30)).numpy()
+        keypoints = torch.log(heatmap_targets(torch.tensor(image_crop.to_crop(
+            samples.contexts[n].to_image(samples.keypoints[n, :9])))[None], 32).clamp_min(1e-30)).numpy()
+        inference = CropInference([Detection(obj.obj_id, obj.name, 1.0, np.zeros(4))], [image_crop],
+                                  np.array([int(samples.classes[n])]), keypoints, {}, None, logits)
+        (decoded,) = pipeline.decode(inference)
+        assert np.abs(decoded.box - [box[0, 0], box[2, 1], box[1, 0], box[3, 1]]).max() < 0.05
+
+
+def test_the_box_of_the_extreme_points_corrects_the_distance_of_shrunken_keypoints(toy):
+    from training.crop_data import extreme_points
+
+    _, objects = toy
+    obj = objects[0]
+    R, t = np.eye(3), np.array([0.02, -0.01, 0.5])
+    keypoints_3d = [model_keypoints(o.points, "box") for o in objects]
+    from hrpose_ros.data.scenes import DEFAULT_CAMERA
+    from hrpose_ros.geometry import project
+
+    camera = DEFAULT_CAMERA
+
+    true = project(keypoints_3d[0], R, t, camera.K, None)
+    shrunk = true.mean(0) + 0.95 * (true - true.mean(0))  # the keypoints' spread says "farther"
+    e = extreme_points(obj.points, R, t, camera)
+    box = np.array([e[0, 0], e[2, 1], e[1, 0], e[3, 1]])
+    z = {}
+    for weight in (0.0, 1.0):
+        solver = PoseSolver(objects, keypoints_3d=keypoints_3d, box_depth_weight=weight)
+        (pose,) = solver.solve([DecodedInstance(0, 1.0, shrunk, np.ones(9, bool), box=box)], camera)
+        z[weight] = pose.t[2]
+    assert z[0.0] > 1.03 * t[2] and abs(z[1.0] - t[2]) < 0.005 * t[2]
+    with pytest.raises(ValueError, match="box_depth_weight: expected a number in"):
+        PoseSolver(objects, box_depth_weight=1.5)
+
+
+def test_extreme_point_training_lowers_its_loss_and_the_file_serves_a_box(toy, tmp_path):
+    from hrpose_ros.crop_pipeline import keypoints_from_dict
+    from training.train_crops import CropTrainConfig, train
+
+    split, objects = toy
+    config = CropTrainConfig(train=(str(split),), val=str(split), out=str(tmp_path / "e"), crop_size=64,
+                             batch=8, steps=30, threads=2, val_every=15, lr=2e-3, pretrained=False,
+                             extremes=True)
+    path = train(config, progress=False)
+    rows = _rows(tmp_path / "e" / "log.csv")
+    first = np.mean([r["extreme_l1_cells"] for r in rows[:5]])
+    assert np.mean([r["extreme_l1_cells"] for r in rows[-5:]]) < 0.8 * first
+    assert all(np.isfinite(r["val_extreme_px"]) for r in _rows(tmp_path / "e" / "val.csv"))
+    model, _, _ = keypoints_from_dict(torch.load(path, weights_only=False))
+    assert model.config.extremes and model(torch.zeros(1, 3, 64, 64)).extremes.shape == (1, 8, 16, 16)

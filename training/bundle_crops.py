@@ -77,6 +77,14 @@ def main(argv=None) -> None:
         choices=CORRESPONDENCES,
         help="with a coordinate head: PnP on the keypoints, the dense coordinates or both (default both)",
     )
+    parser.add_argument(
+        "--box-depth-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="with an extreme-point head: how much the distance follows the predicted box (0-1), "
+             "chosen on a validation split",
+    )
     args = parser.parse_args(argv)
     thresholds = {
         k: v
@@ -85,6 +93,7 @@ def main(argv=None) -> None:
             ("ransac_threshold", args.ransac_threshold),
             ("drop_keypoints", args.drop_keypoints),
             ("correspondences", args.correspondences),
+            ("box_depth_weight", args.box_depth_weight),
         )
         if v is not None
     }

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from hrpose_ros import bop_reader
 from hrpose_ros.backbones import LiteFPN
+from hrpose_ros.checkpoints import compact_points
 from hrpose_ros.crop_keypoints import coordinate_frame
 from hrpose_ros.crops import Crop, crop_around_box, crop_images
 from hrpose_ros.data.augment import AugmentConfig, augment
@@ -36,6 +37,7 @@ __all__ = [
     "amodal_box",
     "coordinate_targets",
     "crop_batch",
+    "extreme_points",
     "load_crop_samples",
 ]
 
@@ -95,12 +97,14 @@ def load_crop_samples(
     progress: bool = True,
     keypoints_3d: Sequence[np.ndarray] | None = None,
     coordinates: bool = False,
+    extremes: bool = False,
 ) -> CropSamples:
     """Return every usable instance of the BOP ``splits`` as a context crop (see module docstring).
 
     ``keypoints_3d``: per object the (K, 3) keypoints to label (default HRPose's box corners + centre).
     ``coordinates``: also label the visible surface's object coordinates (:func:`coordinate_targets`;
     renders each instance, needs the models' meshes and the splits' mask_visib files).
+    ``extremes``: each sample's keypoints are followed by its 4 extreme points (:func:`extreme_points`).
     """
     index = {o.obj_id: i for i, o in enumerate(objects)}
     if keypoints_3d is None:
@@ -112,6 +116,7 @@ def load_crop_samples(
     images, keypoints, classes, centres, sides, contexts, sources = [], [], [], [], [], [], []
     coords, coord_masks = [], []
     renderer = Renderer(objects, COORD_SIZE, COORD_SIZE) if coordinates else None
+    outline = [compact_points(o.points) for o in objects]  # the points a weights file keeps
     for frame_index, frame in enumerate(
         tqdm(frames, desc="context crops", unit="frame", disable=not progress)
     ):
@@ -128,7 +133,10 @@ def load_crop_samples(
                 continue
             crop = crop_around_box(box, CONTEXT_SIZE, CONTEXT_PADDING)
             crops.append(crop)
-            kps.append(crop.to_crop(project(model_keypoints[c], R, t, frame.camera.K, frame.camera.dist)))
+            points = project(model_keypoints[c], R, t, frame.camera.K, frame.camera.dist)
+            if extremes:
+                points = np.concatenate([points, extreme_points(outline[c], inst.R, inst.t, frame.camera)])
+            kps.append(crop.to_crop(points))
             classes.append(c)
             centres.append(crop.to_crop([box[0] + box[2] / 2, box[1] + box[3] / 2]))
             sides.append(max(box[2], box[3]) * crop.scale)
@@ -160,6 +168,13 @@ def load_crop_samples(
         np.stack(coords) if coordinates else None,
         np.stack(coord_masks) if coordinates else None,
     )
+
+
+def extreme_points(points: np.ndarray, R, t, camera) -> np.ndarray:
+    """Return (4, 2) px: the leftmost, rightmost, topmost and bottommost projections of model ``points``
+    at pose R, t (the extreme points of the whole silhouette; their box is the amodal box)."""
+    uv = project(points, R, t, camera.K, camera.dist)
+    return uv[[uv[:, 0].argmin(), uv[:, 0].argmax(), uv[:, 1].argmin(), uv[:, 1].argmax()]]
 
 
 def _context_to_coord_grid() -> np.ndarray:

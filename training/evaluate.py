@@ -451,12 +451,13 @@ def _columns(models: dict[str, str], gt_boxes: bool) -> dict[str, tuple[str, boo
 def _options(path: str, input_size, overrides: dict) -> dict:
     """Return the from_pretrained options for ``path``'s estimator (HRPose-only ones refused for crops).
 
-    ``correspondences`` goes only to crop models with a coordinate head: the others have keypoints only.
+    ``correspondences`` goes only to crop models with a coordinate head, ``box_depth_weight`` only to
+    those with an extreme-point head: the others have no such outputs.
     """
-    if "correspondences" in overrides and not (
-        estimator_of(path) == "crops" and load_crops_file(path)[1].config.coordinates
-    ):
-        overrides = {k: v for k, v in overrides.items() if k != "correspondences"}
+    config = load_crops_file(path)[1].config if estimator_of(path) == "crops" else None
+    heads = {"correspondences": "coordinates", "box_depth_weight": "extremes"}
+    overrides = {k: v for k, v in overrides.items()
+                 if k not in heads or (config is not None and getattr(config, heads[k]))}
     if estimator_of(path) == "hrpose":
         return {"input_size": input_size, **overrides}
     hrpose_only = [k for k in ("peak_threshold",) if k in overrides]
@@ -490,6 +491,9 @@ def main(argv=None) -> None:
                              f"{PoseThresholds.max_reprojection_error} px)")
     parser.add_argument("--correspondences", default=None, choices=CORRESPONDENCES,
                         help="crop models with a coordinate head: what PnP fits (default: the file's)")
+    parser.add_argument("--box-depth-weight", type=float, default=None, metavar="W",
+                        help="crop models with an extreme-point head: how much the distance follows the "
+                             "predicted silhouette box, 0-1 (default: the file's)")
     parser.add_argument("--gt-maps", metavar="CHECKPOINT",
                         help="add a 'GT maps' column: ground-truth maps through this checkpoint's "
                              "codec, decoding and PnP (the ceiling of its input size)")
@@ -524,6 +528,7 @@ def main(argv=None) -> None:
             ("ransac_threshold", args.ransac_threshold, "RANSAC {} px"),
             ("max_reprojection_error", args.max_reprojection_error, "max RMS {} px"),
             ("correspondences", args.correspondences, "PnP on {}"),
+            ("box_depth_weight", args.box_depth_weight, "box depth weight {}"),
         )
         if value is not None
     ]

@@ -68,6 +68,7 @@ class CropTrainConfig:
     class_weights: str = ""  # "prism=3,domino=2": those objects' crops drawn that many times as often
     coordinates: bool = False  # crop_keypoints.CropKeypointConfig.coordinates (dense correspondences)
     freeze_keypoints: bool = False  # train only the coordinate head (trunk and keypoint head as in --init)
+    extremes: bool = False  # crop_keypoints.CropKeypointConfig.extremes (the silhouette's extreme points)
 
 
 def _split_objects(split: str):
@@ -75,10 +76,10 @@ def _split_objects(split: str):
 
 
 def _validate(model, samples, config, indices) -> tuple[float, float]:
-    """Return (mean keypoint error (crop px), mean coordinate L1 where seen (normalised; NaN without
-    coordinates)) of un-jittered ground-truth-box crops."""
+    """Return (mean keypoint error (crop px), mean coordinate L1 where seen (normalised), mean extreme
+    point error along its axis (crop px); NaN without those heads) of un-jittered ground-truth-box crops."""
     model.eval()
-    errors, coord_errors, counts = [], 0.0, 0.0
+    errors, coord_errors, counts, extreme_errors = [], 0.0, 0.0, []
     coordinates = model.config.coordinates
     with torch.inference_mode():
         for start in range(0, len(indices), 64):
@@ -89,14 +90,18 @@ def _validate(model, samples, config, indices) -> tuple[float, float]:
             crops, kps, classes = batch[:3]
             output = model(crops)
             predicted = _keypoints(model, model.class_heatmaps(output.heatmaps, classes))
-            errors.append((predicted - kps).norm(dim=-1).mean(-1))
+            errors.append((predicted - kps[:, : model.config.num_keypoints]).norm(dim=-1).mean(-1))
+            if model.config.extremes:
+                found, _ = soft_argmax(model.class_coordinates(output.extremes, classes))
+                extreme_errors.append((found - kps[:, model.config.num_keypoints :]).abs().mean((1, 2)))
             if coordinates:
                 xyz, seen = batch[3:]
                 outputs = model.class_coordinates(output.coordinates, classes)
                 coord_errors += float(((outputs[:, :3] - xyz).abs().mean(1) * seen).sum())
                 counts += float(seen.sum())
     _train_mode(model, config.freeze_keypoints)
-    return float(torch.cat(errors).mean()), coord_errors / counts if counts else math.nan
+    extreme = float(torch.cat(extreme_errors).mean()) if extreme_errors else math.nan
+    return float(torch.cat(errors).mean()), coord_errors / counts if counts else math.nan, extreme
 
 
 def _train_mode(model: CropKeypointNet, freeze_keypoints: bool) -> None:
@@ -138,7 +143,7 @@ def _plot(log_path: Path, val_path: Path, out: Path) -> None:
     vals = list(csv.DictReader(val_path.open())) if val_path.exists() else []
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     steps = [int(r["step"]) for r in rows]
-    for key in ("total", "l1_cells", "aux", "od", "fs", "coord_l1", "mask_bce"):
+    for key in ("total", "l1_cells", "aux", "od", "fs", "coord_l1", "mask_bce", "extreme_l1_cells"):
         if rows and key in rows[0]:
             axes[0].plot(steps, [float(r[key]) for r in rows], label=key)
     axes[0].set_yscale("log")
@@ -193,10 +198,11 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
     keypoints_3d = np.stack([model_keypoints(o.points, config.keypoints) for o in objects])
     samples = load_crop_samples(
         config.train, objects, max_frames=config.max_frames, progress=progress, keypoints_3d=keypoints_3d,
-        coordinates=config.coordinates,
+        coordinates=config.coordinates, extremes=config.extremes,
     )
     val_samples = load_crop_samples(
-        [config.val], objects, progress=progress, keypoints_3d=keypoints_3d, coordinates=config.coordinates
+        [config.val], objects, progress=progress, keypoints_3d=keypoints_3d, coordinates=config.coordinates,
+        extremes=config.extremes,
     )
     rng = np.random.default_rng(config.seed)
     val_indices = rng.permutation(len(val_samples))[: config.val_crops]
@@ -209,6 +215,7 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
         head=config.head,
         keypoints=config.keypoints,
         coordinates=config.coordinates,
+        extremes=config.extremes,
     )
     if config.freeze_keypoints and not (config.coordinates and config.init):
         raise ValueError("--freeze-keypoints: needs --coordinates and an --init network to keep")
@@ -224,11 +231,12 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
         # A coordinate head may be added to a network without one: it starts from scratch.
         same = replace(start.config, keypoints=model_config.keypoints, pretrained=model_config.pretrained,
                        crop_size=model_config.crop_size,
-                       coordinates=start.config.coordinates or model_config.coordinates)
+                       coordinates=start.config.coordinates or model_config.coordinates,
+                       extremes=start.config.extremes or model_config.extremes)
         if [o.obj_id for o in start_objects] != [o.obj_id for o in objects] or same != model_config:
             raise ValueError(f"--init {config.init}: another network ({start.config}) or other objects")
         missing, _ = model.load_state_dict(start.state_dict(), strict=False)
-        if any(not k.startswith("coordinate_head.") for k in missing):
+        if any(not k.startswith(("coordinate_head.", "extreme_head.")) for k in missing):
             raise ValueError(f"--init {config.init}: weights missing for {missing[:3]}")
     trained = model.parameters()
     if config.freeze_keypoints:
@@ -246,9 +254,10 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
         val_path.open("w", newline="", buffering=1),
     )
     log = csv.writer(log_file)
-    log.writerow(["step", "seconds", "total", "l1_cells", "aux", "od", "fs", "coord_l1", "mask_bce", "lr"])
+    log.writerow(["step", "seconds", "total", "l1_cells", "aux", "od", "fs", "coord_l1", "mask_bce",
+                  "extreme_l1_cells", "lr"])
     val_log = csv.writer(val_file)
-    val_log.writerow(["step", "seconds", "val_px", "val_coord_l1"])
+    val_log.writerow(["step", "seconds", "val_px", "val_coord_l1", "val_extreme_px"])
     start, best, best_path = time.perf_counter(), math.inf, out / "keypoints.pt"
     budget = config.minutes * 60
     bar = tqdm(
@@ -281,7 +290,14 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
         logits = model.class_heatmaps(output.heatmaps, classes)
         valid = ((kps > -0.25 * config.crop_size) & (kps < 1.25 * config.crop_size)).all(-1)
         head_loss = voting_loss if model_config.head == "voting" else keypoint_loss
-        loss, terms = head_loss(logits, kps, valid)
+        k = model_config.num_keypoints
+        loss, terms = head_loss(logits, kps[:, :k], valid[:, :k])
+        extreme_l1 = torch.full((), math.nan)
+        if config.extremes:
+            extreme, extreme_terms = keypoint_loss(
+                model.class_coordinates(output.extremes, classes), kps[:, k:], valid[:, k:]
+            )
+            loss, extreme_l1 = loss + extreme, extreme_terms["l1_cells"]
         if config.freeze_keypoints:
             loss = torch.zeros(())
         coord_terms = {"coord_l1": torch.full((), math.nan), "mask_bce": torch.full((), math.nan)}
@@ -313,17 +329,20 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
                 f"{fs.item():.5f}",
                 f"{coord_terms['coord_l1'].item():.5f}",
                 f"{coord_terms['mask_bce'].item():.5f}",
+                f"{extreme_l1.item():.5f}",
                 f"{lr:.2e}",
             ]
         )
         bar.set_postfix(loss=f"{loss.item():.3f}", l1=f"{terms['l1_cells'].item():.3f}", refresh=False)
         bar.update(1 if budget <= 0 else int(seconds) - bar.n)
         if step % config.val_every == 0:
-            val_px, val_coord = _validate(model, val_samples, config, val_indices)
-            val_log.writerow([step, f"{seconds:.1f}", f"{val_px:.4f}", f"{val_coord:.5f}"])
+            val_px, val_coord, val_extreme = _validate(model, val_samples, config, val_indices)
+            val_log.writerow(
+                [step, f"{seconds:.1f}", f"{val_px:.4f}", f"{val_coord:.5f}", f"{val_extreme:.4f}"]
+            )
             history["val_px"].append((step, val_px))
             tqdm.write(f"step {step}: validation keypoint error {val_px:.3f} crop px, "
-                       f"coordinates {val_coord:.4f}")
+                       f"coordinates {val_coord:.4f}, extreme points {val_extreme:.3f} px")
             score = val_coord if config.freeze_keypoints else val_px
             if score < best:
                 best = score
@@ -333,8 +352,9 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
                 )
             _plot(log_path, val_path, out / "loss.png")
     bar.close()
-    val_px, val_coord = _validate(model, val_samples, config, val_indices)
-    val_log.writerow([step, f"{time.perf_counter() - start:.1f}", f"{val_px:.4f}", f"{val_coord:.5f}"])
+    val_px, val_coord, val_extreme = _validate(model, val_samples, config, val_indices)
+    val_log.writerow([step, f"{time.perf_counter() - start:.1f}", f"{val_px:.4f}", f"{val_coord:.5f}",
+                      f"{val_extreme:.4f}"])
     history["val_px"].append((step, val_px))
     score = val_coord if config.freeze_keypoints else val_px
     if score < best:
@@ -389,6 +409,8 @@ def main(argv=None) -> None:
                         help="draw some objects' crops more often, e.g. 'prism=3,domino=2'")
     parser.add_argument("--coordinates", action="store_true",
                         help="add the dense object-coordinate head (hrpose_ros.crop_keypoints)")
+    parser.add_argument("--extremes", action="store_true",
+                        help="add the extreme-point head (the silhouette's box, for the distance)")
     parser.add_argument("--freeze-keypoints", action="store_true",
                         help="train only the coordinate head of the --init network")
     args = parser.parse_args(argv)
@@ -417,6 +439,7 @@ def main(argv=None) -> None:
             class_weights=args.class_weights,
             coordinates=args.coordinates,
             freeze_keypoints=args.freeze_keypoints,
+            extremes=args.extremes,
         )
     )
 
