@@ -113,6 +113,7 @@ def test_short_crop_training_lowers_the_loss_and_saves_a_loadable_network(toy, t
     model, loaded_objects, history = keypoints_from_dict(torch.load(path, weights_only=False))
     assert [o.obj_id for o in loaded_objects] == [o.obj_id for o in objects]
     assert history["steps"] in (15, 30) and (tmp_path / "s" / "loss.png").stat().st_size > 1000
+    assert keypoints_from_dict(torch.load(tmp_path / "s" / "last.pt", weights_only=False))[2]["steps"] == 30
     # --init goes on from the saved network: its first steps start near where the run ended
     again = CropTrainConfig(
         **{**config.__dict__, "out": str(tmp_path / "again"), "steps": 5, "init": str(path)}

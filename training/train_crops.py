@@ -12,7 +12,7 @@ the MSE between student and teacher heatmap probabilities (x map cells, so it is
 per-pixel sum), L_fs (Eq. 5-6) compares the similarity matrices of the FPN features.
 Optimiser: Adam as in the paper, but lr 1e-3 with cosine decay over the step budget instead of
 1e-4 halved every 20 epochs: the backbone starts from ImageNet and the budget is hours, not
-120 epochs. Writes log.csv, val.csv, loss.png, keypoints.pt (the best validation checkpoint).
+120 epochs. Writes log.csv, val.csv, loss.png, keypoints.pt (the best validation checkpoint) and last.pt.
 """
 
 from __future__ import annotations
@@ -362,6 +362,9 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
         torch.save(
             keypoints_to_dict(model, objects, {**history, "steps": step, "best_val_px": best}), best_path
         )
+    # The last network too: with extra heads the keypoint error alone may not pick the best of them.
+    last = keypoints_to_dict(model, objects, {**history, "steps": step, "best_val_px": best})
+    torch.save(last, out / "last.pt")
     log_file.close()
     val_file.close()
     _plot(log_path, val_path, out / "loss.png")
