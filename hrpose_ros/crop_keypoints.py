@@ -121,6 +121,15 @@ def coordinate_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (low + high) / 2, np.maximum((high - low) / 2, 1e-6)
 
 
+def _conv_head(channels: int, outputs: int, blocks: int) -> nn.Sequential:
+    """Return ``blocks`` x (3x3 conv, batch norm, ReLU) then a 1x1 conv to ``outputs`` channels."""
+    layers = []
+    for _ in range(blocks):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                   nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.Conv2d(channels, outputs, 1))
+
+
 class CropKeypointNet(nn.Module):
     """Crops (B, 3, S, S) RGB in [0, 1] -> CropKeypointOutput at stride 4.
 
@@ -134,33 +143,12 @@ class CropKeypointNet(nn.Module):
         super().__init__()
         self.config = config
         self.trunk = LiteFPN(config.variant, config.channels, pretrained=config.pretrained)
-        c = config.channels
-        self.head = nn.Sequential(
-            nn.Conv2d(c, c, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c, config.num_classes * config.outputs_per_class, 1),
-        )
-        self.coordinate_head = None
-        if config.coordinates:
-            self.coordinate_head = nn.Sequential(
-                nn.Conv2d(c, c, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c, c, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c, config.num_classes * COORDINATE_OUTPUTS, 1),
-            )
-
-        self.extreme_head = None
-        if config.extremes:
-            self.extreme_head = nn.Sequential(
-                nn.Conv2d(c, c, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c, config.num_classes * EXTREMES, 1),
-            )
+        c, n = config.channels, config.num_classes
+        self.head = _conv_head(c, n * config.outputs_per_class, blocks=1)
+        # The coordinates' regression gets one block more than the heatmaps (GDR-Net's geometry
+        # head is deeper than its mask head).
+        self.coordinate_head = _conv_head(c, n * COORDINATE_OUTPUTS, blocks=2) if config.coordinates else None
+        self.extreme_head = _conv_head(c, n * EXTREMES, blocks=1) if config.extremes else None
 
     def forward(self, crops: torch.Tensor) -> CropKeypointOutput:
         features = self.trunk(crops)

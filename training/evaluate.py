@@ -454,11 +454,13 @@ def _options(path: str, input_size, overrides: dict) -> dict:
     ``correspondences`` goes only to crop models with a coordinate head, ``box_depth_weight`` only to
     those with an extreme-point head: the others have no such outputs.
     """
-    config = load_crops_file(path)[1].config if estimator_of(path) == "crops" else None
+    estimator = estimator_of(path)
     heads = {"correspondences": "coordinates", "box_depth_weight": "extremes"}
-    overrides = {k: v for k, v in overrides.items()
-                 if k not in heads or (config is not None and getattr(config, heads[k]))}
-    if estimator_of(path) == "hrpose":
+    if any(k in heads for k in overrides):  # reading the network's config loads the whole file
+        config = load_crops_file(path)[1].config if estimator == "crops" else None
+        overrides = {k: v for k, v in overrides.items()
+                     if k not in heads or (config is not None and getattr(config, heads[k]))}
+    if estimator == "hrpose":
         return {"input_size": input_size, **overrides}
     hrpose_only = [k for k in ("peak_threshold",) if k in overrides]
     hrpose_only += ["--input-size"] if input_size else []
