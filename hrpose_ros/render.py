@@ -329,6 +329,12 @@ class _ModernGLBackend:
         return (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
 
     def render(self, K, poses, lighting: Lighting, full_masks: list | None) -> RenderOutput:
+        # Made current for the call: the last EGL context created in a process is the current one,
+        # so a second renderer (the refiner's beside the depth refiner's) would take the draws.
+        with self.ctx:
+            return self._render(K, poses, lighting, full_masks)
+
+    def _render(self, K, poses, lighting: Lighting, full_masks: list | None) -> RenderOutput:
         self.program["P"].write(projection_matrix(K, self.width, self.height, self.near, self.far)
                                 .T.astype("f4").tobytes())
         self.fbo.scissor = None

@@ -67,6 +67,18 @@ def test_mask_matches_projected_mesh_and_depth_is_metric(renderer, objects, inde
     assert out.depth[visib].max() <= t[2] + obj.diameter / 2 + 1e-6
 
 
+def test_two_renderers_in_one_process_each_draw_their_own_image(renderer, objects):
+    obj = objects[1]
+    R, t = Rotation.from_euler("xy", [30, 20], degrees=True).as_matrix(), np.array([0.0, 0.0, 0.4])
+    before = renderer.render(K, [(obj.obj_id, R, t)]).masks_visib[0]
+    with Renderer([obj], 64, 64) as small:  # a second EGL context, made after the first
+        K_small = np.array([[80.0, 0.0, 31.5], [0.0, 80.0, 31.5], [0.0, 0.0, 1.0]])
+        assert small.render(K_small, [(obj.obj_id, R, t)]).masks_visib[0].sum() > 100
+        assert np.array_equal(renderer.render(K, [(obj.obj_id, R, t)]).masks_visib[0], before)
+    assert np.array_equal(renderer.render(K, [(obj.obj_id, R, t)]).masks_visib[0], before)
+    assert before.sum() > 1000
+
+
 def test_depth_of_a_face_seen_head_on_is_exact(renderer, objects):
     jenga = next(o for o in objects if o.name == "jenga")  # 7.5 x 2.5 x 1.5 cm block, z = thinnest side
     t = np.array([0.0, 0.0, 0.4])
