@@ -37,6 +37,7 @@ CROP_PIPELINE_STAGES = {
     "inference": "inference",
     "decode": "decode",
     "pnp": "PnP",
+    "refine": "refine",  # 0 without a refiner
 }
 
 
@@ -83,7 +84,7 @@ def measure_stages(
         s = samples[backend.label]
         s["message → image"].append(t1 - t0)
         for key, stage in pipeline_stages.items():
-            s[stage].append(pipeline.last_timings[key])
+            s[stage].append(pipeline.last_timings.get(key, 0.0))
         s["message build + publish"].append(t3 - t2)
         s["frame"].append(t3 - t0)
         found[backend.label].append(len(poses))

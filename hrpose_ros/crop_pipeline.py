@@ -17,7 +17,7 @@ import hashlib
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from hrpose_ros.engines import OnnxEngine
 from hrpose_ros.geometry import model_keypoints
 from hrpose_ros.onnx_export import model_cache_dir
 from hrpose_ros.pose_solver import PoseSolver, PoseThresholds, split_thresholds
+from hrpose_ros.refiner import load_refiner
 from hrpose_ros.types import CameraModel, Detection, ObjectModel, ObjectPose, checked_image
 
 __all__ = [
@@ -58,10 +59,12 @@ __all__ = [
 
 CROPS_FORMAT = "hrpose_ros/crops-1"
 # Decoding options a crops file may store beside its PoseThresholds fields.
-DECODING_OPTIONS = ("drop_keypoints", "correspondences", "box_depth_weight")
+DECODING_OPTIONS = ("drop_keypoints", "correspondences", "box_depth_weight", "refine_iterations")
 # What PnP fits with a coordinate head: the keypoints, the dense object coordinates, or both.
 CORRESPONDENCES = ("keypoints", "coordinates", "both")
 DEFAULT_CROPS_WEIGHTS = Path(__file__).resolve().parent / "assets" / "weights" / "crops_lite0.pt"
+DEFAULT_OBJECTS_DIR = Path(__file__).resolve().parent / "assets" / "objects"
+DEFAULT_REFINE_ITERATIONS = 2
 
 
 def keypoints_to_dict(
@@ -121,11 +124,14 @@ def keypoints_from_dict(d: dict, where: str = "keypoints") -> tuple[CropKeypoint
     return model.eval(), objects, dict(d.get("history", {}))
 
 
-def save_crops_file(path, detector: dict, keypoints: dict, thresholds: dict | None = None) -> Path:
+def save_crops_file(
+    path, detector: dict, keypoints: dict, thresholds: dict | None = None, refiner: dict | None = None
+) -> Path:
     """Write the crops weights file (``detector_to_dict`` + ``keypoints_to_dict`` parts) atomically.
 
     ``thresholds``: PoseThresholds fields chosen for these weights on a validation split (the
-    estimator's defaults; arguments given to ``from_pretrained`` still win).
+    estimator's defaults; arguments given to ``from_pretrained`` still win). ``refiner``: an
+    optional ``refiner_to_dict`` part (render-and-compare refinement of the poses).
     """
     # names and values checked before anything is written
     _, decoding = split_thresholds(thresholds or {}, DECODING_OPTIONS)
@@ -135,7 +141,7 @@ def save_crops_file(path, detector: dict, keypoints: dict, thresholds: dict | No
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(
         {"format": CROPS_FORMAT, "estimator": "crops", "detector": detector, "keypoints": keypoints,
-         "thresholds": dict(thresholds or {})}, tmp
+         "thresholds": dict(thresholds or {}), **({"refiner": refiner} if refiner is not None else {})}, tmp
     )
     os.replace(tmp, path)
     return path
@@ -272,6 +278,7 @@ class CropInference:
     timings: dict[str, float] = field(default_factory=dict)
     coordinates: np.ndarray | None = None  # (N, 4, h, w) of each crop's class, with a coordinate head
     extremes: np.ndarray | None = None  # (N, 4, h, w) extreme-point logits of each crop's class
+    image: np.ndarray | None = None  # the frame, for a render-and-compare refiner
 
 
 class _Engines:
@@ -302,13 +309,15 @@ class CropPosePipeline:
         drop_keypoints: int = 0,
         correspondences: str | None = None,
         box_depth_weight: float = 0.0,
+        refiner=None,
     ):
         """``keypoints_3d``: per object the (K, 3) points the heatmaps locate (default: box corners
         + centre). ``drop_keypoints``: PnP leaves out that many keypoints per crop, the least
         confident (a spread-out heatmap is the usual sign of a wrong keypoint). ``correspondences``
         (a network with a coordinate head; default "both"): what PnP fits, one of CORRESPONDENCES.
         ``box_depth_weight`` (a network with an extreme-point head): how much the distance follows
-        the box of the predicted extreme points (PoseSolver's ``box_depth_weight``)."""
+        the box of the predicted extreme points (PoseSolver's ``box_depth_weight``). ``refiner``: a
+        :class:`hrpose_ros.refiner.PoseRefiner` run on the accepted poses (stage "refine")."""
         self.engine = _Engines(detector_engine, keypoint_engine, description)
         self.detector_config = detector_config
         self.keypoint_config = keypoint_config
@@ -335,6 +344,7 @@ class CropPosePipeline:
             )
         self.correspondences = correspondences
         self.coordinate_frames = [coordinate_frame(o.points) for o in self.objects]
+        self.refiner = refiner
         self.last_timings: dict[str, float] = {}
 
     @classmethod
@@ -345,6 +355,8 @@ class CropPosePipeline:
         device: str = "auto",
         precision: str = "fp32",
         input_size=None,
+        refiner=None,
+        refiner_models=None,
         **thresholds,
     ) -> CropPosePipeline:
         """Return the crop estimator of the crops weights file at ``path`` (None = the shipped default).
@@ -356,6 +368,10 @@ class CropPosePipeline:
         it is higher.
         ``input_size`` is HRPose's whole-frame input and is refused here: the detector's input is
         fixed by its file.
+        ``refiner``: a refiner.pt (training/train_refiner.py) to refine the poses with, in place of
+        the one the file holds; ``refine_iterations`` (a threshold-like option, 0 = off) its steps.
+        The refiner renders the objects' meshes: those of ``refiner_models`` (a BOP models folder),
+        by default the package's own objects. It runs in torch whatever the backend.
         """
         if input_size is not None:
             raise ValueError("input_size: the crop estimator's detector input is set by its weights file")
@@ -363,6 +379,7 @@ class CropPosePipeline:
             raise ValueError(f"precision: the crop estimator runs fp32 (got {precision!r})")
         path = Path(path) if path is not None else DEFAULT_CROPS_WEIGHTS
         detector, keypoints, objects, stored = load_crops_file(path)
+        refiner_dict = load_refiner(refiner) if refiner is not None else stored.get("refiner")
         thresholds = {**stored.get("thresholds", {}), **thresholds}  # the file's, chosen on validation
         pose_thresholds, decoding = split_thresholds(thresholds, DECODING_OPTIONS)
         device = resolve_device(device, backend)
@@ -393,6 +410,7 @@ class CropPosePipeline:
             decoding.get("drop_keypoints", 0),
             decoding.get("correspondences"),
             decoding.get("box_depth_weight", 0.0),
+            _pose_refiner(refiner_dict, objects, refiner_models, decoding.get("refine_iterations"), device),
         )
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:
@@ -447,7 +465,7 @@ class CropPosePipeline:
             heatmaps = outputs["heatmaps"].reshape(len(crops), -1, k, m, m)[rows, classes]
             extra = {name: outputs[name].reshape(len(crops), -1, 4, m, m)[rows, classes] for name in extra}
         t3 = time.perf_counter()
-        return CropInference(
+        return CropInference(  # the refiner compares crops of the frame with renderings
             detections,
             crops,
             classes,
@@ -455,6 +473,7 @@ class CropPosePipeline:
             {"detection": t1 - t0, "crops": t2 - t1, "inference": t3 - t2},
             extra.get("coordinates"),
             extra.get("extremes"),
+            image_rgb if self.refiner is not None else None,
         )
 
     def poses_from_maps(
@@ -465,7 +484,12 @@ class CropPosePipeline:
         instances = self.decode(inference)
         t1 = time.perf_counter()
         poses = self.solver.solve(instances, camera)
-        return poses, {"decode": t1 - t0, "pnp": time.perf_counter() - t1}
+        t2 = time.perf_counter()
+        timings = {"decode": t1 - t0, "pnp": t2 - t1}
+        if self.refiner is not None and inference.image is not None:
+            poses = self.refine(inference.image, camera, poses)
+            timings["refine"] = time.perf_counter() - t2
+        return poses, timings
 
     def decode(self, inference: CropInference) -> list[DecodedInstance]:
         """Return one DecodedInstance per detection: keypoints in image px, score = detection score."""
@@ -519,3 +543,31 @@ class CropPosePipeline:
     def solve(self, instances: list[DecodedInstance], camera: CameraModel) -> list[ObjectPose]:
         """Return the accepted poses of ``instances`` (the shared PoseSolver)."""
         return self.solver.solve(instances, camera)
+
+    def refine(self, image_rgb: np.ndarray, camera: CameraModel, poses: list[ObjectPose]) -> list[ObjectPose]:
+        """Return ``poses`` refined by the render-and-compare refiner (unchanged without one)."""
+        return self.refiner.refine(image_rgb, camera, poses) if self.refiner is not None else list(poses)
+
+
+def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str):
+    """Return the PoseRefiner of a stored refiner dict (None without one or with 0 iterations), its
+    objects' meshes taken from ``models_dir`` (default: the package's object set)."""
+    if refiner_dict is None:
+        if iterations:
+            raise ValueError("refine_iterations: the weights file holds no refiner; "
+                             "pass refiner=<refiner.pt>")
+        return None
+    iterations = DEFAULT_REFINE_ITERATIONS if iterations is None else int(iterations)
+    if iterations == 0:
+        return None
+    from hrpose_ros import bop_models
+    from hrpose_ros.refiner import PoseRefiner, refiner_from_dict
+
+    models_dir = Path(models_dir) if models_dir is not None else DEFAULT_OBJECTS_DIR
+    meshes = {o.obj_id: o for o in bop_models.load_object_models(models_dir)}
+    missing = [o.name for o in objects if o.obj_id not in meshes]
+    if missing:
+        raise ValueError(f"refiner_models {models_dir}: no mesh for {missing} (expected a BOP models "
+                         "folder with their obj_id)")
+    with_meshes = [replace(o, mesh_path=meshes[o.obj_id].mesh_path) for o in objects]
+    return PoseRefiner(refiner_from_dict(refiner_dict), with_meshes, iterations, parse_device(device))

@@ -19,15 +19,16 @@ from hrpose_ros.crop_pipeline import (
     save_crops_file,
 )
 from hrpose_ros.detector import detector_to_dict, load_detector
+from hrpose_ros.refiner import load_refiner
 
 __all__ = ["bundle"]
 
 
-def bundle(detector_path, keypoints_path, out, thresholds: dict | None = None) -> Path:
+def bundle(detector_path, keypoints_path, out, thresholds: dict | None = None, refiner_path=None) -> Path:
     """Write the crops file ``out`` from the two checkpoints (checked to know the same objects).
 
     ``thresholds``: PoseThresholds fields and decoding options (``drop_keypoints``) chosen on a
-    validation split, stored as the file's defaults.
+    validation split, stored as the file's defaults. ``refiner_path``: a refiner.pt to store with them.
     """
     detector, det_objects = load_detector(detector_path)
     keypoints, objects, history = keypoints_from_dict(
@@ -35,11 +36,16 @@ def bundle(detector_path, keypoints_path, out, thresholds: dict | None = None) -
     )
     if [o.obj_id for o in det_objects] != [o.obj_id for o in objects]:
         raise ValueError(f"{detector_path} and {keypoints_path}: trained on other objects")
+    if refiner_path is not None:
+        missing = set(o.obj_id for o in objects) - set(load_refiner(refiner_path)["object_ids"])
+        if missing:
+            raise ValueError(f"{refiner_path}: the refiner was not trained on obj_ids {sorted(missing)}")
     path = save_crops_file(
         out,
         detector_to_dict(detector, det_objects),
         keypoints_to_dict(keypoints, objects, history),
         thresholds,
+        load_refiner(refiner_path) if refiner_path is not None else None,
     )
     load_crops_file(path)  # reads back
     return path
@@ -85,6 +91,14 @@ def main(argv=None) -> None:
         help="with an extreme-point head: how much the distance follows the predicted box (0-1), "
              "chosen on a validation split",
     )
+    parser.add_argument("--refiner", default=None, help="a refiner.pt (training/train_refiner.py) to include")
+    parser.add_argument(
+        "--refine-iterations",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --refiner: render-and-compare steps per pose (default 2), chosen on a validation split",
+    )
     args = parser.parse_args(argv)
     thresholds = {
         k: v
@@ -94,10 +108,11 @@ def main(argv=None) -> None:
             ("drop_keypoints", args.drop_keypoints),
             ("correspondences", args.correspondences),
             ("box_depth_weight", args.box_depth_weight),
+            ("refine_iterations", args.refine_iterations),
         )
         if v is not None
     }
-    path = bundle(args.detector, args.keypoints, args.out, thresholds)
+    path = bundle(args.detector, args.keypoints, args.out, thresholds, args.refiner)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -286,6 +286,8 @@ def evaluate_split(
         else:
             decoded = pipeline.decode(maps.belief_maps, maps.vector_fields, maps.box)
         poses = pipeline.solve(decoded, frame.camera)
+        if crops and not gt_maps:
+            poses = pipeline.refine(image, frame.camera, poses)
         seconds.append(time.perf_counter() - start)
         own = match_poses(poses, frame, objects, bounds=bounds)
         mark_decoded(own, decoded, pipeline, frame)
@@ -462,6 +464,10 @@ def _options(path: str, input_size, overrides: dict) -> dict:
                      if k not in heads or (config is not None and getattr(config, heads[k]))}
     if estimator == "hrpose":
         return {"input_size": input_size, **overrides}
+    refiner = [k for k in ("refiner", "refine_iterations") if k in overrides]
+    if estimator == "hrpose" and refiner:
+        raise ValueError(f"{path}: the render-and-compare refiner ({', '.join(refiner)}) refines "
+                         "crop models only")
     hrpose_only = [k for k in ("peak_threshold",) if k in overrides]
     hrpose_only += ["--input-size"] if input_size else []
     if hrpose_only:
@@ -496,6 +502,10 @@ def main(argv=None) -> None:
     parser.add_argument("--box-depth-weight", type=float, default=None, metavar="W",
                         help="crop models with an extreme-point head: how much the distance follows the "
                              "predicted silhouette box, 0-1 (default: the file's)")
+    parser.add_argument("--refiner", default=None, metavar="REFINER_PT",
+                        help="crop models: refine the poses with this render-and-compare refiner")
+    parser.add_argument("--refine-iterations", type=int, default=None, metavar="N",
+                        help="crop models: refiner steps per pose (0 = off; default the file's, else 2)")
     parser.add_argument("--gt-maps", metavar="CHECKPOINT",
                         help="add a 'GT maps' column: ground-truth maps through this checkpoint's "
                              "codec, decoding and PnP (the ceiling of its input size)")
@@ -531,6 +541,8 @@ def main(argv=None) -> None:
             ("max_reprojection_error", args.max_reprojection_error, "max RMS {} px"),
             ("correspondences", args.correspondences, "PnP on {}"),
             ("box_depth_weight", args.box_depth_weight, "box depth weight {}"),
+            ("refiner", args.refiner, "refiner {}"),
+            ("refine_iterations", args.refine_iterations, "{} refiner steps"),
         )
         if value is not None
     ]

@@ -1,0 +1,255 @@
+"""Render-and-compare pose refinement (DeepIM, CosyPose's refiner) on scale-normalised crops.
+
+A network sees two images of the same square crop: the camera's pixels and the object rendered
+at the current pose estimate with the crop's intrinsics. It predicts the correction that moves the
+rendering onto the object, in CosyPose's parameterisation (Labbé et al., ECCV 2020, Sec. 3.3):
+
+- rotation: R' = R_delta @ R, R_delta from a 6D output (Zhou et al.), so it composes in the camera frame;
+- depth: z' = exp(v_z) z, independent of where the crop lies;
+- image position: x'/z' = v_x / f_x + x / z (and y), a shift in crop pixels, independent of depth.
+
+Each step re-crops around the new estimate's projected box, so the network always sees the object
+at one scale (the same 128 px, 1.5 x box crop as the keypoint network). Rendering ignores lens
+distortion: refine on rectified images (``image_rect``), as the rest of the package expects.
+
+The network: the keypoint network's ImageNet-pretrained EfficientNet-Lite0 with a 6-channel stem
+(both halves start from the RGB stem's weights, halved), its stride-32 map (4 x 4 cells at 128 px)
+reduced by a 1x1 convolution and flattened, so the head keeps where things are in the crop
+(CosyPose pools globally), then two linear layers. The last layer starts at zero with the identity
+update as its bias: an untrained refiner returns its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hrpose_ros.backbones import lite_backbone
+from hrpose_ros.crops import Crop, crop_around_box, crop_images
+from hrpose_ros.geometry import project
+from hrpose_ros.types import ObjectModel
+
+__all__ = [
+    "REFINER_FORMAT",
+    "REFINER_PADDING",
+    "REFINER_SIZE",
+    "PoseRefiner",
+    "RefinerNet",
+    "crop_intrinsics",
+    "load_refiner",
+    "pose_crop",
+    "render_batch",
+    "refiner_from_dict",
+    "refiner_inputs",
+    "refiner_to_dict",
+    "rotation_from_6d",
+    "translation",
+    "update_poses",
+]
+
+REFINER_SIZE = 128
+REFINER_PADDING = 1.5
+SHIFT_PX = 10.0  # the network's x/y outputs are in units of 10 crop px (errors are a few px to tens)
+DEPTH_SCALE = 0.1  # its depth output is 10 x the log depth ratio (errors are a few %)
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def pose_crop(obj: ObjectModel, R, t, K, size: int = REFINER_SIZE, padding: float = REFINER_PADDING) -> Crop:
+    """Return the square crop around the box of ``obj``'s points projected at R, t (``padding`` x side)."""
+    uv = project(obj.points, R, t, K)
+    low, high = uv.min(axis=0), uv.max(axis=0)
+    box = (low[0], low[1], max(high[0] - low[0], 1.0), max(high[1] - low[1], 1.0))
+    return crop_around_box(box, size, padding)
+
+
+def crop_intrinsics(crop: Crop, K) -> np.ndarray:
+    """Return the 3x3 intrinsics of the camera that sees exactly ``crop`` (image K, then the crop map)."""
+    return np.vstack([crop.matrix(), [0.0, 0.0, 1.0]]) @ np.asarray(K, dtype=np.float64)
+
+
+def render_batch(renderer, poses: Sequence, Ks: Sequence) -> np.ndarray:
+    """Return (N, S, S, 3) uint8: each (obj_id, R, t) rendered alone with its crop intrinsics."""
+    out = np.zeros((len(poses), renderer.height, renderer.width, 3), np.uint8)
+    for n, (pose, K) in enumerate(zip(poses, Ks)):
+        out[n] = renderer.render(K, [pose], full_masks=False).rgb
+    return out
+
+
+def rotation_from_6d(r6: torch.Tensor) -> torch.Tensor:
+    """(B, 6) -> (B, 3, 3) by Gram-Schmidt (torch twin of geometry.matrix_from_rotation_6d)."""
+    a1, a2 = r6[:, 0:3], r6[:, 3:6]
+    b1 = nn.functional.normalize(a1, dim=1)
+    b2 = nn.functional.normalize(a2 - (b1 * a2).sum(1, keepdim=True) * b1, dim=1)
+    return torch.stack([b1, b2, torch.cross(b1, b2, dim=1)], dim=-1)
+
+
+def update_poses(output: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K_crop: torch.Tensor):
+    """Apply the network's (B, 9) ``output`` to poses R (B, 3, 3), t (B, 3) seen with K_crop (B, 3, 3).
+
+    Returns (R' (B, 3, 3), x'/z' and y'/z' (B, 2), z' (B, 1)); :func:`translation` joins the last
+    two. The training loss scores the three parts apart (CosyPose's disentangled loss).
+    """
+    R_new = rotation_from_6d(output[:, :6]) @ R
+    z = t[:, 2:3]
+    ratio = torch.exp(output[:, 8:9] * DEPTH_SCALE)
+    f = torch.stack([K_crop[:, 0, 0], K_crop[:, 1, 1]], dim=1)
+    xy_over_z = output[:, 6:8] * SHIFT_PX / f + t[:, :2] / z
+    return R_new, xy_over_z, z * ratio
+
+
+def translation(xy_over_z: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """(B, 2) image-plane direction and (B, 1) depth -> (B, 3) translation."""
+    return torch.cat([xy_over_z * z, z], dim=1)
+
+
+class RefinerNet(nn.Module):
+    """(B, 6, S, S) [image crop, rendering] in [0, 1] -> (B, 9) pose update (module docstring)."""
+
+    def __init__(self, variant: str = "lite0", pretrained: bool = True, size: int = REFINER_SIZE):
+        super().__init__()
+        self.backbone = lite_backbone(variant, pretrained, out_indices=(4,))
+        stem = self.backbone.conv_stem
+        weight = stem.weight.detach()
+        six = type(stem)(6, stem.out_channels, stem.kernel_size, stride=stem.stride, bias=False)
+        with torch.no_grad():
+            six.weight.copy_(torch.cat([weight, weight], dim=1) * 0.5)
+        self.backbone.conv_stem = six
+        channels = self.backbone.feature_info.channels()[-1]
+        cells = size // 32
+        self.size = int(size)
+        self.reduce = nn.Sequential(nn.Conv2d(channels, 64, 1), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * cells * cells, 256), nn.ReLU(inplace=True), nn.Linear(256, 9)
+        )
+        nn.init.zeros_(self.head[-1].weight)
+        with torch.no_grad():
+            self.head[-1].bias.copy_(torch.tensor(IDENTITY))
+
+    def forward(self, pair: torch.Tensor) -> torch.Tensor:
+        # timm's Lite weights expect mean 0.5, std 0.5 per channel
+        features = self.backbone((pair - 0.5) / 0.5)[-1]
+        return self.head(self.reduce(features))
+
+
+def refiner_inputs(image: np.ndarray, renderer, objects: dict, poses: Sequence, K) -> tuple:
+    """Return (pairs (N, 6, S, S) float tensor, crop intrinsics (N, 3, 3)) for ``poses`` [(obj_id, R, t)]
+    in ``image``."""
+    crops, Ks = [], []
+    for obj_id, R, t in poses:
+        crop = pose_crop(objects[obj_id], R, t, K, renderer.width)
+        crops.append(crop)
+        Ks.append(crop_intrinsics(crop, K))
+    real = crop_images(image, crops)
+    rendered = render_batch(renderer, poses, Ks)
+    pair = np.concatenate([real, rendered], axis=3)
+    return torch.from_numpy(pair).permute(0, 3, 1, 2).float().div_(255.0), np.stack(Ks)
+
+
+REFINER_FORMAT = "hrpose_ros.refiner/1"
+
+
+def refiner_to_dict(model: RefinerNet, variant: str, object_ids, history: dict | None = None) -> dict:
+    """Return the refiner's part of a weights file (fp16 weights; loaded back as fp32)."""
+    return {
+        "format": REFINER_FORMAT,
+        "variant": variant,
+        "size": model.size,
+        "object_ids": [int(i) for i in object_ids],
+        "history": dict(history or {}),
+        "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
+    }
+
+
+def refiner_from_dict(d: dict, where: str = "refiner") -> RefinerNet:
+    """Return the RefinerNet of :func:`refiner_to_dict`'s ``d`` (ValueError naming ``where`` if not one)."""
+    if not isinstance(d, dict) or d.get("format") != REFINER_FORMAT:
+        found = d.get("format") if isinstance(d, dict) else type(d).__name__
+        raise ValueError(f"{where}: not a refiner (format {found!r}, expected {REFINER_FORMAT!r})")
+    model = RefinerNet(d["variant"], pretrained=False, size=int(d["size"]))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in d["state_dict"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{where}: weights do not fit a {d['variant']} refiner ({exc})") from exc
+    return model.eval()
+
+
+def load_refiner(path) -> dict:
+    """Return the refiner dict stored at ``path`` (a refiner.pt of training/train_refiner.py)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: refiner file not found")
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise ValueError(f"{path}: not a readable refiner file ({exc})") from exc
+    refiner_from_dict(d, str(path))  # checked here, so a bad file fails where it is named
+    return d
+
+
+class PoseRefiner:
+    """Refines ObjectPoses in their image: ``iterations`` render-and-compare steps each.
+
+    The renderer (an EGL context) is made on first use, in the thread that refines: GL contexts
+    belong to the thread that made them current.
+    """
+
+    def __init__(self, model: RefinerNet, objects, iterations: int = 2, device: str = "cpu"):
+        if int(iterations) < 0:
+            raise ValueError(f"refine_iterations: expected >= 0, got {iterations}")
+        self.model = model.to(device).eval()
+        self.device = device
+        self.objects = {int(o.obj_id): o for o in objects}
+        self.iterations = int(iterations)
+        self._renderer = None
+
+    def _render_ready(self):
+        if self._renderer is None:
+            from hrpose_ros.render import Renderer
+
+            self._renderer = Renderer(list(self.objects.values()), self.model.size, self.model.size)
+        return self._renderer
+
+    @torch.no_grad()
+    def refine(self, image: np.ndarray, camera, poses: list) -> list:
+        """Return ``poses`` (ObjectPose) with R, t refined in ``image`` (H, W, 3) uint8 seen by ``camera``."""
+        if not poses or self.iterations == 0:
+            return list(poses)
+        renderer = self._render_ready()
+        R = np.stack([p.R for p in poses]).astype(np.float64)
+        t = np.stack([p.t for p in poses]).astype(np.float64)
+        ids = [int(p.obj_id) for p in poses]
+        for _ in range(self.iterations):
+            pair, Ks = refiner_inputs(image, renderer, self.objects, list(zip(ids, R, t)), camera.K)
+            R_new, xy_over_z, z_new = update_poses(
+                self.model(pair.to(self.device)).float().cpu(),
+                torch.from_numpy(R).float(),
+                torch.from_numpy(t).float(),
+                torch.from_numpy(Ks).float(),
+            )
+            R_next = _orthonormal(R_new.double().numpy())
+            t_next = translation(xy_over_z, z_new).double().numpy()
+            # A step that halves or doubles the distance left the regime the refiner was trained
+            # in (a few per cent): that instance keeps its last pose.
+            ratio = t_next[:, 2] / t[:, 2]
+            sane = np.isfinite(t_next).all(axis=1) & (ratio > 0.5) & (ratio < 2.0)
+            R[sane], t[sane] = R_next[sane], t_next[sane]
+        return [replace(p, R=R[n], t=t[n]) for n, p in enumerate(poses)]
+
+    def release(self) -> None:
+        if self._renderer is not None:
+            self._renderer.release()
+            self._renderer = None
+
+
+def _orthonormal(R: np.ndarray) -> np.ndarray:
+    """Nearest rotations (SVD) of float32-rounded (N, 3, 3) matrices."""
+    u, _, vt = np.linalg.svd(R)
+    d = np.sign(np.linalg.det(u @ vt))
+    u[:, :, -1] *= d[:, None]
+    return u @ vt

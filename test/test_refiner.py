@@ -1,0 +1,206 @@
+"""Render-and-compare refiner: crop camera, pose update, loss, training, and the crop pipeline's stage."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from hrpose_ros import bop_models
+from hrpose_ros.geometry import project
+from hrpose_ros.refiner import (
+    PoseRefiner,
+    RefinerNet,
+    crop_intrinsics,
+    load_refiner,
+    pose_crop,
+    refiner_from_dict,
+    refiner_to_dict,
+    translation,
+    update_poses,
+)
+from hrpose_ros.render import Renderer
+from hrpose_ros.types import CameraModel, ObjectPose
+from training.toy_data import write_toy_split
+from training.train_refiner import (
+    Instances,
+    RefinerTrainConfig,
+    disentangled_loss,
+    disturb,
+    nearest_symmetric,
+    pairs,
+    point_sets,
+)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refiner")
+    write_toy_split(root / "split", n_frames=6, seed=5)
+    objects = bop_models.load_object_models(root / "models")  # with their meshes
+    return root / "split", objects
+
+
+def _pose(deg=(20.0, -30.0, 10.0), t=(0.02, -0.01, 0.5)):
+    return Rotation.from_euler("xyz", deg, degrees=True).as_matrix(), np.array(t)
+
+
+def test_the_crop_camera_sees_what_the_crop_of_the_frame_shows(toy):
+    _, objects = toy
+    obj = objects[0]
+    K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+    R, t = _pose()
+    crop = pose_crop(obj, R, t, K, 128)
+    K_crop = crop_intrinsics(crop, K)
+    np.testing.assert_allclose(
+        project(obj.points, R, t, K_crop), crop.to_crop(project(obj.points, R, t, K)), atol=1e-9
+    )
+    # rendered with the crop camera = the frame's rendering cut by the crop (silhouettes agree)
+    with Renderer([obj], 640, 480) as frame_renderer, Renderer([obj], 128, 128) as crop_renderer:
+        whole = frame_renderer.render(K, [(obj.obj_id, R, t)]).masks_visib[0]
+        direct = crop_renderer.render(K_crop, [(obj.obj_id, R, t)]).masks_visib[0]
+    import cv2
+
+    cut = cv2.warpAffine(whole.astype(np.float32), crop.matrix(), (128, 128)) > 0.5
+    iou = (cut & direct).sum() / (cut | direct).sum()
+    assert iou > 0.95 and direct.sum() > 500
+
+
+def test_pose_update_follows_cosypose_parameterisation():
+    R, t = _pose()
+    K_crop = np.array([[800.0, 0, 64], [0, 800, 64], [0, 0, 1]])
+    f32 = dict(dtype=torch.float32)
+    args = torch.tensor(R[None], **f32), torch.tensor(t[None], **f32), torch.tensor(K_crop[None], **f32)
+    identity = torch.tensor([[1.0, 0, 0, 0, 1, 0, 0, 0, 0]])
+    R_new, xy, z = update_poses(identity, *args)
+    np.testing.assert_allclose(R_new[0].numpy(), R, atol=1e-6)
+    np.testing.assert_allclose(translation(xy, z)[0].numpy(), t, atol=1e-6)
+    # a 10-degree turn about z, 8 px right (0.8 x SHIFT_PX), depth x e^0.05 (0.5 x DEPTH_SCALE)
+    turn = Rotation.from_euler("z", 10, degrees=True).as_matrix()
+    output = torch.tensor([[*turn[:, 0], *turn[:, 1], 0.8, 0.0, 0.5]], **f32)
+    R_new, xy, z = update_poses(output, *args)
+    np.testing.assert_allclose(R_new[0].numpy(), turn @ R, atol=1e-5)
+    z_expected = t[2] * np.exp(0.05)
+    np.testing.assert_allclose(z[0, 0].item(), z_expected, rtol=1e-5)
+    np.testing.assert_allclose(xy[0].numpy(), [8.0 / 800 + t[0] / t[2], t[1] / t[2]], atol=1e-6)
+
+
+def test_an_untrained_refiner_returns_its_input_and_the_file_round_trips(toy, tmp_path):
+    _, objects = toy
+    model = RefinerNet(pretrained=False)
+    path = tmp_path / "refiner.pt"
+    torch.save(refiner_to_dict(model, "lite0", [o.obj_id for o in objects]), path)
+    loaded = refiner_from_dict(load_refiner(path), str(path))
+    refiner = PoseRefiner(loaded, objects, iterations=2)
+    K = np.array([[500.0, 0, 160], [0, 500, 120], [0, 0, 1]])
+    R, t = _pose()
+    pose = ObjectPose(objects[0].name, objects[0].obj_id, 0, 0.9, R, t)
+    image = np.full((240, 320, 3), 90, np.uint8)
+    (out,) = refiner.refine(image, CameraModel(K, 320, 240), [pose])
+    np.testing.assert_allclose(out.R, R, atol=1e-5)
+    np.testing.assert_allclose(out.t, t, atol=1e-6)
+    refiner.release()
+    torch.save({"format": "other"}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt: not a refiner"):
+        load_refiner(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="refiner file not found"):
+        load_refiner(tmp_path / "missing.pt")
+
+
+def test_symmetric_targets_are_the_ground_truth_nearest_the_estimate():
+    from hrpose_ros.types import ObjectModel
+
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-0.03, 0.03, (200, 3)) * [1, 1, 2]
+    flip = np.eye(4)
+    flip[:3, :3] = Rotation.from_euler("z", 180, degrees=True).as_matrix()
+    from scipy.spatial.distance import pdist
+
+    obj = ObjectModel(1, "block", points, float(pdist(points).max()), symmetries=np.stack([np.eye(4), flip]))
+    R, t = _pose()
+    near_flip = R @ flip[:3, :3] @ Rotation.from_euler("x", 5, degrees=True).as_matrix()
+    R_target, t_target = nearest_symmetric(obj, R, t, near_flip)
+    np.testing.assert_allclose(R_target, R @ flip[:3, :3], atol=1e-9)
+    np.testing.assert_allclose(nearest_symmetric(obj, R, t, R)[0], R, atol=1e-9)
+
+
+def test_refiner_training_steps_lower_the_loss_on_disturbed_instances(toy):
+    split, objects = toy
+    torch.manual_seed(0)
+    data = Instances([split], objects, progress=False)
+    config = RefinerTrainConfig(train=(str(split),), val=str(split), out="")
+    rng = np.random.default_rng(0)
+    idx = np.arange(min(6, len(data)))
+    classes = data.samples.classes[idx]
+    starts = [disturb(data.R[i], data.t[i], objects[c].diameter, rng, config) for i, c in zip(idx, classes)]
+    R0, t0 = np.stack([s[0] for s in starts]), np.stack([s[1] for s in starts])
+    points, diameters = point_sets(objects)
+    model = RefinerNet()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    f32 = dict(dtype=torch.float32)
+    with Renderer(objects, 128, 128) as renderer:
+        pair, Ks = pairs(data, idx, R0, t0, objects, renderer)
+    assert pair.shape == (len(idx), 6, 128, 128) and pair[:, 3:].amax() > 0.2  # the rendering is there
+    losses = []
+    for _ in range(12):
+        loss, terms = disentangled_loss(
+            model(pair),
+            torch.tensor(R0, **f32),
+            torch.tensor(t0, **f32),
+            torch.tensor(data.R[idx], **f32),
+            torch.tensor(data.t[idx], **f32),
+            torch.tensor(Ks, **f32),
+            points[classes],
+            diameters[classes],
+        )
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss))
+    assert set(terms) == {"rot", "xy", "z"} and losses[0] > 0.05
+    assert min(losses[-3:]) < 0.7 * losses[0]
+
+
+def test_the_crop_pipeline_refines_with_a_bundled_or_given_refiner(toy, tmp_path):
+    from hrpose_ros import bop_reader
+    from hrpose_ros.crop_pipeline import CropPosePipeline, load_crops_file, save_crops_file
+    from training.toy_data import write_tiny_crops_file
+
+    split, objects = toy
+    crops = write_tiny_crops_file(tmp_path / "crops.pt", objects)
+    refiner_path = tmp_path / "refiner.pt"
+    torch.save(
+        refiner_to_dict(RefinerNet(pretrained=False), "lite0", [o.obj_id for o in objects]), refiner_path
+    )
+    models = split.parent / "models"
+    frame = bop_reader.read_split(split)[0]
+    image = frame.read_rgb()
+    pipeline = CropPosePipeline.from_pretrained(
+        crops, refiner=refiner_path, refiner_models=models, refine_iterations=1, min_score=0.0
+    )
+    assert pipeline.refiner is not None and pipeline.refiner.iterations == 1
+    inference = pipeline.estimate_maps(image, frame.camera)
+    assert inference.image is image
+    poses, timings = pipeline.poses_from_maps(inference, frame.camera)
+    assert "refine" in timings
+    # an untrained refiner moves nothing: the refined poses are PnP's
+    solved = pipeline.solve(pipeline.decode(inference), frame.camera)
+    for a, b in zip(poses, solved):
+        np.testing.assert_allclose(a.t, b.t, atol=1e-6)
+    # bundled into the crops file, it loads with no argument; 0 iterations switches it off
+    stored = load_crops_file(crops)[3]
+    with_refiner = save_crops_file(
+        tmp_path / "with.pt",
+        stored["detector"],
+        stored["keypoints"],
+        {"refine_iterations": 3},
+        load_refiner(refiner_path),
+    )
+    assert CropPosePipeline.from_pretrained(with_refiner, refiner_models=models).refiner.iterations == 3
+    assert (
+        CropPosePipeline.from_pretrained(with_refiner, refiner_models=models, refine_iterations=0).refiner
+        is None
+    )
+    with pytest.raises(ValueError, match="holds no refiner"):
+        CropPosePipeline.from_pretrained(crops, refine_iterations=2)
+    with pytest.raises(ValueError, match="elsewhere"):
+        CropPosePipeline.from_pretrained(with_refiner, refiner_models=tmp_path / "elsewhere")
