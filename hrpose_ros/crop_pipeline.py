@@ -206,7 +206,8 @@ class _TorchModule:
 
 
 def _export(
-    module: torch.nn.Module, target: Path, size: tuple[int, int], outputs: list[str], batch_axis: bool
+    module: torch.nn.Module, target: Path, size: tuple[int, int], outputs: list[str], batch_axis: bool,
+    channels: int = 3,
 ):
     """Export ``module`` to ONNX at ``target`` (legacy exporter, opset 17, weights embedded)."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +218,7 @@ def _export(
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             module.eval(),
-            (torch.zeros(1, 3, size[1], size[0]),),
+            (torch.zeros(1, channels, size[1], size[0]),),
             str(tmp),
             input_names=["image"],
             output_names=outputs,
@@ -371,7 +372,7 @@ class CropPosePipeline:
         ``refiner``: a refiner.pt (training/train_refiner.py) to refine the poses with, in place of
         the one the file holds; ``refine_iterations`` (a threshold-like option, 0 = off) its steps.
         The refiner renders the objects' meshes: those of ``refiner_models`` (a BOP models folder),
-        by default the package's own objects. It runs in torch whatever the backend.
+        by default the package's own objects.
         """
         if input_size is not None:
             raise ValueError("input_size: the crop estimator's detector input is set by its weights file")
@@ -410,7 +411,8 @@ class CropPosePipeline:
             decoding.get("drop_keypoints", 0),
             decoding.get("correspondences"),
             decoding.get("box_depth_weight", 0.0),
-            _pose_refiner(refiner_dict, objects, refiner_models, decoding.get("refine_iterations"), device),
+            _pose_refiner(refiner_dict, objects, refiner_models, decoding.get("refine_iterations"), device,
+                          backend, refiner if refiner is not None else path),
         )
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:
@@ -549,9 +551,11 @@ class CropPosePipeline:
         return self.refiner.refine(image_rgb, camera, poses) if self.refiner is not None else list(poses)
 
 
-def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str):
+def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str, backend: str, source):
     """Return the PoseRefiner of a stored refiner dict (None without one or with 0 iterations), its
-    objects' meshes taken from ``models_dir`` (default: the package's object set)."""
+    objects' meshes taken from ``models_dir`` (default: the package's object set); with the
+    onnxruntime backend its network is exported once into the cache (named after ``source``, the
+    file that holds it)."""
     if refiner_dict is None:
         if iterations:
             raise ValueError("refine_iterations: the weights file holds no refiner; "
@@ -561,7 +565,7 @@ def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str):
     if iterations == 0:
         return None
     from hrpose_ros import bop_models
-    from hrpose_ros.refiner import PoseRefiner, refiner_from_dict
+    from hrpose_ros.refiner import PoseRefiner, TorchRefinerEngine, refiner_from_dict
 
     models_dir = Path(models_dir) if models_dir is not None else DEFAULT_OBJECTS_DIR
     meshes = {o.obj_id: o for o in bop_models.load_object_models(models_dir)}
@@ -570,4 +574,14 @@ def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str):
         raise ValueError(f"refiner_models {models_dir}: no mesh for {missing} (expected a BOP models "
                          "folder with their obj_id)")
     with_meshes = [replace(o, mesh_path=meshes[o.obj_id].mesh_path) for o in objects]
-    return PoseRefiner(refiner_from_dict(refiner_dict), with_meshes, iterations, parse_device(device))
+    model = refiner_from_dict(refiner_dict)
+    if backend == "onnxruntime":
+        source = Path(source)
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+        onnx_path = model_cache_dir(None) / f"{source.stem}-{digest}-refiner.onnx"
+        if not onnx_path.is_file():
+            _export(model, onnx_path, (model.size, model.size), ["update"], True, channels=6)
+        engine = OnnxEngine(onnx_path, device=device, output_names=["update"])
+    else:
+        engine = TorchRefinerEngine(model, str(parse_device(device)))
+    return PoseRefiner(engine, model.size, with_meshes, iterations)

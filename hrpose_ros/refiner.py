@@ -40,6 +40,7 @@ __all__ = [
     "REFINER_SIZE",
     "PoseRefiner",
     "RefinerNet",
+    "TorchRefinerEngine",
     "crop_intrinsics",
     "load_refiner",
     "pose_crop",
@@ -192,18 +193,34 @@ def load_refiner(path) -> dict:
     return d
 
 
+class TorchRefinerEngine:
+    """A RefinerNet in torch as an engine: (N, 6, S, S) float32 numpy -> ((N, 9) float32,)."""
+
+    def __init__(self, model: RefinerNet, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.size = model.size
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray]:
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+        return (out.float().cpu().numpy(),)
+
+
 class PoseRefiner:
     """Refines ObjectPoses in their image: ``iterations`` render-and-compare steps each.
 
-    The renderer (an EGL context) is made on first use, in the thread that refines: GL contexts
-    belong to the thread that made them current.
+    ``engine``: the network, (N, 6, S, S) float32 -> ((N, 9),) (:class:`TorchRefinerEngine` or an
+    ONNX Runtime engine of the exported network); ``size`` its crop side S. The renderer (an EGL
+    context) is made on first use: a renderer makes its context current for each call, so any
+    thread may refine.
     """
 
-    def __init__(self, model: RefinerNet, objects, iterations: int = 2, device: str = "cpu"):
+    def __init__(self, engine, size: int, objects, iterations: int = 1):
         if int(iterations) < 0:
             raise ValueError(f"refine_iterations: expected >= 0, got {iterations}")
-        self.model = model.to(device).eval()
-        self.device = device
+        self.engine = engine
+        self.size = int(size)
         self.objects = {int(o.obj_id): o for o in objects}
         self.iterations = int(iterations)
         self._renderer = None
@@ -212,10 +229,9 @@ class PoseRefiner:
         if self._renderer is None:
             from hrpose_ros.render import Renderer
 
-            self._renderer = Renderer(list(self.objects.values()), self.model.size, self.model.size)
+            self._renderer = Renderer(list(self.objects.values()), self.size, self.size)
         return self._renderer
 
-    @torch.no_grad()
     def refine(self, image: np.ndarray, camera, poses: list) -> list:
         """Return ``poses`` (ObjectPose) with R, t refined in ``image`` (H, W, 3) uint8 seen by ``camera``."""
         if not poses or self.iterations == 0:
@@ -227,7 +243,7 @@ class PoseRefiner:
         for _ in range(self.iterations):
             pair, Ks = refiner_inputs(image, renderer, self.objects, list(zip(ids, R, t)), camera.K)
             R_new, xy_over_z, z_new = update_poses(
-                self.model(pair.to(self.device)).float().cpu(),
+                torch.from_numpy(self.engine(pair.numpy())[0]),
                 torch.from_numpy(R).float(),
                 torch.from_numpy(t).float(),
                 torch.from_numpy(Ks).float(),

@@ -10,6 +10,7 @@ from hrpose_ros.geometry import project
 from hrpose_ros.refiner import (
     PoseRefiner,
     RefinerNet,
+    TorchRefinerEngine,
     crop_intrinsics,
     load_refiner,
     pose_crop,
@@ -90,7 +91,7 @@ def test_an_untrained_refiner_returns_its_input_and_the_file_round_trips(toy, tm
     path = tmp_path / "refiner.pt"
     torch.save(refiner_to_dict(model, "lite0", [o.obj_id for o in objects]), path)
     loaded = refiner_from_dict(load_refiner(path), str(path))
-    refiner = PoseRefiner(loaded, objects, iterations=2)
+    refiner = PoseRefiner(TorchRefinerEngine(loaded), loaded.size, objects, iterations=2)
     K = np.array([[500.0, 0, 160], [0, 500, 120], [0, 0, 1]])
     R, t = _pose()
     pose = ObjectPose(objects[0].name, objects[0].obj_id, 0, 0.9, R, t)
@@ -204,3 +205,25 @@ def test_the_crop_pipeline_refines_with_a_bundled_or_given_refiner(toy, tmp_path
         CropPosePipeline.from_pretrained(crops, refine_iterations=2)
     with pytest.raises(ValueError, match="elsewhere"):
         CropPosePipeline.from_pretrained(with_refiner, refiner_models=tmp_path / "elsewhere")
+
+
+def test_the_refiner_runs_in_onnx_runtime_as_in_torch(toy, tmp_path):
+    from hrpose_ros.crop_pipeline import CropPosePipeline
+    from hrpose_ros.engines import OnnxEngine
+    from training.toy_data import write_tiny_crops_file
+
+    split, objects = toy
+    torch.manual_seed(0)
+    model = RefinerNet(pretrained=False)
+    torch.nn.init.normal_(model.head[-1].weight, std=0.01)  # not the identity update
+    refiner_path = tmp_path / "refiner.pt"
+    torch.save(refiner_to_dict(model, "lite0", [o.obj_id for o in objects]), refiner_path)
+    crops = write_tiny_crops_file(tmp_path / "crops.pt", objects)
+    kwargs = dict(refiner=refiner_path, refiner_models=split.parent / "models", refine_iterations=1)
+    onnx = CropPosePipeline.from_pretrained(crops, backend="onnxruntime", **kwargs).refiner
+    torch_refiner = CropPosePipeline.from_pretrained(crops, **kwargs).refiner
+    assert isinstance(onnx.engine, OnnxEngine)
+    batch = np.random.default_rng(0).uniform(0, 1, (3, 6, 128, 128)).astype(np.float32)
+    expected = torch_refiner.engine(batch)[0]
+    np.testing.assert_allclose(onnx.engine(batch)[0], expected, atol=1e-4)
+    assert np.abs(expected - expected.mean(0)).max() > 1e-4  # inputs tell apart
