@@ -98,3 +98,12 @@ def test_each_estimator_gets_only_its_own_options():
 def test_hrpose_only_parameters_set_with_the_crop_estimator_name_the_parameter(values, name):
     with pytest.raises(ValueError, match=f"parameter '{name}': HRPose only, but the estimator is crops"):
         estimator_options(PoseNodeConfig(**values), "crops")
+
+
+def test_refine_iterations_reach_the_crop_estimator_only():
+    assert "refine_iterations" not in estimator_options(PoseNodeConfig(), "crops")  # the file's
+    assert estimator_options(PoseNodeConfig(refine_iterations=0), "crops")["refine_iterations"] == 0
+    with pytest.raises(ValueError, match="'refine_iterations': crops only, but the estimator is hrpose"):
+        estimator_options(PoseNodeConfig(refine_iterations=2), "hrpose")
+    with pytest.raises(ValueError, match="refine_iterations"):
+        PoseNodeConfig(refine_iterations=-2)
