@@ -25,11 +25,11 @@ from training.toy_data import write_toy_split
 from training.train_refiner import (
     Instances,
     RefinerTrainConfig,
-    disentangled_loss,
     disturb,
     nearest_symmetric,
     pairs,
     point_sets,
+    train_step,
 )
 
 
@@ -137,26 +137,22 @@ def test_refiner_training_steps_lower_the_loss_on_disturbed_instances(toy):
     points, diameters = point_sets(objects)
     model = RefinerNet()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    f32 = dict(dtype=torch.float32)
     with Renderer(objects, 128, 128) as renderer:
         pair, Ks = pairs(data, idx, R0, t0, objects, renderer)
     assert pair.shape == (len(idx), 6, 128, 128) and pair[:, 3:].amax() > 0.2  # the rendering is there
     losses = []
     for _ in range(12):
-        loss, terms = disentangled_loss(
-            model(pair),
-            torch.tensor(R0, **f32),
-            torch.tensor(t0, **f32),
-            torch.tensor(data.R[idx], **f32),
-            torch.tensor(data.t[idx], **f32),
-            torch.tensor(Ks, **f32),
+        loss, terms = train_step(
+            model,
+            optimiser,
+            pair,
+            Ks,
+            (R0, t0),
+            (data.R[idx], data.t[idx]),
             points[classes],
             diameters[classes],
         )
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss))
+        losses.append(loss)
     assert set(terms) == {"rot", "xy", "z"} and losses[0] > 0.05
     assert min(losses[-3:]) < 0.7 * losses[0]
 
@@ -227,3 +223,31 @@ def test_the_refiner_runs_in_onnx_runtime_as_in_torch(toy, tmp_path):
     expected = torch_refiner.engine(batch)[0]
     np.testing.assert_allclose(onnx.engine(batch)[0], expected, atol=1e-4)
     assert np.abs(expected - expected.mean(0)).max() > 1e-4  # inputs tell apart
+
+
+def test_a_short_refiner_run_writes_its_logs_plot_and_loadable_checkpoints(toy, tmp_path):
+    from training.train_refiner import train
+
+    split, objects = toy
+    config = RefinerTrainConfig(
+        train=(str(split),),
+        val=str(split),
+        out=str(tmp_path / "r"),
+        steps=4,
+        batch=2,
+        threads=1,
+        val_every=2,
+        val_samples=4,
+    )
+    best = train(config, progress=False)
+    out = tmp_path / "r"
+    assert (out / "loss.png").stat().st_size > 1000
+    assert len((out / "val.csv").read_text().splitlines()) == 4  # header, steps 2 and 4, the end
+    for path in (best, out / "last.pt"):
+        d = load_refiner(path)
+        assert d["object_ids"] == [o.obj_id for o in objects] and d["history"]["config"]["steps"] == 4
+    train(
+        RefinerTrainConfig(**{**config.__dict__, "out": str(tmp_path / "again"), "init": str(best)}),
+        progress=False,
+    )  # --init goes on from a saved refiner
+    assert (tmp_path / "again" / "last.pt").is_file()

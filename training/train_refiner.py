@@ -46,7 +46,7 @@ from hrpose_ros.refiner import (
 from hrpose_ros.render import Renderer
 from training.crop_data import JitterConfig, load_crop_samples
 
-__all__ = ["RefinerTrainConfig", "train"]
+__all__ = ["RefinerTrainConfig", "train", "train_step"]
 
 LOSS_POINTS = 256
 
@@ -159,6 +159,22 @@ def disentangled_loss(output, R, t, R_gt, t_gt, K_crop, points, diameters):
     z = (t_z - t_gt).abs().sum(-1)
     terms = {"rot": (rot / diameters).mean(), "xy": (xy / diameters).mean(), "z": (z / diameters).mean()}
     return terms["rot"] + terms["xy"] + terms["z"], terms
+
+
+def train_step(model, optimiser, pair, Ks, start, target, points, diameters) -> tuple[float, dict]:
+    """One optimiser step on ``pair`` (B, 6, S, S) from poses ``start`` (R, t arrays) towards
+    ``target``; returns (loss, terms) as floats."""
+    f32 = dict(dtype=torch.float32)
+    loss, terms = disentangled_loss(
+        model(pair),
+        *(torch.tensor(a, **f32) for a in (*start, *target, Ks)),
+        points,
+        diameters,
+    )
+    optimiser.zero_grad()
+    loss.backward()
+    optimiser.step()
+    return float(loss.detach()), {k: float(v.detach()) for k, v in terms.items()}
 
 
 def add_errors(objects, classes, R_est, t_est, R_gt, t_gt) -> np.ndarray:
@@ -302,20 +318,16 @@ def train(config: RefinerTrainConfig, progress: bool = True) -> Path:
             R0.append(R), t0.append(t), R_gt.append(Rg), t_gt.append(tg)
         R0, t0 = np.stack(R0), np.stack(t0)
         pair, Ks = pairs(data, indices, R0, t0, objects, renderer, rng)
-        f32 = dict(dtype=torch.float32)
-        loss, terms = disentangled_loss(
-            model(pair),
-            torch.tensor(R0, **f32),
-            torch.tensor(t0, **f32),
-            torch.tensor(np.stack(R_gt), **f32),
-            torch.tensor(np.stack(t_gt), **f32),
-            torch.tensor(Ks, **f32),
+        loss, terms = train_step(
+            model,
+            optimiser,
+            pair,
+            Ks,
+            (R0, t0),
+            (np.stack(R_gt), np.stack(t_gt)),
             points[classes],
             diameters[classes],
         )
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
         step += 1
         if step % 10 == 0:
             log.writerow(
