@@ -235,7 +235,7 @@ def test_a_short_refiner_run_writes_its_logs_plot_and_loadable_checkpoints(toy, 
         out=str(tmp_path / "r"),
         steps=4,
         batch=2,
-        threads=1,
+        threads=2,  # the process default here: later tests compare poses with a 2-thread node
         val_every=2,
         val_samples=4,
     )
