@@ -139,7 +139,7 @@ def display_objects(config: PoseNodeConfig, objects: list[ObjectModel]) -> dict[
     return {obj_id: replace(obj, mesh_path=meshes[obj_id]) for obj_id, obj in by_id.items()}
 
 
-def load_refiner(config: PoseNodeConfig, objects: dict[int, ObjectModel]) -> DepthRefiner:
+def load_depth_refiner(config: PoseNodeConfig, objects: dict[int, ObjectModel]) -> DepthRefiner:
     """Return the depth refiner of ``objects``, their meshes from ``objects_dir`` or else the shipped set.
 
     ValueError when an object has no mesh in either place.
@@ -227,7 +227,7 @@ class PoseNode(Node):
         self.refiner = None
         if self.config.use_depth:
             try:
-                self.refiner = load_refiner(self.config, self.objects)
+                self.refiner = load_depth_refiner(self.config, self.objects)
             except (ValueError, OSError) as exc:
                 raise StartupError(f"cannot set up depth refinement: {exc}") from exc
         if self.config.marker_mesh and not any(o.mesh_path for o in self.objects.values()):

@@ -43,6 +43,8 @@ __all__ = [
     "TorchRefinerEngine",
     "crop_intrinsics",
     "load_refiner",
+    "orthonormal",
+    "pair_tensor",
     "pose_crop",
     "render_batch",
     "refiner_from_dict",
@@ -145,10 +147,14 @@ def refiner_inputs(image: np.ndarray, renderer, objects: dict, poses: Sequence, 
         crop = pose_crop(objects[obj_id], R, t, K, renderer.width)
         crops.append(crop)
         Ks.append(crop_intrinsics(crop, K))
-    real = crop_images(image, crops)
-    rendered = render_batch(renderer, poses, Ks)
-    pair = np.concatenate([real, rendered], axis=3)
-    return torch.from_numpy(pair).permute(0, 3, 1, 2).float().div_(255.0), np.stack(Ks)
+    return pair_tensor(crop_images(image, crops), renderer, poses, Ks), np.stack(Ks)
+
+
+def pair_tensor(real: np.ndarray, renderer, poses: Sequence, Ks: Sequence) -> torch.Tensor:
+    """Return the (N, 6, S, S) network input in [0, 1]: ``real`` crops (N, S, S, 3) uint8 beside
+    ``poses`` [(obj_id, R, t)] rendered with the crop intrinsics ``Ks``."""
+    pair = np.concatenate([real, render_batch(renderer, poses, Ks)], axis=3)
+    return torch.from_numpy(pair).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 REFINER_FORMAT = "hrpose_ros.refiner/1"
@@ -248,7 +254,7 @@ class PoseRefiner:
                 torch.from_numpy(t).float(),
                 torch.from_numpy(Ks).float(),
             )
-            R_next = _orthonormal(R_new.double().numpy())
+            R_next = orthonormal(R_new.double().numpy())
             t_next = translation(xy_over_z, z_new).double().numpy()
             # A step that halves or doubles the distance left the regime the refiner was trained
             # in (a few per cent): that instance keeps its last pose.
@@ -263,8 +269,11 @@ class PoseRefiner:
             self._renderer = None
 
 
-def _orthonormal(R: np.ndarray) -> np.ndarray:
-    """Nearest rotations (SVD) of float32-rounded (N, 3, 3) matrices."""
+def orthonormal(R: np.ndarray) -> np.ndarray:
+    """Nearest rotations (SVD) of float32-rounded (N, 3, 3) matrices.
+
+    numpy's batched SVD gives the nearest rotation (Frobenius) directly, without the quaternion
+    round trip of scipy's Rotation.from_matrix."""
     u, _, vt = np.linalg.svd(R)
     d = np.sign(np.linalg.det(u @ vt))
     u[:, :, -1] *= d[:, None]

@@ -36,8 +36,9 @@ def bundle(detector_path, keypoints_path, out, thresholds: dict | None = None, r
     )
     if [o.obj_id for o in det_objects] != [o.obj_id for o in objects]:
         raise ValueError(f"{detector_path} and {keypoints_path}: trained on other objects")
-    if refiner_path is not None:
-        missing = set(o.obj_id for o in objects) - set(load_refiner(refiner_path)["object_ids"])
+    refiner = load_refiner(refiner_path) if refiner_path is not None else None
+    if refiner is not None:
+        missing = set(o.obj_id for o in objects) - set(refiner["object_ids"])
         if missing:
             raise ValueError(f"{refiner_path}: the refiner was not trained on obj_ids {sorted(missing)}")
     path = save_crops_file(
@@ -45,7 +46,7 @@ def bundle(detector_path, keypoints_path, out, thresholds: dict | None = None, r
         detector_to_dict(detector, det_objects),
         keypoints_to_dict(keypoints, objects, history),
         thresholds,
-        load_refiner(refiner_path) if refiner_path is not None else None,
+        refiner,
     )
     load_crops_file(path)  # reads back
     return path

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_losses"]
+__all__ = ["plot_loss_and_validation", "plot_losses"]
 
 
 def plot_losses(csv_path: Path, png_path: Path, terms=("total", "mse", "od", "fs"),
@@ -54,4 +55,46 @@ def plot_losses(csv_path: Path, png_path: Path, terms=("total", "mse", "od", "fs
     ax.set_title(csv_path.parent.name)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def plot_loss_and_validation(
+    log_path: Path,
+    val_path: Path,
+    out: Path,
+    terms: Sequence[str],
+    val_columns: dict,
+    val_ylabel: str,
+    val_title: str,
+    loss_title: str = "training loss",
+) -> None:
+    """Write a two-panel PNG: the loss ``terms`` of log.csv per step (log scale, those present) and
+    the validation columns of val.csv per step (``val_columns``: column -> legend label)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(log_path.open()))
+    vals = list(csv.DictReader(val_path.open())) if val_path.exists() else []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    steps = [int(r["step"]) for r in rows]
+    for key in terms:
+        if rows and key in rows[0]:
+            axes[0].plot(steps, [float(r[key]) for r in rows], label=key)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].legend()
+    axes[0].set_title(loss_title)
+    val_steps = [int(r["step"]) for r in vals]
+    for column, label in val_columns.items():
+        if vals:
+            axes[1].plot(val_steps, [float(r[column]) for r in vals], marker="o", label=label)
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel(val_ylabel)
+    if len(val_columns) > 1:
+        axes[1].legend()
+    axes[1].set_title(val_title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
     plt.close(fig)

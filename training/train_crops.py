@@ -36,6 +36,7 @@ from training.config import class_weight_array
 from training.crop_data import JitterConfig, crop_batch, load_crop_samples
 from training.crop_losses import coordinate_loss, keypoint_loss, voting_loss
 from training.losses import feature_similarity_loss
+from training.plots import plot_loss_and_validation
 
 __all__ = ["CropTrainConfig", "load_teacher", "train"]
 
@@ -134,30 +135,11 @@ def output_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, head:
 
 
 def _plot(log_path: Path, val_path: Path, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(csv.DictReader(log_path.open()))
-    vals = list(csv.DictReader(val_path.open())) if val_path.exists() else []
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    steps = [int(r["step"]) for r in rows]
-    for key in ("total", "l1_cells", "aux", "od", "fs", "coord_l1", "mask_bce", "extreme_l1_cells"):
-        if rows and key in rows[0]:
-            axes[0].plot(steps, [float(r[key]) for r in rows], label=key)
-    axes[0].set_yscale("log")
-    axes[0].set_xlabel("step")
-    axes[0].legend()
-    axes[0].set_title("training loss")
-    if vals:
-        axes[1].plot([int(r["step"]) for r in vals], [float(r["val_px"]) for r in vals], marker="o")
-    axes[1].set_xlabel("step")
-    axes[1].set_ylabel("mean keypoint error (crop px)")
-    axes[1].set_title("validation, ground-truth boxes")
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    terms = ("total", "l1_cells", "aux", "od", "fs", "coord_l1", "mask_bce", "extreme_l1_cells")
+    plot_loss_and_validation(
+        log_path, val_path, out, terms, {"val_px": "val_px"},
+        "mean keypoint error (crop px)", "validation, ground-truth boxes",
+    )
 
 
 def load_teacher(path, objects, keypoints: str = "box") -> CropKeypointNet:
