@@ -37,6 +37,7 @@ CROP_PIPELINE_STAGES = {
     "inference": "inference",
     "decode": "decode",
     "pnp": "PnP",
+    "recrop": "recrop",  # 0 without the second keypoint pass
     "refine": "refine",  # 0 without a refiner
 }
 

@@ -37,7 +37,7 @@ from hrpose_ros.crops import Crop, crop_around_box, crop_images
 from hrpose_ros.detector import BoxCodec, detector_from_dict, postprocess, preprocess
 from hrpose_ros.devices import parse_device, resolve_device
 from hrpose_ros.engines import OnnxEngine
-from hrpose_ros.geometry import model_keypoints
+from hrpose_ros.geometry import model_keypoints, projected_box
 from hrpose_ros.onnx_export import model_cache_dir
 from hrpose_ros.pose_solver import PoseSolver, PoseThresholds, split_thresholds
 from hrpose_ros.refiner import load_refiner
@@ -59,7 +59,7 @@ __all__ = [
 
 CROPS_FORMAT = "hrpose_ros/crops-1"
 # Decoding options a crops file may store beside its PoseThresholds fields.
-DECODING_OPTIONS = ("drop_keypoints", "correspondences", "box_depth_weight", "refine_iterations")
+DECODING_OPTIONS = ("drop_keypoints", "correspondences", "box_depth_weight", "refine_iterations", "recrop")
 # What PnP fits with a coordinate head: the keypoints, the dense object coordinates, or both.
 CORRESPONDENCES = ("keypoints", "coordinates", "both")
 DEFAULT_CROPS_WEIGHTS = Path(__file__).resolve().parent / "assets" / "weights" / "crops_lite0.pt"
@@ -279,7 +279,7 @@ class CropInference:
     timings: dict[str, float] = field(default_factory=dict)
     coordinates: np.ndarray | None = None  # (N, 4, h, w) of each crop's class, with a coordinate head
     extremes: np.ndarray | None = None  # (N, 4, h, w) extreme-point logits of each crop's class
-    image: np.ndarray | None = None  # the frame, for a render-and-compare refiner
+    image: np.ndarray | None = None  # the frame, for the refiner and the second keypoint pass
 
 
 class _Engines:
@@ -311,6 +311,7 @@ class CropPosePipeline:
         correspondences: str | None = None,
         box_depth_weight: float = 0.0,
         refiner=None,
+        recrop: bool = False,
     ):
         """``keypoints_3d``: per object the (K, 3) points the heatmaps locate (default: box corners
         + centre). ``drop_keypoints``: PnP leaves out that many keypoints per crop, the least
@@ -318,7 +319,10 @@ class CropPosePipeline:
         (a network with a coordinate head; default "both"): what PnP fits, one of CORRESPONDENCES.
         ``box_depth_weight`` (a network with an extreme-point head): how much the distance follows
         the box of the predicted extreme points (PoseSolver's ``box_depth_weight``). ``refiner``: a
-        :class:`hrpose_ros.refiner.PoseRefiner` run on the accepted poses (stage "refine")."""
+        :class:`hrpose_ros.refiner.PoseRefiner` run on the accepted poses (stage "refine").
+        ``recrop``: a second keypoint pass on crops around each pose's projected model (stage
+        "recrop"): the network was trained on crops around amodal boxes, and a detector box of a
+        partly hidden object is its visible part, off-centre and too small."""
         self.engine = _Engines(detector_engine, keypoint_engine, description)
         self.detector_config = detector_config
         self.keypoint_config = keypoint_config
@@ -346,6 +350,7 @@ class CropPosePipeline:
         self.correspondences = correspondences
         self.coordinate_frames = [coordinate_frame(o.points) for o in self.objects]
         self.refiner = refiner
+        self.recrop_poses = bool(recrop)
         self.last_timings: dict[str, float] = {}
 
     @classmethod
@@ -413,6 +418,7 @@ class CropPosePipeline:
             decoding.get("box_depth_weight", 0.0),
             _pose_refiner(refiner_dict, objects, refiner_models, decoding.get("refine_iterations"), device,
                           backend, refiner if refiner is not None else path),
+            _check_recrop(decoding.get("recrop", False)),
         )
 
     def __call__(self, image_rgb: np.ndarray, camera: CameraModel) -> list[ObjectPose]:
@@ -467,7 +473,7 @@ class CropPosePipeline:
             heatmaps = outputs["heatmaps"].reshape(len(crops), -1, k, m, m)[rows, classes]
             extra = {name: outputs[name].reshape(len(crops), -1, 4, m, m)[rows, classes] for name in extra}
         t3 = time.perf_counter()
-        return CropInference(  # the refiner compares crops of the frame with renderings
+        return CropInference(  # the refiner and the second pass crop the frame again
             detections,
             crops,
             classes,
@@ -475,7 +481,7 @@ class CropPosePipeline:
             {"detection": t1 - t0, "crops": t2 - t1, "inference": t3 - t2},
             extra.get("coordinates"),
             extra.get("extremes"),
-            image_rgb if self.refiner is not None else None,
+            image_rgb if self.refiner is not None or self.recrop_poses else None,
         )
 
     def poses_from_maps(
@@ -488,9 +494,25 @@ class CropPosePipeline:
         poses = self.solver.solve(instances, camera)
         t2 = time.perf_counter()
         timings = {"decode": t1 - t0, "pnp": t2 - t1}
-        if self.refiner is not None and inference.image is not None:
-            poses = self.refine(inference.image, camera, poses)
-            timings["refine"] = time.perf_counter() - t2
+        if inference.image is not None:
+            poses, more = self.improve(inference.image, camera, poses)
+            timings.update(more)
+        return poses, timings
+
+    def improve(
+        self, image_rgb: np.ndarray, camera: CameraModel, poses: list[ObjectPose]
+    ) -> tuple[list[ObjectPose], dict[str, float]]:
+        """Return (``poses`` after the stages that follow PnP, the seconds of those that ran): the
+        second keypoint pass ("recrop") when on, then the refiner ("refine") when there is one."""
+        timings = {}
+        if self.recrop_poses:
+            t0 = time.perf_counter()
+            poses = self.recrop(image_rgb, camera, poses)
+            timings["recrop"] = time.perf_counter() - t0
+        if self.refiner is not None:
+            t0 = time.perf_counter()
+            poses = self.refine(image_rgb, camera, poses)
+            timings["refine"] = time.perf_counter() - t0
         return poses, timings
 
     def decode(self, inference: CropInference) -> list[DecodedInstance]:
@@ -546,9 +568,36 @@ class CropPosePipeline:
         """Return the accepted poses of ``instances`` (the shared PoseSolver)."""
         return self.solver.solve(instances, camera)
 
+    def recrop(self, image_rgb: np.ndarray, camera: CameraModel, poses: list[ObjectPose]) -> list[ObjectPose]:
+        """Return ``poses`` re-estimated from crops around their projected models (one keypoint batch);
+        a pose whose second PnP is rejected keeps its first estimate."""
+        if not poses:
+            return list(poses)
+        points, K, dist = {o.obj_id: o.points for o in self.objects}, camera.K, camera.dist
+        boxes = [
+            Detection(p.obj_id, p.class_name, p.score, projected_box(points[p.obj_id], p.R, p.t, K, dist))
+            for p in poses
+        ]
+        instances = self.decode(self.estimate_maps(image_rgb, camera, detections=boxes))
+        out = []
+        for pose, instance in zip(poses, instances):
+            again = self.solver.solve([instance], camera)  # one at a time: each result is that pose's
+            if again:
+                new = again[0]
+                pose = replace(pose, R=new.R, t=new.t, keypoints_2d=new.keypoints_2d,
+                               keypoint_ids=new.keypoint_ids, reprojection_error=new.reprojection_error)
+            out.append(pose)
+        return out
+
     def refine(self, image_rgb: np.ndarray, camera: CameraModel, poses: list[ObjectPose]) -> list[ObjectPose]:
         """Return ``poses`` refined by the render-and-compare refiner (unchanged without one)."""
         return self.refiner.refine(image_rgb, camera, poses) if self.refiner is not None else list(poses)
+
+
+def _check_recrop(value) -> bool:
+    if value not in (0, 1, False, True):
+        raise ValueError(f"recrop: expected true or false, got {value!r}")
+    return bool(value)
 
 
 def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str, backend: str, source):

@@ -27,6 +27,7 @@ __all__ = [
     "model_keypoints",
     "matrix_from_rotation_6d",
     "project",
+    "projected_box",
     "quaternion_from_matrix",
     "rotation_6d_from_matrix",
     "solve_pnp",
@@ -165,6 +166,14 @@ def project(points, R, t, K, dist=None) -> np.ndarray:
         raise ValueError(f"points: {len(bad)} point(s) at or behind the camera (z <= 0), e.g. index {bad[0]}")
     return _image_points(cam, K, _distortion(dist))
 
+
+
+def projected_box(points, R, t, K, dist=None) -> np.ndarray:
+    """Return the (x, y, w, h) px box of model ``points`` projected at pose R, t (BOP's bbox_obj
+    without a mask: the amodal box, hidden parts included)."""
+    uv = project(points, R, t, K, dist)
+    low, high = uv.min(axis=0), uv.max(axis=0)
+    return np.array([low[0], low[1], high[0] - low[0], high[1] - low[1]], dtype=np.float64)
 
 def _image_points(cam: np.ndarray, K: np.ndarray, dist: np.ndarray | None) -> np.ndarray:
     """Return (N, 2) pixels of (N, 3) camera-frame points in front of the camera."""

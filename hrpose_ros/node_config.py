@@ -62,6 +62,9 @@ class PoseNodeConfig:
     refine_iterations: int = _param(
         -1, "Crops only: render-and-compare refinement steps per pose (-1 = the weights file's; 0 = off: "
             "about twice the frame rate with 5 objects, some points of ADD(-S) less, see MODEL_CARD)", -1, 10)
+    recrop: int = _param(
+        -1, "Crops only: a second keypoint pass on crops around the first poses (-1 = the weights file's; "
+            "0 = off, faster; 1 = on)", -1, 1)
     min_depth: float = _param(0.05, "Nearest published object origin along the optical axis (m)", 0.0, 100.0)
     max_depth: float = _param(5.0, "Farthest published object origin along the optical axis (m); PnP fits "
                                    "keypoints bunched within a few pixels far away", 0.0, 100.0)
@@ -162,9 +165,10 @@ def estimator_options(config: PoseNodeConfig, estimator: str) -> dict:
                "min_score": config.score_threshold, "min_depth": config.min_depth,
                "max_depth": config.max_depth, "min_keypoint_spread": config.min_keypoint_spread}
     if estimator == "hrpose":
-        if config.refine_iterations != -1:
-            raise ValueError("parameter 'refine_iterations': crops only, but the estimator is hrpose; set it "
-                             f"to -1 (unset) or use estimator crops, got {config.refine_iterations!r}")
+        for name in ("refine_iterations", "recrop"):
+            if getattr(config, name) != -1:
+                raise ValueError(f"parameter '{name}': crops only, but the estimator is hrpose; set it "
+                                 f"to -1 (unset) or use estimator crops, got {getattr(config, name)!r}")
         # keypoint_threshold 0 keeps the checkpoint's own peak threshold (its codec config).
         if config.keypoint_threshold > 0:
             options["peak_threshold"] = config.keypoint_threshold
@@ -175,6 +179,8 @@ def estimator_options(config: PoseNodeConfig, estimator: str) -> dict:
                              f"{unset} (unset) or use estimator hrpose, got {getattr(config, name)!r}")
     if config.refine_iterations >= 0:
         options["refine_iterations"] = config.refine_iterations
+    if config.recrop >= 0:
+        options["recrop"] = bool(config.recrop)
     return options  # precision: CropPosePipeline.from_pretrained refuses what it cannot run
 
 

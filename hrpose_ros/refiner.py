@@ -31,7 +31,7 @@ from torch import nn
 
 from hrpose_ros.backbones import lite_backbone
 from hrpose_ros.crops import Crop, crop_around_box, crop_images
-from hrpose_ros.geometry import project
+from hrpose_ros.geometry import projected_box
 from hrpose_ros.types import ObjectModel
 
 __all__ = [
@@ -64,10 +64,8 @@ IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0)
 
 def pose_crop(obj: ObjectModel, R, t, K, size: int = REFINER_SIZE, padding: float = REFINER_PADDING) -> Crop:
     """Return the square crop around the box of ``obj``'s points projected at R, t (``padding`` x side)."""
-    uv = project(obj.points, R, t, K)
-    low, high = uv.min(axis=0), uv.max(axis=0)
-    box = (low[0], low[1], max(high[0] - low[0], 1.0), max(high[1] - low[1], 1.0))
-    return crop_around_box(box, size, padding)
+    x, y, w, h = projected_box(obj.points, R, t, K)
+    return crop_around_box((x, y, max(w, 1.0), max(h, 1.0)), size, padding)
 
 
 def crop_intrinsics(crop: Crop, K) -> np.ndarray:

@@ -125,7 +125,7 @@ def test_crops_estimator_option_measures_the_crop_stages(tmp_path):
     assert set(results["stages"]) == {"torch fp32", "ORT fp32"}
     for stages in results["stages"].values():
         assert list(stages) == ["message → image", "detection", "crops", "inference", "decode", "PnP",
-                                "refine", "message build + publish", "frame"]
+                                "recrop", "refine", "message build + publish", "frame"]
         assert stages["frame"]["n"] == 2
     # --split with --instances: only the split's frames with that many objects
     from hrpose_ros import bop_reader

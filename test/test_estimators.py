@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import hrpose_ros.networks  # noqa: F401  (first: torchvision before the renderer's EGL context, see test_pose_node)
+from hrpose_ros import metrics
 from hrpose_ros.crop_pipeline import DEFAULT_CROPS_WEIGHTS, CropPosePipeline
 from hrpose_ros.estimators import estimator_of, load_estimator
 from hrpose_ros.pipeline import DEFAULT_WEIGHTS, PosePipeline
@@ -131,6 +132,36 @@ def test_crop_estimator_torch_and_onnxruntime_give_the_same_poses(rendered_frame
     for pa, pb in zip(a, b):
         assert (pa.obj_id, pa.instance_id) == (pb.obj_id, pb.instance_id)
         assert np.abs(pa.t - pb.t).max() < 1e-4  # metres
+
+
+def test_the_second_keypoint_pass_reestimates_each_pose_from_the_crop_around_it(rendered_frame):
+    from hrpose_ros.types import ObjectPose
+
+    frame, camera = rendered_frame
+    pipeline = load_estimator(DEFAULT_CROPS_WEIGHTS, "crops", backend="torch", device="cpu",
+                              refine_iterations=0, recrop=True)
+    objects = {o.obj_id: o for o in pipeline.objects}
+    truth = [
+        ObjectPose(objects[g.obj_id].name, g.obj_id, n, 1.0, g.R, g.t) for n, g in enumerate(frame.instances)
+    ]
+    # crops around the true poses are the network's training crops: the poses come back near them
+    again = pipeline.recrop(frame.rgb, camera, truth)
+    assert [(p.obj_id, p.instance_id) for p in again] == [(p.obj_id, p.instance_id) for p in truth]
+    moved = [p for p, g in zip(again, truth) if not np.array_equal(p.t, g.t)]
+    assert len(moved) >= len(truth) // 2, "the second pass re-estimated too few poses"
+    errors = [metrics.add_or_adds_error(p.R, p.t, g.R, g.t, objects[g.obj_id]) / objects[g.obj_id].diameter
+              for p, g in zip(moved, truth)]
+    assert np.median(errors) < 0.3  # keypoints alone: ~0.1 d typical; a crop off the object: > 1 d
+    # a pose whose second PnP is rejected keeps its first estimate
+    strict = load_estimator(DEFAULT_CROPS_WEIGHTS, "crops", backend="torch", device="cpu",
+                            refine_iterations=0, recrop=True, max_reprojection_error=1e-9)
+    kept = strict.recrop(frame.rgb, camera, truth)
+    assert all(np.array_equal(p.t, g.t) and np.array_equal(p.R, g.R) for p, g in zip(kept, truth))
+    # in the pipeline: a stage of its own, after PnP
+    pipeline(frame.rgb, camera)
+    assert "recrop" in pipeline.last_timings
+    with pytest.raises(ValueError, match="recrop: expected true or false"):
+        load_estimator(DEFAULT_CROPS_WEIGHTS, "crops", backend="torch", device="cpu", recrop=2)
 
 
 def test_the_crops_files_thresholds_are_the_defaults_and_arguments_win(crops_file):

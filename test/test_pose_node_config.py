@@ -107,3 +107,13 @@ def test_refine_iterations_reach_the_crop_estimator_only():
         estimator_options(PoseNodeConfig(refine_iterations=2), "hrpose")
     with pytest.raises(ValueError, match="refine_iterations"):
         PoseNodeConfig(refine_iterations=-2)
+
+
+def test_recrop_reaches_the_crop_estimator_only():
+    assert "recrop" not in estimator_options(PoseNodeConfig(), "crops")  # the file's
+    assert estimator_options(PoseNodeConfig(recrop=0), "crops")["recrop"] is False
+    assert estimator_options(PoseNodeConfig(recrop=1), "crops")["recrop"] is True
+    with pytest.raises(ValueError, match="'recrop': crops only, but the estimator is hrpose"):
+        estimator_options(PoseNodeConfig(recrop=1), "hrpose")
+    with pytest.raises(ValueError, match="recrop"):
+        PoseNodeConfig(recrop=2)

@@ -100,6 +100,13 @@ def main(argv=None) -> None:
         metavar="N",
         help="with --refiner: render-and-compare steps per pose (default 2), chosen on a validation split",
     )
+    parser.add_argument(
+        "--recrop",
+        type=int,
+        choices=(0, 1),
+        default=None,
+        help="1: a second keypoint pass on crops around the first poses, chosen on a validation split",
+    )
     args = parser.parse_args(argv)
     thresholds = {
         k: v
@@ -110,6 +117,7 @@ def main(argv=None) -> None:
             ("correspondences", args.correspondences),
             ("box_depth_weight", args.box_depth_weight),
             ("refine_iterations", args.refine_iterations),
+            ("recrop", args.recrop),
         )
         if v is not None
     }

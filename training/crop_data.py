@@ -25,7 +25,7 @@ from hrpose_ros.crop_keypoints import coordinate_frame
 from hrpose_ros.crops import Crop, crop_around_box, crop_images
 from hrpose_ros.data.augment import AugmentConfig, augment
 from hrpose_ros.geometry import keypoints_3d as box_keypoints
-from hrpose_ros.geometry import project
+from hrpose_ros.geometry import project, projected_box
 from hrpose_ros.render import Renderer
 from hrpose_ros.types import ObjectModel
 from training.data import canonical_pose
@@ -84,9 +84,7 @@ class CropSamples:
 
 def amodal_box(obj: ObjectModel, R: np.ndarray, t: np.ndarray, camera) -> tuple:
     """Return the (x, y, w, h) px box of the object's projected points (BOP's bbox_obj without a mask)."""
-    uv = project(obj.points, R, t, camera.K, camera.dist)
-    low, high = uv.min(axis=0), uv.max(axis=0)
-    return (float(low[0]), float(low[1]), float(high[0] - low[0]), float(high[1] - low[1]))
+    return tuple(float(v) for v in projected_box(obj.points, R, t, camera.K, camera.dist))
 
 
 def load_crop_samples(

@@ -287,7 +287,7 @@ def evaluate_split(
             decoded = pipeline.decode(maps.belief_maps, maps.vector_fields, maps.box)
         poses = pipeline.solve(decoded, frame.camera)
         if crops and not gt_maps:
-            poses = pipeline.refine(image, frame.camera, poses)
+            poses, _ = pipeline.improve(image, frame.camera, poses)
         seconds.append(time.perf_counter() - start)
         own = match_poses(poses, frame, objects, bounds=bounds)
         mark_decoded(own, decoded, pipeline, frame)
@@ -462,12 +462,11 @@ def _options(path: str, input_size, overrides: dict) -> dict:
         config = load_crops_file(path)[1].config if estimator == "crops" else None
         overrides = {k: v for k, v in overrides.items()
                      if k not in heads or (config is not None and getattr(config, heads[k]))}
+    crops_only = [k for k in ("refiner", "refine_iterations", "recrop") if k in overrides]
+    if estimator == "hrpose" and crops_only:
+        raise ValueError(f"{path}: {', '.join(crops_only)}: options of crop models only")
     if estimator == "hrpose":
         return {"input_size": input_size, **overrides}
-    refiner = [k for k in ("refiner", "refine_iterations") if k in overrides]
-    if estimator == "hrpose" and refiner:
-        raise ValueError(f"{path}: the render-and-compare refiner ({', '.join(refiner)}) refines "
-                         "crop models only")
     hrpose_only = [k for k in ("peak_threshold",) if k in overrides]
     hrpose_only += ["--input-size"] if input_size else []
     if hrpose_only:
@@ -506,6 +505,9 @@ def main(argv=None) -> None:
                         help="crop models: refine the poses with this render-and-compare refiner")
     parser.add_argument("--refine-iterations", type=int, default=None, metavar="N",
                         help="crop models: refiner steps per pose (0 = off; default the file's, else 2)")
+    parser.add_argument("--recrop", type=int, default=None, choices=(0, 1),
+                        help="crop models: a second keypoint pass on crops around the first poses "
+                             "(default: the file's)")
     parser.add_argument("--gt-maps", metavar="CHECKPOINT",
                         help="add a 'GT maps' column: ground-truth maps through this checkpoint's "
                              "codec, decoding and PnP (the ceiling of its input size)")
@@ -543,6 +545,7 @@ def main(argv=None) -> None:
             ("box_depth_weight", args.box_depth_weight, "box depth weight {}"),
             ("refiner", args.refiner, "refiner {}"),
             ("refine_iterations", args.refine_iterations, "{} refiner steps"),
+            ("recrop", args.recrop, "second keypoint pass {}"),
         )
         if value is not None
     ]

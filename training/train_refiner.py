@@ -13,7 +13,8 @@ disturbance matches what the crop keypoint estimator leaves (median rotation err
 degrees, depth a few per cent) rather than CosyPose's coarse-to-fine schedule: one refiner, one
 regime. The keypoint network's errors are heavy-tailed, though (a third of its ADD failures are
 10-30 degrees off), so --wide-fraction of the samples get sigmas --wide-scale times wider;
-validation keeps the narrow regime so runs stay comparable. Adam, lr 3e-4 (CosyPose) with cosine decay over the time budget.
+validation keeps the narrow regime so runs stay comparable. Adam, lr 3e-4 (CosyPose) with cosine
+decay over the time budget.
 Writes log.csv, val.csv, loss.png, refiner.pt (best validation) and last.pt.
 """
 
