@@ -84,7 +84,8 @@ def plot_loss_and_validation(
             axes[0].plot(steps, [float(r[key]) for r in rows], label=key)
     axes[0].set_yscale("log")
     axes[0].set_xlabel("step")
-    axes[0].legend()
+    if rows:  # the first validation comes before any logged step
+        axes[0].legend()
     axes[0].set_title(loss_title)
     val_steps = [int(r["step"]) for r in vals]
     for column, label in val_columns.items():
@@ -92,7 +93,7 @@ def plot_loss_and_validation(
             axes[1].plot(val_steps, [float(r[column]) for r in vals], marker="o", label=label)
     axes[1].set_xlabel("step")
     axes[1].set_ylabel(val_ylabel)
-    if len(val_columns) > 1:
+    if vals and len(val_columns) > 1:
         axes[1].legend()
     axes[1].set_title(val_title)
     fig.tight_layout()
