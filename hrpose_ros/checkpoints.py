@@ -28,6 +28,7 @@ __all__ = [
     "load_checkpoint",
     "object_from_dict",
     "object_to_dict",
+    "read_torch_file",
     "save_checkpoint",
 ]
 
@@ -135,6 +136,18 @@ def save_checkpoint(path, checkpoint: Checkpoint, half: bool = False) -> Path:
     torch.save({"metadata": json.dumps(checkpoint.metadata()), "state_dict": state}, tmp)
     os.replace(tmp, path)
     return path
+
+
+def read_torch_file(path, kind: str, weights_only: bool = True):
+    """Return what torch saved at ``path``; a ValueError names the file and its ``kind`` ("weights",
+    "refiner", ...) when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: {kind} file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise ValueError(f"{path}: not a readable {kind} file ({exc})") from exc
 
 
 def load_checkpoint(path) -> Checkpoint:

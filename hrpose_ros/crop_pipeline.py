@@ -13,6 +13,7 @@ exported once into the cache (``~/.cache/hrpose_ros``), named by the file's cont
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hrpose_ros.checkpoints import compact_points, object_from_dict, object_to_dict
+from hrpose_ros.checkpoints import compact_points, object_from_dict, object_to_dict, read_torch_file
 from hrpose_ros.codec import DecodedInstance
 from hrpose_ros.crop_keypoints import (
     CropKeypointConfig,
@@ -148,12 +149,7 @@ def save_crops_file(
 
 
 def _load(path: Path) -> dict:
-    if not path.is_file():
-        raise ValueError(f"{path}: weights file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a truncated or foreign file
-        raise ValueError(f"{path}: not a readable weights file ({exc})") from exc
+    return read_torch_file(path, "weights", weights_only=False)
 
 
 def is_crops_file(path) -> bool:
@@ -230,13 +226,24 @@ def _export(
     os.replace(tmp, target)
 
 
+@functools.lru_cache(maxsize=8)
+def _cache_stem(path: Path, mtime_ns: int, size: int) -> str:
+    """``{stem}-{content digest}`` naming a weights file's ONNX exports; cached per file version, as
+    the detector, keypoint and refiner exports of one 20 MB file all need it."""
+    return f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+
+
+def cache_stem(path: Path) -> str:
+    stat = path.stat()
+    return _cache_stem(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
 def export_crops_onnx(path, cache_dir=None) -> tuple[Path, Path]:
     """Return (detector .onnx, keypoint .onnx) of the crops file at ``path``, exported once into the cache."""
     path = Path(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    root = model_cache_dir(cache_dir)
-    det_path = root / f"{path.stem}-{digest}-detector.onnx"
-    kp_path = root / f"{path.stem}-{digest}-keypoints.onnx"
+    root, stem = model_cache_dir(cache_dir), cache_stem(path)
+    det_path = root / f"{stem}-detector.onnx"
+    kp_path = root / f"{stem}-keypoints.onnx"
     if not (det_path.is_file() and kp_path.is_file()):
         detector, keypoints, _, _ = load_crops_file(path)
         _export(detector, det_path, detector.config.input_size, ["heatmap", "size", "offset"], False)
@@ -626,8 +633,7 @@ def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str, ba
     model = refiner_from_dict(refiner_dict)
     if backend == "onnxruntime":
         source = Path(source)
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-        onnx_path = model_cache_dir(None) / f"{source.stem}-{digest}-refiner.onnx"
+        onnx_path = model_cache_dir(None) / f"{cache_stem(source)}-refiner.onnx"
         if not onnx_path.is_file():
             _export(model, onnx_path, (model.size, model.size), ["update"], True, channels=6)
         engine = OnnxEngine(onnx_path, device=device, output_names=["update"])

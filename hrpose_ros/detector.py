@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from hrpose_ros.backbones import LiteFPN
-from hrpose_ros.checkpoints import compact_points, object_from_dict, object_to_dict
+from hrpose_ros.checkpoints import compact_points, object_from_dict, object_to_dict, read_torch_file
 from hrpose_ros.letterbox import letterbox
 from hrpose_ros.types import Detection, ObjectModel
 
@@ -478,13 +478,7 @@ def load_detector(path) -> tuple[SingleShotDetector, list[ObjectModel]]:
 
     A missing or unreadable file raises ValueError naming it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: detector checkpoint file not found")
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a truncated or foreign file
-        raise ValueError(f"{path}: not a readable detector checkpoint ({exc})") from exc
+    d = read_torch_file(path, "detector checkpoint")
     if isinstance(d, dict) and d.get("estimator") == "crops" and "detector" in d:
         d = d["detector"]  # the detector part of a crops weights file (fine-tuning shipped weights)
     return detector_from_dict(d, str(path))

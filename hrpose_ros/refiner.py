@@ -23,13 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from hrpose_ros.backbones import lite_backbone
+from hrpose_ros.checkpoints import read_torch_file
 from hrpose_ros.crops import Crop, crop_around_box, crop_images
 from hrpose_ros.geometry import projected_box
 from hrpose_ros.types import ObjectModel
@@ -186,13 +186,7 @@ def refiner_from_dict(d: dict, where: str = "refiner") -> RefinerNet:
 
 def load_refiner(path) -> dict:
     """Return the refiner dict stored at ``path`` (a refiner.pt of training/train_refiner.py)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: refiner file not found")
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a truncated or foreign file
-        raise ValueError(f"{path}: not a readable refiner file ({exc})") from exc
+    d = read_torch_file(path, "refiner", weights_only=False)
     refiner_from_dict(d, str(path))  # checked here, so a bad file fails where it is named
     return d
 
