@@ -13,8 +13,12 @@ disturbance matches what the crop keypoint estimator leaves (median rotation err
 degrees, depth a few per cent) rather than CosyPose's coarse-to-fine schedule: one refiner, one
 regime. The keypoint network's errors are heavy-tailed, though (a third of its ADD failures are
 10-30 degrees off), so --wide-fraction of the samples get sigmas --wide-scale times wider;
-validation keeps the narrow regime so runs stay comparable. Adam, lr 3e-4 (CosyPose) with cosine
-decay over the time budget.
+validation keeps the narrow regime so runs stay comparable. --starts-fraction of the samples
+instead start from the crop estimator's own pose of the instance (training/pipeline_starts.py),
+jittered by --starts-jitter x the narrow sigmas: its errors are systematic (thin boxes placed too
+far, rotations off in the same way for the same view), which random disturbances do not teach.
+With the validation split's starts, validation also scores one step from them ("pipe_*"), and the
+best checkpoint is chosen on that. Adam, lr 3e-4 (CosyPose) with cosine decay over the time budget.
 Writes log.csv, val.csv, loss.png, refiner.pt (best validation) and last.pt.
 """
 
@@ -49,6 +53,7 @@ from hrpose_ros.refiner import (
 )
 from hrpose_ros.render import Renderer
 from training.crop_data import JitterConfig, load_crop_samples
+from training.pipeline_starts import STARTS_FILE, load_starts
 from training.plots import plot_loss_and_validation
 
 __all__ = ["RefinerTrainConfig", "train", "train_step"]
@@ -79,14 +84,20 @@ class RefinerTrainConfig:
     val_samples: int = 400
     max_frames: int | None = None
     init: str = ""
+    starts_fraction: float = 0.0  # share of samples starting from the crop estimator's poses
+    starts_jitter: float = 0.25  # x the narrow sigmas, added to those starts
+    starts_max_error: float = 0.5  # ADD(-S) / diameter; worse starts (wrong matches, flips) unused
 
 
 class Instances:
     """Context crops of every instance plus what the refiner needs: pose, frame K, object index."""
 
-    def __init__(self, splits, objects, max_frames=None, progress=True):
+    def __init__(self, splits, objects, max_frames=None, progress=True, starts_max_error=None):
+        """``starts_max_error`` not None: also read each split's pipeline starts (those with an
+        ADD(-S) error below it, / diameter) into ``has_start``, ``start_R``, ``start_t``."""
         self.samples = load_crop_samples(splits, objects, max_frames=max_frames, progress=progress)
-        frames = [f for s in splits for f in bop_reader.read_split(s)]
+        per_split = [bop_reader.read_split(s) for s in splits]
+        frames = [f for split in per_split for f in split]
         self.R = np.zeros((len(self.samples), 3, 3))
         self.t = np.zeros((len(self.samples), 3))
         self.K = np.zeros((len(self.samples), 3, 3))
@@ -94,6 +105,14 @@ class Instances:
             frame = frames[frame_index]
             inst = next(i for i in frame.instances if i.gt_id == gt_id)
             self.R[n], self.t[n], self.K[n] = inst.R, inst.t, frame.camera.K
+        self.has_start = np.zeros(len(self.samples), bool)
+        self.start_R, self.start_t = self.R.copy(), self.t.copy()
+        if starts_max_error is not None:
+            starts = load_starts(splits, [len(split) for split in per_split], starts_max_error)
+            for n, source in enumerate(map(tuple, self.samples.sources)):
+                if source in starts:
+                    self.has_start[n] = True
+                    self.start_R[n], self.start_t[n] = starts[source]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -229,15 +248,24 @@ def validate(model, data, objects, renderer, config) -> dict:
             model, data, indices, R_est, t_est, objects, renderer, 1 if done == 1 else 2
         )
         out[f"iter{done}"] = add_errors(objects, classes, R_est, t_est, data.R[indices], data.t[indices])
+    if data.has_start.any():
+        have = np.flatnonzero(data.has_start)
+        indices = rng.choice(have, min(config.val_samples, len(have)), replace=False)
+        classes = data.samples.classes[indices]
+        R0, t0 = data.start_R[indices], data.start_t[indices]
+        out["pipe_start"] = add_errors(objects, classes, R0, t0, data.R[indices], data.t[indices])
+        R_est, t_est = refine_samples(model, data, indices, R0, t0, objects, renderer, 1)
+        out["pipe_iter1"] = add_errors(objects, classes, R_est, t_est, data.R[indices], data.t[indices])
     model.train()
     return {k: (float(np.median(v)), float(np.mean(v < 0.1) * 100)) for k, v in out.items()}
 
 
-def _plot(log_path: Path, val_path: Path, out: Path) -> None:
+def _plot(log_path: Path, val_path: Path, out: Path, keys) -> None:
     plot_loss_and_validation(
         log_path, val_path, out, ("total", "rot", "xy", "z"),
-        {f"{key}_pct": key for key in ("start", "iter1", "iter3")},
-        "ADD(-S) < 0.1 d (%)", "validation, disturbed ground truth", "training loss (/ diameter)",
+        {f"{key}_pct": key for key in keys},
+        "ADD(-S) < 0.1 d (%)", "validation: disturbed ground truth; pipe_*: the estimator's poses",
+        "training loss (/ diameter)",
     )
 
 
@@ -255,8 +283,10 @@ def train(config: RefinerTrainConfig, progress: bool = True) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     objects = bop_models.load_object_models(Path(config.train[0]).parent / "models")
-    data = Instances(config.train, objects, config.max_frames, progress)
-    val = Instances([config.val], objects, config.max_frames, progress)
+    data = Instances(config.train, objects, config.max_frames, progress,
+                     config.starts_max_error if config.starts_fraction > 0 else None)
+    val_starts = (Path(config.val) / STARTS_FILE).is_file()
+    val = Instances([config.val], objects, config.max_frames, progress, math.inf if val_starts else None)
     points, diameters = point_sets(objects)
     model = RefinerNet(config.variant)
     if config.init:
@@ -273,7 +303,8 @@ def train(config: RefinerTrainConfig, progress: bool = True) -> Path:
     )
     log, val_log = csv.writer(log_file), csv.writer(val_file)
     log.writerow(["step", "seconds", "total", "rot", "xy", "z", "lr"])
-    keys = ("start", "iter1", "iter3")
+    keys = ("start", "iter1", "iter3") + (("pipe_start", "pipe_iter1") if val_starts else ())
+    chosen_by = "pipe_iter1" if val_starts else "iter3"
     val_log.writerow(["step", "seconds"] + [f"{k}_{m}" for k in keys for m in ("median", "pct")])
     start, best, best_path = time.perf_counter(), -1.0, out / "refiner.pt"
     budget = config.minutes * 60
@@ -296,9 +327,13 @@ def train(config: RefinerTrainConfig, progress: bool = True) -> Path:
         classes = data.samples.classes[indices]
         R0, t0, R_gt, t_gt = [], [], [], []
         for i, c in zip(indices, classes):
-            wide = config.wide_fraction > 0 and rng.random() < config.wide_fraction
-            scale = config.wide_scale if wide else 1.0
-            R, t = disturb(data.R[i], data.t[i], objects[c].diameter, rng, config, scale)
+            if data.has_start[i] and rng.random() < config.starts_fraction:
+                R, t = disturb(data.start_R[i], data.start_t[i], objects[c].diameter, rng, config,
+                               config.starts_jitter)
+            else:
+                wide = config.wide_fraction > 0 and rng.random() < config.wide_fraction
+                scale = config.wide_scale if wide else 1.0
+                R, t = disturb(data.R[i], data.t[i], objects[c].diameter, rng, config, scale)
             Rg, tg = nearest_symmetric(objects[c], data.R[i], data.t[i], R)
             R0.append(R), t0.append(t), R_gt.append(Rg), t_gt.append(tg)
         R0, t0 = np.stack(R0), np.stack(t0)
@@ -326,20 +361,20 @@ def train(config: RefinerTrainConfig, progress: bool = True) -> Path:
             val_log.writerow(
                 [step, round(time.perf_counter() - start, 1)] + [round(v, 4) for k in keys for v in scores[k]]
             )
-            if scores["iter3"][1] > best:
-                best = scores["iter3"][1]
+            if scores[chosen_by][1] > best:
+                best = scores[chosen_by][1]
                 save(model, config, best_path, objects)
-            _plot(log_path, val_path, out / "loss.png")
+            _plot(log_path, val_path, out / "loss.png", keys)
     bar.close()
     save(model, config, out / "last.pt", objects)
     scores = validate(model, val, objects, renderer, config)
     val_log.writerow(
         [step, round(time.perf_counter() - start, 1)] + [round(v, 4) for k in keys for v in scores[k]]
     )
-    if scores["iter3"][1] > best:
+    if scores[chosen_by][1] > best:
         save(model, config, best_path, objects)
     log_file.close(), val_file.close()
-    _plot(log_path, val_path, out / "loss.png")
+    _plot(log_path, val_path, out / "loss.png", keys)
     renderer.release()
     return best_path
 
@@ -369,6 +404,14 @@ def main(argv=None) -> None:
     parser.add_argument("--val-samples", type=int, default=400)
     parser.add_argument("--max-frames", type=int, default=None)
     parser.add_argument("--init", default="", help="a refiner.pt to go on training from")
+    parser.add_argument(
+        "--starts-fraction", type=float, default=0.0,
+        help="share of samples starting from the crop estimator's poses (training/pipeline_starts.py)",
+    )
+    parser.add_argument("--starts-jitter", type=float, default=0.25, help="x the sigmas, on those starts")
+    parser.add_argument(
+        "--starts-max-error", type=float, default=0.5, help="ADD(-S) / d; worse starts unused"
+    )
     args = parser.parse_args(argv)
     config = RefinerTrainConfig(**{**vars(args), "train": tuple(args.train.split(","))})
     print(train(config))
