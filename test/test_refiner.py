@@ -8,6 +8,8 @@ from scipy.spatial.transform import Rotation
 from hrpose_ros import bop_models
 from hrpose_ros.geometry import project
 from hrpose_ros.refiner import (
+    DEPTH_SCALE,
+    REFINER_SIZE,
     PoseRefiner,
     RefinerNet,
     TorchRefinerEngine,
@@ -30,6 +32,7 @@ from training.train_refiner import (
     pairs,
     point_sets,
     train_step,
+    unrolled,
 )
 
 
@@ -251,3 +254,19 @@ def test_a_short_refiner_run_writes_its_logs_plot_and_loadable_checkpoints(toy, 
         progress=False,
     )  # --init goes on from a saved refiner
     assert (tmp_path / "again" / "last.pt").is_file()
+
+
+def test_an_unrolled_step_moves_starts_as_the_model_does_and_keeps_those_it_throws_away(toy):
+    split, objects = toy
+    data = Instances([split], objects, progress=False)
+    renderer = Renderer(objects, REFINER_SIZE, REFINER_SIZE)
+    model = RefinerNet(pretrained=False).eval()
+    indices = np.arange(min(3, len(data)))
+    R0, t0 = data.R[indices], data.t[indices] * np.array([1.0, 1.0, 1.05])
+    for ratio, kept in ((1.2, False), (3.0, True)):  # PoseRefiner refuses a step that doubles the depth
+        with torch.no_grad():
+            model.head[-1].bias[8] = float(np.log(ratio) / DEPTH_SCALE)
+        R1, t1 = unrolled(model, data, indices, R0, t0, objects, renderer)
+        np.testing.assert_allclose(R1, R0, atol=1e-5)
+        np.testing.assert_allclose(t1[:, 2], t0[:, 2] * (1.0 if kept else ratio), rtol=1e-5)
+    renderer.release()

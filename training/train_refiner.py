@@ -18,7 +18,10 @@ instead start from the crop estimator's own pose of the instance (training/pipel
 jittered by --starts-jitter x the narrow sigmas: its errors are systematic (thin boxes placed too
 far, rotations off in the same way for the same view), which random disturbances do not teach.
 With the validation split's starts, validation also scores one step from them ("pipe_*"), and the
-best checkpoint is chosen on that. Adam, lr 3e-4 (CosyPose) with cosine decay over the time budget.
+best checkpoint is chosen on that. --unroll-fraction of the samples are first moved by one no-grad
+step of the model being trained, so that a second step at inference sees what it learned on (the
+iterative training of DeepIM, Li et al., ECCV 2018, one step deep). Adam, lr 3e-4 (CosyPose) with
+cosine decay over the time budget.
 Writes log.csv, val.csv, loss.png, refiner.pt (best validation) and last.pt.
 """
 
@@ -87,6 +90,7 @@ class RefinerTrainConfig:
     starts_fraction: float = 0.0  # share of samples starting from the crop estimator's poses
     starts_jitter: float = 0.25  # x the narrow sigmas, added to those starts
     starts_max_error: float = 0.5  # ADD(-S) / diameter; worse starts (wrong matches, flips) unused
+    unroll_fraction: float = 0.0  # share of samples first moved by one no-grad step of the model
 
 
 class Instances:
@@ -260,6 +264,30 @@ def validate(model, data, objects, renderer, config) -> dict:
     return {k: (float(np.median(v)), float(np.mean(v < 0.1) * 100)) for k, v in out.items()}
 
 
+def training_starts(data: Instances, indices, objects, rng, config: RefinerTrainConfig):
+    """Return the (B, 3, 3), (B, 3) poses the samples ``indices`` start from (module docstring)."""
+    R0, t0 = [], []
+    for i in indices:
+        diameter = objects[data.samples.classes[i]].diameter
+        if data.has_start[i] and rng.random() < config.starts_fraction:
+            R, t = disturb(data.start_R[i], data.start_t[i], diameter, rng, config, config.starts_jitter)
+        else:
+            wide = config.wide_fraction > 0 and rng.random() < config.wide_fraction
+            R, t = disturb(data.R[i], data.t[i], diameter, rng, config, config.wide_scale if wide else 1.0)
+        R0.append(R), t0.append(t)
+    return np.stack(R0), np.stack(t0)
+
+
+def unrolled(model, data: Instances, indices, R0, t0, objects, renderer):
+    """Return the poses after one step of the current ``model`` from R0, t0 (a second step's
+    input, as inference's second iteration sees it); a step that left the trained regime (the
+    distance halved or doubled, as PoseRefiner refuses it) keeps its start."""
+    R1, t1 = refine_samples(model, data, indices, R0, t0, objects, renderer, 1)
+    ratio = t1[:, 2] / t0[:, 2]
+    sane = np.isfinite(t1).all(axis=1) & (ratio > 0.5) & (ratio < 2.0)
+    return np.where(sane[:, None, None], R1, R0), np.where(sane[:, None], t1, t0)
+
+
 def _plot(log_path: Path, val_path: Path, out: Path, keys) -> None:
     plot_loss_and_validation(
         log_path, val_path, out, ("total", "rot", "xy", "z"),
@@ -325,18 +353,16 @@ def train(config: RefinerTrainConfig, progress: bool = True) -> Path:
             group["lr"] = lr
         indices = rng.integers(0, len(data), config.batch)
         classes = data.samples.classes[indices]
-        R0, t0, R_gt, t_gt = [], [], [], []
-        for i, c in zip(indices, classes):
-            if data.has_start[i] and rng.random() < config.starts_fraction:
-                R, t = disturb(data.start_R[i], data.start_t[i], objects[c].diameter, rng, config,
-                               config.starts_jitter)
-            else:
-                wide = config.wide_fraction > 0 and rng.random() < config.wide_fraction
-                scale = config.wide_scale if wide else 1.0
-                R, t = disturb(data.R[i], data.t[i], objects[c].diameter, rng, config, scale)
-            Rg, tg = nearest_symmetric(objects[c], data.R[i], data.t[i], R)
-            R0.append(R), t0.append(t), R_gt.append(Rg), t_gt.append(tg)
-        R0, t0 = np.stack(R0), np.stack(t0)
+        R0, t0 = training_starts(data, indices, objects, rng, config)
+        again = rng.random(len(indices)) < config.unroll_fraction
+        if again.any():
+            model.eval()  # batch statistics of a no-grad pass must not move the running ones
+            R0[again], t0[again] = unrolled(model, data, indices[again], R0[again], t0[again], objects,
+                                            renderer)
+            model.train()
+        targets = [nearest_symmetric(objects[c], data.R[i], data.t[i], R)
+                   for i, c, R in zip(indices, classes, R0)]
+        R_gt, t_gt = [g[0] for g in targets], [g[1] for g in targets]
         pair, Ks = pairs(data, indices, R0, t0, objects, renderer, rng)
         loss, terms = train_step(
             model,
@@ -407,6 +433,10 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--starts-fraction", type=float, default=0.0,
         help="share of samples starting from the crop estimator's poses (training/pipeline_starts.py)",
+    )
+    parser.add_argument(
+        "--unroll-fraction", type=float, default=0.0,
+        help="share of samples first moved by one step of the current model (trains the second step)",
     )
     parser.add_argument("--starts-jitter", type=float, default=0.25, help="x the sigmas, on those starts")
     parser.add_argument(
