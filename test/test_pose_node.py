@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -782,10 +783,14 @@ DEPTH_FRAME_BUDGET = 10.0
 
 @pytest.fixture(scope="module")
 def depth_frame(crops_frame):
-    """Return (SceneFrame, RGB poses, refined poses) of crops_frame with its depth in whole millimetres.
+    """Return (SceneFrame, RGB poses, refined poses, stable) of crops_frame with its depth in whole
+    millimetres.
 
-    The refined poses are the in-process refiner's on the depth the node receives (16UC1); at least
-    one is refined.
+    The refined poses are the in-process refiner's on the depth the node receives (16UC1).
+    ``stable`` marks the instances whose refinement moves less than 0.1 mm when their RGB pose
+    moves by a few micrometres: ICP on a slab seen at a grazing angle is ill-conditioned, and
+    the node's RGB pose differs from this process's by float rounding. At least one stable
+    instance is refined.
     """
     from hrpose_ros.data.objects import load_default_objects
     from hrpose_ros.depth_refine import DepthRefiner, RefineConfig
@@ -793,10 +798,17 @@ def depth_frame(crops_frame):
     frame, poses = crops_frame
     depth_mm = np.round(frame.depth * 1000.0) / 1000.0
     # No time limit on either side (depth_node too): a busy machine must not cut a frame short.
-    config = RefineConfig(frame_budget=DEPTH_FRAME_BUDGET)
-    refined, _ = DepthRefiner(load_default_objects(), config).refine(poses, depth_mm, DEFAULT_CAMERA)
-    assert any(p.refined for p in refined), "no pose of crops_frame refines: choose another frame"
-    return frame, poses, refined
+    refiner = DepthRefiner(load_default_objects(), RefineConfig(frame_budget=DEPTH_FRAME_BUDGET))
+    refined, _ = refiner.refine(poses, depth_mm, DEFAULT_CAMERA)
+    rng = np.random.default_rng(0)
+    stable = np.ones(len(poses), bool)
+    for _ in range(3):
+        moved = [replace(p, t=p.t + rng.normal(0.0, 2e-6, 3)) for p in poses]
+        again, _ = refiner.refine(moved, depth_mm, DEFAULT_CAMERA)
+        stable &= [a.refined == b.refined and np.abs(a.t - b.t).max() < 1e-4 for a, b in zip(refined, again)]
+    assert any(p.refined for p, s in zip(refined, stable) if s), \
+        "no pose of crops_frame refines stably: choose another frame"
+    return frame, poses, refined, stable
 
 
 @pytest.fixture(scope="module")
@@ -837,14 +849,16 @@ def positions(msg: ObjectPoseArray) -> np.ndarray:
 
 
 def test_depth_node_publishes_refined_poses_flagged_with_their_residual(listener, depth_node, depth_frame):
-    frame, _, refined = depth_frame
+    frame, _, refined, stable = depth_frame
     stamp = new_stamp()
     msg = send_with_depth(listener, depth_node, frame.rgb, depth_message(frame.depth, stamp), stamp)
 
-    assert [o.refined for o in msg.objects] == [p.refined for p in refined]
-    np.testing.assert_allclose(positions(msg), [p.t for p in refined], atol=1e-3)
-    for published, pose in zip(msg.objects, refined):
-        if pose.refined:
+    assert len(msg.objects) == len(refined)
+    kept = np.flatnonzero(stable)
+    assert [msg.objects[i].refined for i in kept] == [refined[i].refined for i in kept]
+    np.testing.assert_allclose(positions(msg)[kept], [refined[i].t for i in kept], atol=1e-3)
+    for published, pose, steady in zip(msg.objects, refined, stable):
+        if pose.refined and steady:
             assert 0 <= published.depth_residual < 0.005
             assert published.depth_residual == pytest.approx(pose.depth_residual, abs=5e-4)
 
@@ -877,7 +891,7 @@ def _bad_depth(case: str, frame, stamp) -> Image:
 ])
 def test_bad_depth_gives_rgb_poses_a_warning_and_the_node_keeps_serving(listener, depth_node, depth_frame,
                                                                         case, expected_log):
-    frame, rgb_poses, _ = depth_frame
+    frame, rgb_poses, _, _ = depth_frame
     start = len(listener.messages("rosout"))
     deadline = time.monotonic() + 20.0
     log = None
