@@ -51,6 +51,7 @@ __all__ = [
     "refiner_inputs",
     "refiner_to_dict",
     "rotation_from_6d",
+    "sane_steps",
     "translation",
     "update_poses",
 ]
@@ -248,10 +249,7 @@ class PoseRefiner:
             )
             R_next = orthonormal(R_new.double().numpy())
             t_next = translation(xy_over_z, z_new).double().numpy()
-            # A step that halves or doubles the distance left the regime the refiner was trained
-            # in (a few per cent): that instance keeps its last pose.
-            ratio = t_next[:, 2] / t[:, 2]
-            sane = np.isfinite(t_next).all(axis=1) & (ratio > 0.5) & (ratio < 2.0)
+            sane = sane_steps(t, t_next)
             R[sane], t[sane] = R_next[sane], t_next[sane]
         return [replace(p, R=R[n], t=t[n]) for n, p in enumerate(poses)]
 
@@ -259,6 +257,14 @@ class PoseRefiner:
         if self._renderer is not None:
             self._renderer.release()
             self._renderer = None
+
+
+def sane_steps(t: np.ndarray, t_next: np.ndarray) -> np.ndarray:
+    """(N,) bool: the steps from translations ``t`` to ``t_next`` (N, 3) to keep. A step that halves
+    or doubles the distance left the regime the refiner was trained in (a few per cent): that
+    instance keeps its last pose."""
+    ratio = t_next[:, 2] / t[:, 2]
+    return np.isfinite(t_next).all(axis=1) & (ratio > 0.5) & (ratio < 2.0)
 
 
 def orthonormal(R: np.ndarray) -> np.ndarray:

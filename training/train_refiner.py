@@ -51,6 +51,7 @@ from hrpose_ros.refiner import (
     pose_crop,
     refiner_from_dict,
     refiner_to_dict,
+    sane_steps,
     translation,
     update_poses,
 )
@@ -280,11 +281,10 @@ def training_starts(data: Instances, indices, objects, rng, config: RefinerTrain
 
 def unrolled(model, data: Instances, indices, R0, t0, objects, renderer):
     """Return the poses after one step of the current ``model`` from R0, t0 (a second step's
-    input, as inference's second iteration sees it); a step that left the trained regime (the
-    distance halved or doubled, as PoseRefiner refuses it) keeps its start."""
+    input, as inference's second iteration sees it); a step PoseRefiner would refuse
+    (:func:`hrpose_ros.refiner.sane_steps`) keeps its start."""
     R1, t1 = refine_samples(model, data, indices, R0, t0, objects, renderer, 1)
-    ratio = t1[:, 2] / t0[:, 2]
-    sane = np.isfinite(t1).all(axis=1) & (ratio > 0.5) & (ratio < 2.0)
+    sane = sane_steps(t0, t1)
     return np.where(sane[:, None, None], R1, R0), np.where(sane[:, None], t1, t0)
 
 
