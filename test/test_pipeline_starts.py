@@ -67,3 +67,4 @@ def test_refiner_training_starts_from_them_and_validates_on_them(starts, tmp_pat
     rows = list(csv.DictReader((tmp_path / "r" / "val.csv").open()))
     assert float(rows[0]["pipe_start_pct"]) == pytest.approx(np.mean(errors < 0.1) * 100, abs=0.01)
     assert 0 <= float(rows[-1]["pipe_iter1_pct"]) <= 100
+    assert 0 <= float(rows[-1]["pipe_iter2_pct"]) <= 100

@@ -17,11 +17,12 @@ validation keeps the narrow regime so runs stay comparable. --starts-fraction of
 instead start from the crop estimator's own pose of the instance (training/pipeline_starts.py),
 jittered by --starts-jitter x the narrow sigmas: its errors are systematic (thin boxes placed too
 far, rotations off in the same way for the same view), which random disturbances do not teach.
-With the validation split's starts, validation also scores one step from them ("pipe_*"), and the
-best checkpoint is chosen on that. --unroll-fraction of the samples are first moved by one no-grad
-step of the model being trained, so that a second step at inference sees what it learned on (the
-iterative training of DeepIM, Li et al., ECCV 2018, one step deep). Adam, lr 3e-4 (CosyPose) with
-cosine decay over the time budget.
+With the validation split's starts, validation also scores one and two steps from them
+("pipe_*"), and the best checkpoint is chosen on one step (on two with --unroll-fraction).
+--unroll-fraction of the samples are first moved by one no-grad step of the model being trained,
+so that a second step at inference sees what it learned on (the iterative training of DeepIM,
+Li et al., ECCV 2018, one step deep). Adam, lr 3e-4 (CosyPose) with cosine decay over the time
+budget.
 Writes log.csv, val.csv, loss.png, refiner.pt (best validation) and last.pt.
 """
 
@@ -259,8 +260,12 @@ def validate(model, data, objects, renderer, config) -> dict:
         classes = data.samples.classes[indices]
         R0, t0 = data.start_R[indices], data.start_t[indices]
         out["pipe_start"] = add_errors(objects, classes, R0, t0, data.R[indices], data.t[indices])
-        R_est, t_est = refine_samples(model, data, indices, R0, t0, objects, renderer, 1)
-        out["pipe_iter1"] = add_errors(objects, classes, R_est, t_est, data.R[indices], data.t[indices])
+        R_est, t_est = R0, t0
+        for done in (1, 2):
+            R_est, t_est = refine_samples(model, data, indices, R_est, t_est, objects, renderer, 1)
+            out[f"pipe_iter{done}"] = add_errors(
+                objects, classes, R_est, t_est, data.R[indices], data.t[indices]
+            )
     model.train()
     return {k: (float(np.median(v)), float(np.mean(v < 0.1) * 100)) for k, v in out.items()}
 
@@ -331,8 +336,9 @@ def train(config: RefinerTrainConfig, progress: bool = True) -> Path:
     )
     log, val_log = csv.writer(log_file), csv.writer(val_file)
     log.writerow(["step", "seconds", "total", "rot", "xy", "z", "lr"])
-    keys = ("start", "iter1", "iter3") + (("pipe_start", "pipe_iter1") if val_starts else ())
-    chosen_by = "pipe_iter1" if val_starts else "iter3"
+    keys = ("start", "iter1", "iter3") + (("pipe_start", "pipe_iter1", "pipe_iter2") if val_starts else ())
+    # a model trained for a second step (unrolled samples) is chosen on what two steps give
+    chosen_by = ("pipe_iter2" if config.unroll_fraction > 0 else "pipe_iter1") if val_starts else "iter3"
     val_log.writerow(["step", "seconds"] + [f"{k}_{m}" for k in keys for m in ("median", "pct")])
     start, best, best_path = time.perf_counter(), -1.0, out / "refiner.pt"
     budget = config.minutes * 60
