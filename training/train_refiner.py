@@ -238,34 +238,31 @@ def refine_samples(model, data, indices, R_est, t_est, objects, renderer, iterat
 
 
 def validate(model, data, objects, renderer, config) -> dict:
-    """Fixed disturbances of validation instances; ADD(-S)/d before and after 1 and 3 steps."""
+    """Fixed disturbances of validation instances; ADD(-S)/d before and after 1 and 3 steps (and
+    from the estimator's poses, when the split has them, before and after 1 and 2 steps)."""
+
+    def scored(prefix: str, indices, R0, t0, steps) -> dict:
+        """{prefix + "start" / "iter<n>": errors after n steps from R0, t0, for n in ``steps``}."""
+        classes, R_gt, t_gt = data.samples.classes[indices], data.R[indices], data.t[indices]
+        out = {f"{prefix}start": add_errors(objects, classes, R0, t0, R_gt, t_gt)}
+        R_est, t_est, done = R0, t0, 0
+        for n in steps:
+            R_est, t_est = refine_samples(model, data, indices, R_est, t_est, objects, renderer, n - done)
+            out[f"{prefix}iter{n}"], done = add_errors(objects, classes, R_est, t_est, R_gt, t_gt), n
+        return out
+
     rng = np.random.default_rng(123)
     indices = rng.choice(len(data), min(config.val_samples, len(data)), replace=False)
-    classes = data.samples.classes[indices]
     starts = [
-        disturb(data.R[i], data.t[i], objects[c].diameter, rng, config) for i, c in zip(indices, classes)
+        disturb(data.R[i], data.t[i], objects[c].diameter, rng, config)
+        for i, c in zip(indices, data.samples.classes[indices])
     ]
-    R0, t0 = np.stack([s[0] for s in starts]), np.stack([s[1] for s in starts])
     model.eval()
-    out = {"start": add_errors(objects, classes, R0, t0, data.R[indices], data.t[indices])}
-    R_est, t_est = R0, t0
-    for done in (1, 3):
-        R_est, t_est = refine_samples(
-            model, data, indices, R_est, t_est, objects, renderer, 1 if done == 1 else 2
-        )
-        out[f"iter{done}"] = add_errors(objects, classes, R_est, t_est, data.R[indices], data.t[indices])
+    out = scored("", indices, np.stack([s[0] for s in starts]), np.stack([s[1] for s in starts]), (1, 3))
     if data.has_start.any():
         have = np.flatnonzero(data.has_start)
         indices = rng.choice(have, min(config.val_samples, len(have)), replace=False)
-        classes = data.samples.classes[indices]
-        R0, t0 = data.start_R[indices], data.start_t[indices]
-        out["pipe_start"] = add_errors(objects, classes, R0, t0, data.R[indices], data.t[indices])
-        R_est, t_est = R0, t0
-        for done in (1, 2):
-            R_est, t_est = refine_samples(model, data, indices, R_est, t_est, objects, renderer, 1)
-            out[f"pipe_iter{done}"] = add_errors(
-                objects, classes, R_est, t_est, data.R[indices], data.t[indices]
-            )
+        out.update(scored("pipe_", indices, data.start_R[indices], data.start_t[indices], (1, 2)))
     model.train()
     return {k: (float(np.median(v)), float(np.mean(v < 0.1) * 100)) for k, v in out.items()}
 
@@ -337,8 +334,9 @@ def train(config: RefinerTrainConfig, progress: bool = True) -> Path:
     log, val_log = csv.writer(log_file), csv.writer(val_file)
     log.writerow(["step", "seconds", "total", "rot", "xy", "z", "lr"])
     keys = ("start", "iter1", "iter3") + (("pipe_start", "pipe_iter1", "pipe_iter2") if val_starts else ())
-    # a model trained for a second step (unrolled samples) is chosen on what two steps give
-    chosen_by = ("pipe_iter2" if config.unroll_fraction > 0 else "pipe_iter1") if val_starts else "iter3"
+    chosen_by = "iter3"
+    if val_starts:  # a model trained for a second step (unrolled samples): on what two steps give
+        chosen_by = "pipe_iter2" if config.unroll_fraction > 0 else "pipe_iter1"
     val_log.writerow(["step", "seconds"] + [f"{k}_{m}" for k in keys for m in ("median", "pct")])
     start, best, best_path = time.perf_counter(), -1.0, out / "refiner.pt"
     budget = config.minutes * 60
