@@ -392,7 +392,7 @@ class CropPosePipeline:
             raise ValueError(f"precision: the crop estimator runs fp32 (got {precision!r})")
         path = Path(path) if path is not None else DEFAULT_CROPS_WEIGHTS
         detector, keypoints, objects, stored = load_crops_file(path)
-        refiner_dict = load_refiner(refiner) if refiner is not None else stored.get("refiner")
+        refiner_dict = load_refiner(refiner, check=False) if refiner is not None else stored.get("refiner")
         thresholds = {**stored.get("thresholds", {}), **thresholds}  # the file's, chosen on validation
         pose_thresholds, decoding = split_thresholds(thresholds, DECODING_OPTIONS)
         device = resolve_device(device, backend)
@@ -630,7 +630,7 @@ def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str, ba
         raise ValueError(f"refiner_models {models_dir}: no mesh for {missing} (expected a BOP models "
                          "folder with their obj_id)")
     with_meshes = [replace(o, mesh_path=meshes[o.obj_id].mesh_path) for o in objects]
-    model = refiner_from_dict(refiner_dict)
+    model = refiner_from_dict(refiner_dict, f"refiner in {source}")
     if backend == "onnxruntime":
         source = Path(source)
         onnx_path = model_cache_dir(None) / f"{cache_stem(source)}-refiner.onnx"

@@ -185,10 +185,15 @@ def refiner_from_dict(d: dict, where: str = "refiner") -> RefinerNet:
     return model.eval()
 
 
-def load_refiner(path) -> dict:
-    """Return the refiner dict stored at ``path`` (a refiner.pt of training/train_refiner.py)."""
+def load_refiner(path, check: bool = True) -> dict:
+    """Return the refiner dict stored at ``path`` (a refiner.pt of training/train_refiner.py).
+
+    ``check`` builds the network once, so a bad file fails where it is named; a caller that builds
+    it right away with :func:`refiner_from_dict` (naming ``path``) passes False and builds it once.
+    """
     d = read_torch_file(path, "refiner", weights_only=False)
-    refiner_from_dict(d, str(path))  # checked here, so a bad file fails where it is named
+    if check:
+        refiner_from_dict(d, str(path))
     return d
 
 

@@ -202,6 +202,9 @@ def test_the_crop_pipeline_refines_with_a_bundled_or_given_refiner(toy, tmp_path
     )
     with pytest.raises(ValueError, match="holds no refiner"):
         CropPosePipeline.from_pretrained(crops, refine_iterations=2)
+    torch.save({"format": "other"}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="refiner in .*bad.pt: not a refiner"):
+        CropPosePipeline.from_pretrained(crops, refiner=tmp_path / "bad.pt", refiner_models=models)
     with pytest.raises(ValueError, match="elsewhere"):
         CropPosePipeline.from_pretrained(with_refiner, refiner_models=tmp_path / "elsewhere")
 
