@@ -4,6 +4,7 @@ and drift step by step under one whose fixed point is beside the truth."""
 import csv
 import math
 
+import numpy as np
 import torch
 
 from hrpose_ros import bop_models, bop_reader
@@ -39,9 +40,17 @@ def test_true_poses_stay_under_an_identity_refiner_and_drift_under_a_biased_one(
     assert (out / "precision.png").stat().st_size > 5000
     assert "| Mean |" in capsys.readouterr().out
 
+    frames = bop_reader.read_split(tmp_path / "split")
+    # disturbed starts: an untrained refiner keeps them where they were put
+    same = CropPosePipeline.from_pretrained(weights, backend="torch", refiner_models=models,
+                                            refiner=tmp_path / "same.pt")
+    found = refiner_precision.measure(same, frames, 1, rotation_deg=2.0, depth=0.05, progress=False)
+    for v in found.values():
+        assert (v[:, 0, 1] > 0).all() and np.allclose(v[:, 1], v[:, 0], atol=1e-6)
+
     pipeline = CropPosePipeline.from_pretrained(weights, backend="torch", refiner_models=models,
                                                 refiner=_refiner(tmp_path / "far.pt", objects, 1.05))
-    found = refiner_precision.measure(pipeline, bop_reader.read_split(tmp_path / "split"), 2, progress=False)
+    found = refiner_precision.measure(pipeline, frames, 2, progress=False)
     for v in found.values():
         assert (v[:, 0, 0] == 1).all() and abs(v[:, 1, 1].mean() - 0.05) < 1e-3
         assert abs(v[:, 2, 1].mean() - 0.1025) < 2e-3  # 5 % per step, compounded
