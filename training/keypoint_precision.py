@@ -31,7 +31,7 @@ from hrpose_ros.geometry import project  # noqa: E402
 from training.data import canonical_pose  # noqa: E402
 from training.evaluate import ground_truth_crops, match_poses, scored_instances  # noqa: E402
 
-__all__ = ["SIGMAS", "main", "measure", "summarise"]
+__all__ = ["SIGMAS", "main", "measure", "summarise", "write_report"]
 
 SIGMAS = (0.5, 1.0, 2.0, 3.0, 4.0)  # crop px of Gaussian noise per axis
 MEDIAN_PER_SIGMA = float(np.sqrt(2.0 * np.log(2.0)))  # median length of a 2D Gaussian error / sigma
@@ -186,14 +186,19 @@ def main(argv=None) -> None:
     rows = summarise(measure(pipeline, frames, sigmas), [o.name for o in pipeline.objects])
     if not rows:
         raise SystemExit(f"--split {args.split}: no instance of the file's objects with a box")
-    out = Path(args.out)
+    write_report(rows, Path(args.out), plot, format_rows)
+
+
+def write_report(rows: Sequence[dict], out: Path, plot_rows, format_table) -> None:
+    """Write ``rows`` to ``out``/precision.csv and ``plot_rows``' figure of them to precision.png, then
+    print ``format_table``'s table of them."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / "precision.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, out / "precision.png")
-    print(format_rows(rows))
+    plot_rows(rows, out / "precision.png")
+    print(format_table(rows))
     print(f"wrote {out / 'precision.csv'} and {out / 'precision.png'}")
 
 

@@ -13,7 +13,6 @@ more steps or more starts cannot fix (only a more precise refiner can).
 from __future__ import annotations
 
 import argparse
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from hrpose_ros.crop_pipeline import CropPosePipeline  # noqa: E402
 from hrpose_ros.refiner import PoseRefiner  # noqa: E402
 from hrpose_ros.types import ObjectPose  # noqa: E402
 from training.evaluate import scored_instances  # noqa: E402
+from training.keypoint_precision import write_report  # noqa: E402
 
 __all__ = ["main", "measure", "summarise"]
 
@@ -156,15 +156,7 @@ def main(argv=None) -> None:
     rows = summarise(found, {o.obj_id: o.name for o in pipeline.objects})
     if not rows:
         raise SystemExit(f"--split {args.split}: no scored instance of the file's objects")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "precision.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    plot(rows, out / "precision.png")
-    print(format_rows(rows))
-    print(f"wrote {out / 'precision.csv'} and {out / 'precision.png'}")
+    write_report(rows, Path(args.out), plot, format_rows)
 
 
 if __name__ == "__main__":
