@@ -140,9 +140,9 @@ def format_rows(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: Sequence[dict], path: Path) -> None:
-    """ADD(-S) of noisy ground-truth keypoints against the noise, with the network marked at its
-    median error, per object and for the mean."""
+def plot(rows: Sequence[dict]):
+    """Return the figure of ADD(-S) of noisy ground-truth keypoints against the noise, with the
+    network marked at its median error, per object and for the mean."""
     sigmas = [k for k in rows[0] if k.startswith("sigma_")]
     x = [0.0] + [float(k[6:]) for k in sigmas]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -158,9 +158,7 @@ def plot(rows: Sequence[dict], path: Path) -> None:
     ax.set_ylim(0, 102)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None) -> None:
@@ -190,14 +188,17 @@ def main(argv=None) -> None:
 
 
 def write_report(rows: Sequence[dict], out: Path, plot_rows, format_table) -> None:
-    """Write ``rows`` to ``out``/precision.csv and ``plot_rows``' figure of them to precision.png, then
-    print ``format_table``'s table of them."""
+    """Write ``rows`` to ``out``/precision.csv and the figure ``plot_rows(rows)`` returns to
+    precision.png, then print ``format_table``'s table of them."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / "precision.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plot_rows(rows, out / "precision.png")
+    fig = plot_rows(rows)
+    fig.tight_layout()
+    fig.savefig(out / "precision.png", dpi=110)
+    plt.close(fig)
     print(format_table(rows))
     print(f"wrote {out / 'precision.csv'} and {out / 'precision.png'}")
 

@@ -1,11 +1,12 @@
 """How well the refiner keeps poses that are already right: where its steps converge.
 
-Every scored ground-truth instance of a split starts at its true pose (or one disturbed by
-``--rotation-deg`` per axis and a log-normal ``--depth`` ratio) and is refined ``--steps`` times,
-one step at a time, in its real image. Per object: ADD(-S) 0.1d and the median depth error
-|z / z_true - 1| after each step. A refiner that converges on the truth keeps right poses right;
-one whose ADD(-S) falls step after step from the truth has its fixed point beside the truth, which
-more steps or more starts cannot fix (only a more precise refiner can).
+Every scored ground-truth instance of a split starts at its true pose (or one disturbed as
+train_refiner disturbs its samples: ``--rotation-deg`` per axis, ``--shift``, a log-normal
+``--depth`` ratio) and is refined ``--steps`` times, one step at a time, in its real image. Per
+object: ADD(-S) 0.1d and the median depth error |z / z_true - 1| after each step. A refiner that
+converges on the truth keeps right poses right; one whose ADD(-S) falls step after step from the
+truth has its fixed point beside the truth, which more steps or more starts cannot fix (only a more
+precise refiner can).
 
     python -m training.refiner_precision --split data/val --out out/refiner_precision
 """
@@ -21,7 +22,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (after the backend choice)
 import numpy as np  # noqa: E402
-from scipy.spatial.transform import Rotation  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from hrpose_ros import bop_reader, metrics  # noqa: E402
@@ -30,26 +30,28 @@ from hrpose_ros.refiner import PoseRefiner  # noqa: E402
 from hrpose_ros.types import ObjectPose  # noqa: E402
 from training.evaluate import scored_instances  # noqa: E402
 from training.keypoint_precision import write_report  # noqa: E402
+from training.train_refiner import RefinerTrainConfig, disturb  # noqa: E402
 
 __all__ = ["main", "measure", "summarise"]
 
 
-def _starts(gts, names: dict, rng: np.random.Generator, rotation_deg: float,
-            depth: float) -> list[ObjectPose]:
-    """Return the ground-truth instances ``gts`` as ObjectPoses, disturbed when the sigmas are > 0."""
+def _starts(gts, objects: dict, rng: np.random.Generator, disturbance: RefinerTrainConfig | None
+            ) -> list[ObjectPose]:
+    """Return the ground-truth instances ``gts`` as ObjectPoses, disturbed as train_refiner disturbs its
+    samples when ``disturbance`` (its rot_deg, shift and depth sigmas) is given."""
     poses = []
     for n, gt in enumerate(gts):
+        obj = objects[gt.obj_id]
         R, t = np.asarray(gt.R, np.float64), np.asarray(gt.t, np.float64)
-        if rotation_deg > 0:
-            R = Rotation.from_rotvec(rng.normal(0.0, np.radians(rotation_deg), 3)).as_matrix() @ R
-        if depth > 0:
-            t = t * float(np.exp(rng.normal(0.0, depth)))
-        poses.append(ObjectPose(names[gt.obj_id], int(gt.obj_id), n, 1.0, R, t))
+        if disturbance is not None:
+            R, t = disturb(R, t, obj.diameter, rng, disturbance)
+        poses.append(ObjectPose(obj.name, int(gt.obj_id), n, 1.0, R, t))
     return poses
 
 
 def measure(pipeline: CropPosePipeline, frames: Sequence, steps: int, rotation_deg: float = 0.0,
-            depth: float = 0.0, seed: int = 0, progress: bool = True) -> dict[int, np.ndarray]:
+            shift: float = 0.0, depth: float = 0.0, seed: int = 0, progress: bool = True
+            ) -> dict[int, np.ndarray]:
     """Return {obj_id: (instances, steps + 1, 2)}: per instance and step (0 = the start), whether the pose
     is within ADD(-S) 0.1d and its depth error |z / z_true - 1|."""
     if pipeline.refiner is None:
@@ -57,7 +59,9 @@ def measure(pipeline: CropPosePipeline, frames: Sequence, steps: int, rotation_d
     refiner = pipeline.refiner
     one_step = PoseRefiner(refiner.engine, refiner.size, list(refiner.objects.values()), iterations=1)
     objects = {o.obj_id: o for o in pipeline.objects}
-    names = {o.obj_id: o.name for o in pipeline.objects}
+    disturbance = None
+    if rotation_deg > 0 or shift > 0 or depth > 0:
+        disturbance = RefinerTrainConfig((), "", "", rot_deg=rotation_deg, shift=shift, depth=depth)
     rng = np.random.default_rng(seed)
     found: dict[int, list] = {}
     try:
@@ -66,7 +70,7 @@ def measure(pipeline: CropPosePipeline, frames: Sequence, steps: int, rotation_d
             if not gts:
                 continue
             image = frame.read_rgb()
-            poses = _starts(gts, names, rng, rotation_deg, depth)
+            poses = _starts(gts, objects, rng, disturbance)
             track = []
             for step in range(steps + 1):
                 if step:
@@ -108,8 +112,8 @@ def format_rows(rows: Sequence[dict]) -> str:
     return "\n".join([header, *body])
 
 
-def plot(rows: Sequence[dict], path: Path) -> None:
-    """ADD(-S) against refinement steps, one line per object (the mean bold)."""
+def plot(rows: Sequence[dict]):
+    """Return the figure of ADD(-S) against refinement steps, one line per object (the mean bold)."""
     steps = [k for k in rows[0] if k.startswith("add_step")]
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
@@ -121,9 +125,7 @@ def plot(rows: Sequence[dict], path: Path) -> None:
     ax.set_xticks(range(len(steps)))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None) -> None:
@@ -135,6 +137,7 @@ def main(argv=None) -> None:
     parser.add_argument("--backend", default="onnxruntime", choices=("torch", "onnxruntime"))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rotation-deg", type=float, default=0.0, help="start disturbance, deg per axis")
+    parser.add_argument("--shift", type=float, default=0.0, help="start disturbance, image plane, x diameter")
     parser.add_argument("--depth", type=float, default=0.0, help="start disturbance, log depth ratio sigma")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-frames", type=int, default=0)
@@ -142,15 +145,15 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps: expected at least 1, got {args.steps}")
-    if args.rotation_deg < 0 or args.depth < 0:
-        parser.error("--rotation-deg/--depth: expected sigmas >= 0")
+    if min(args.rotation_deg, args.shift, args.depth) < 0:
+        parser.error("--rotation-deg/--shift/--depth: expected sigmas >= 0")
     pipeline = CropPosePipeline.from_pretrained(args.weights, backend=args.backend, refiner=args.refiner,
                                                 refiner_models=args.refiner_models)
     frames = bop_reader.read_split(args.split)
     if args.max_frames:
         frames = frames[: args.max_frames]
     try:
-        found = measure(pipeline, frames, args.steps, args.rotation_deg, args.depth, args.seed)
+        found = measure(pipeline, frames, args.steps, args.rotation_deg, args.shift, args.depth, args.seed)
     except ValueError as exc:
         raise SystemExit(f"--weights {args.weights or 'shipped'}: {exc}") from exc
     rows = summarise(found, {o.obj_id: o.name for o in pipeline.objects})
