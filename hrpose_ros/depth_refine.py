@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -63,7 +64,8 @@ class RefineConfig:
     ``box_margin`` widens the projected box by that fraction of its size; depth points further
     than ``depth_margin`` in front of or behind the model's visible depth range are dropped.
     ``frame_budget`` (seconds) bounds one frame: instances left when it is spent keep their
-    RGB pose. ``support_tolerance`` and ``support_margin``: :func:`depth_support`'s tolerance, and
+    RGB pose. ``threads``: instances of a frame refined at once. ``support_tolerance`` and
+    ``support_margin``: :func:`depth_support`'s tolerance, and
     how much less of the refined pose than of the RGB pose the depth may confirm.
     """
 
@@ -79,6 +81,7 @@ class RefineConfig:
     max_depth_points: int = 500
     min_depth_points: int = 50
     frame_budget: float = 0.03
+    threads: int = 2
     zbuffer_cell: int = 3
     support_tolerance: float = 0.01
     support_margin: float = 0.05
@@ -99,6 +102,8 @@ class RefineConfig:
         if int(self.min_depth_points) < 6 or int(self.max_depth_points) < int(self.min_depth_points):
             raise ValueError(f"min_depth_points/max_depth_points: expected 6 <= min <= max, got "
                              f"{self.min_depth_points}, {self.max_depth_points}")
+        if int(self.threads) < 1:
+            raise ValueError(f"threads: expected at least 1, got {self.threads}")
         if int(self.zbuffer_cell) < 1:
             raise ValueError(f"zbuffer_cell: expected >= 1 pixel, got {self.zbuffer_cell}")
 
@@ -390,6 +395,9 @@ class DepthRefiner:
         self.surfaces = {int(o.obj_id): surface_model(o, points_per_object) for o in objects}
         if not self.surfaces:
             raise ValueError("objects: expected at least one object model with a mesh")
+        # Open3D's ICP, SciPy's k-d tree and most of NumPy's work release the GIL, so two
+        # instances refine side by side on two cores.
+        self._pool = ThreadPoolExecutor(config.threads, "depth_refine") if config.threads > 1 else None
 
     def refine(self, poses: Sequence[ObjectPose], depth, camera: CameraModel
                ) -> tuple[list[ObjectPose], list[Refinement]]:
@@ -397,25 +405,41 @@ class DepthRefiner:
 
         ``depth`` is checked first (:func:`check_depth`: ValueError for an unusable frame).
         Instances are refined in descending score, the first whatever the time; those of unknown
-        objects and those left when ``frame_budget`` is spent keep their pose. Both lists keep the
-        order of ``poses``.
+        objects and those left when ``frame_budget`` is spent keep their pose. With ``threads`` > 1
+        that many instances are refined at once (each result the same as alone). Both lists keep
+        the order of ``poses``.
         """
         depth = check_depth(depth, camera)
         started = time.perf_counter()
-        done: dict[int, Refinement] = {}
-        for index in sorted(range(len(poses)), key=lambda i: -poses[i].score):
+        order = sorted(range(len(poses)), key=lambda i: -poses[i].score)
+        first = order[0] if order else None
+
+        def one(index: int) -> Refinement:
             pose = poses[index]
             surface = self.surfaces.get(int(pose.obj_id))
             if surface is None:
-                outcome = Refinement(pose.R, pose.t, False, np.nan, np.nan, 0,
-                                     f"no mesh for obj_id {pose.obj_id}", 0.0)
-            elif done and time.perf_counter() - started > self.config.frame_budget:
-                outcome = Refinement(pose.R, pose.t, False, np.nan, np.nan, 0,
-                                     f"frame budget of {1e3 * self.config.frame_budget:.0f} ms spent", 0.0)
+                return Refinement(pose.R, pose.t, False, np.nan, np.nan, 0,
+                                  f"no mesh for obj_id {pose.obj_id}", 0.0)
+            if index != first and time.perf_counter() - started > self.config.frame_budget:
+                return Refinement(pose.R, pose.t, False, np.nan, np.nan, 0,
+                                  f"frame budget of {1e3 * self.config.frame_budget:.0f} ms spent", 0.0)
+            return refine_pose(surface, pose.R, pose.t, depth, camera, self.config)
+
+        # One Open3D thread for the whole frame: its setting is process-wide, so instances refined
+        # side by side must not restore each other's (refine_pose's own block then changes nothing).
+        with _one_open3d_thread():
+            if self._pool is not None and len(order) > 1:
+                outcomes_in_order = list(self._pool.map(one, order))
             else:
-                outcome = refine_pose(surface, pose.R, pose.t, depth, camera, self.config)
-            done[index] = outcome
+                outcomes_in_order = [one(i) for i in order]
+        done = dict(zip(order, outcomes_in_order))
         outcomes = [done[i] for i in range(len(poses))]
         out = [replace(pose, R=o.R, t=o.t, refined=o.refined, depth_residual=o.residual)
                for pose, o in zip(poses, outcomes)]
         return out, outcomes
+
+    def close(self) -> None:
+        """Stop the worker threads (refine then runs on the calling thread)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

@@ -111,7 +111,8 @@ class LiveNodeEstimator:
             refine = RefineConfig(frame_budget=10.0)  # replay's in-process refiner
             node_params.update(use_depth="true", depth_iterations=refine.iterations,
                                depth_max_translation=refine.max_translation,
-                               depth_max_rotation=refine.max_rotation, depth_frame_budget=refine.frame_budget)
+                               depth_max_rotation=refine.max_rotation, depth_frame_budget=refine.frame_budget,
+                               depth_threads=refine.threads)
         for param in params:
             key, sep, value = param.partition(":=")
             if not sep:

@@ -97,6 +97,7 @@ class PoseNodeConfig:
     depth_frame_budget: float = _param(
         0.03, "Seconds of depth refinement per frame; instances left when it is spent keep their RGB pose",
         0.001, 10.0)
+    depth_threads: int = _param(2, "Instances of a frame refined against depth at once (one per core)", 1, 64)
     frame_prefix: str = _param("hrpose/", "Prefix of the TF frames <prefix><class>_<instance>")
     publish_tf: bool = _param(True, "Broadcast one TF frame per object instance, child of the camera frame")
     publish_markers: bool = _param(True, "Publish ~/markers (cuboids, labels, optional meshes) for RViz")

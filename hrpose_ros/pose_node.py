@@ -152,7 +152,8 @@ def load_depth_refiner(config: PoseNodeConfig, objects: dict[int, ObjectModel]) 
         raise ValueError(f"use_depth: {exc}; set objects_dir to the BOP models of the network's objects") \
             from exc
     refine = RefineConfig(iterations=config.depth_iterations, max_translation=config.depth_max_translation,
-                          max_rotation=config.depth_max_rotation, frame_budget=config.depth_frame_budget)
+                          max_rotation=config.depth_max_rotation, frame_budget=config.depth_frame_budget,
+                          threads=config.depth_threads)
     return DepthRefiner(meshed, refine)
 
 

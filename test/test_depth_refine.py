@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -206,3 +208,29 @@ def test_refinement_repeats_exactly_with_open3d_on_several_threads(objects, rend
         assert o3d.utility.get_max_threads() == several  # the process-wide setting is left as it was
     finally:
         o3d.utility.set_max_threads(threads)
+
+
+def test_instances_refined_side_by_side_match_one_at_a_time(objects, rendered):
+    """threads=2 refines two instances at once; each result, and Open3D's setting, as on one thread."""
+    import open3d as o3d
+
+    poses = [ObjectPose("domino", objects["domino"].obj_id, n, 0.9 - 0.1 * n,
+                        *_offset(seed=10 + n, metres=0.015, degrees=8.0)) for n in range(6)]
+    budget = RefineConfig(frame_budget=10.0)
+    alone = DepthRefiner([objects["domino"]], replace(budget, threads=1))
+    side_by_side = DepthRefiner([objects["domino"]], replace(budget, threads=2))
+    before = o3d.utility.get_max_threads()
+    try:
+        expected, _ = alone.refine(poses, rendered["domino"], CAMERA)
+        for _ in range(3):
+            got, outcomes = side_by_side.refine(poses, rendered["domino"], CAMERA)
+            assert sum(o.refined for o in outcomes) >= 3  # not a comparison of kept RGB poses
+            for e, g in zip(expected, got):
+                np.testing.assert_array_equal(g.R, e.R)
+                np.testing.assert_array_equal(g.t, e.t)
+                assert g.refined == e.refined and g.instance_id == e.instance_id
+        assert o3d.utility.get_max_threads() == before
+    finally:
+        side_by_side.close()
+    with pytest.raises(ValueError, match="threads: expected at least 1"):
+        RefineConfig(threads=0)
