@@ -395,8 +395,8 @@ class DepthRefiner:
         self.surfaces = {int(o.obj_id): surface_model(o, points_per_object) for o in objects}
         if not self.surfaces:
             raise ValueError("objects: expected at least one object model with a mesh")
-        # Open3D's ICP, SciPy's k-d tree and most of NumPy's work release the GIL, so two
-        # instances refine side by side on two cores.
+        # Part of each refinement runs outside Python's GIL (compiled ICP, k-d tree and array
+        # code), so a second thread takes about a quarter off a frame of several instances.
         self._pool = ThreadPoolExecutor(config.threads, "depth_refine") if config.threads > 1 else None
 
     def refine(self, poses: Sequence[ObjectPose], depth, camera: CameraModel
