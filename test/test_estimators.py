@@ -124,14 +124,18 @@ def test_crop_estimator_torch_and_onnxruntime_give_the_same_poses(rendered_frame
     frame, camera = rendered_frame
     # PnP without RANSAC is a continuous function of the keypoints; RANSAC's consensus is not, so
     # keypoints 1e-5 px apart can keep other inliers (model card). As test_export does for HRPose.
-    kwargs = {"device": "cpu", "ransac": False}
-    by_torch = load_estimator(DEFAULT_CROPS_WEIGHTS, "crops", backend="torch", **kwargs)
-    by_ort = load_estimator(DEFAULT_CROPS_WEIGHTS, "crops", backend="onnxruntime", **kwargs)
-    a, b = by_torch(frame.rgb, camera), by_ort(frame.rgb, camera)
-    assert len(a) == len(b) >= 1
-    for pa, pb in zip(a, b):
-        assert (pa.obj_id, pa.instance_id) == (pb.obj_id, pb.instance_id)
-        assert np.abs(pa.t - pb.t).max() < 1e-4  # metres
+    # The refiner's step then moves the two apart by up to a few 1e-4 of its outputs: its 6-channel
+    # network runs on other kernels in each backend, and how far apart depends on the CPU (0.13 mm
+    # on an AVX-512 machine, a frame where keypoints and PnP agree to 1e-7 m).
+    for refiner, tolerance in (({"refine_iterations": 0}, 1e-5), ({}, 5e-4)):  # {}: the file's steps
+        kwargs = {"device": "cpu", "ransac": False, **refiner}
+        by_torch = load_estimator(DEFAULT_CROPS_WEIGHTS, "crops", backend="torch", **kwargs)
+        by_ort = load_estimator(DEFAULT_CROPS_WEIGHTS, "crops", backend="onnxruntime", **kwargs)
+        a, b = by_torch(frame.rgb, camera), by_ort(frame.rgb, camera)
+        assert len(a) == len(b) >= 1
+        for pa, pb in zip(a, b):
+            assert (pa.obj_id, pa.instance_id) == (pb.obj_id, pb.instance_id)
+            assert np.abs(pa.t - pb.t).max() < tolerance  # metres
 
 
 def test_the_second_keypoint_pass_reestimates_each_pose_from_the_crop_around_it(rendered_frame):
