@@ -41,7 +41,7 @@ from hrpose_ros.engines import OnnxEngine
 from hrpose_ros.geometry import model_keypoints, projected_box
 from hrpose_ros.onnx_export import model_cache_dir
 from hrpose_ros.pose_solver import PoseSolver, PoseThresholds, split_thresholds
-from hrpose_ros.refiner import load_refiner
+from hrpose_ros.refiner import SCORER_FORMAT, load_refiner
 from hrpose_ros.types import CameraModel, Detection, ObjectModel, ObjectPose, checked_image
 
 __all__ = [
@@ -60,7 +60,8 @@ __all__ = [
 
 CROPS_FORMAT = "hrpose_ros/crops-1"
 # Decoding options a crops file may store beside its PoseThresholds fields.
-DECODING_OPTIONS = ("drop_keypoints", "correspondences", "box_depth_weight", "refine_iterations", "recrop")
+DECODING_OPTIONS = ("drop_keypoints", "correspondences", "box_depth_weight", "refine_iterations", "recrop",
+                    "hypotheses")
 # What PnP fits with a coordinate head: the keypoints, the dense object coordinates, or both.
 CORRESPONDENCES = ("keypoints", "coordinates", "both")
 DEFAULT_CROPS_WEIGHTS = Path(__file__).resolve().parent / "assets" / "weights" / "crops_lite0.pt"
@@ -370,6 +371,7 @@ class CropPosePipeline:
         input_size=None,
         refiner=None,
         refiner_models=None,
+        scorer=None,
         **thresholds,
     ) -> CropPosePipeline:
         """Return the crop estimator of the crops weights file at ``path`` (None = the shipped default).
@@ -385,6 +387,9 @@ class CropPosePipeline:
         the one the file holds; ``refine_iterations`` (a threshold-like option, 0 = off) its steps.
         The refiner renders the objects' meshes: those of ``refiner_models`` (a BOP models folder),
         by default the package's own objects.
+        ``scorer``: a scorer.pt (training/train_scorer.py) for ``hypotheses`` (a threshold-like
+        option, 0 = off, the default): each pose is started again from that many disturbed copies
+        and the best-scoring kept (:class:`hrpose_ros.refiner.PoseRefiner`).
         """
         if input_size is not None:
             raise ValueError("input_size: the crop estimator's detector input is set by its weights file")
@@ -393,6 +398,7 @@ class CropPosePipeline:
         path = Path(path) if path is not None else DEFAULT_CROPS_WEIGHTS
         detector, keypoints, objects, stored = load_crops_file(path)
         refiner_dict = load_refiner(refiner, check=False) if refiner is not None else stored.get("refiner")
+        scorer_dict = load_refiner(scorer, check=False, kind=SCORER_FORMAT) if scorer is not None else None
         thresholds = {**stored.get("thresholds", {}), **thresholds}  # the file's, chosen on validation
         pose_thresholds, decoding = split_thresholds(thresholds, DECODING_OPTIONS)
         device = resolve_device(device, backend)
@@ -424,7 +430,8 @@ class CropPosePipeline:
             decoding.get("correspondences"),
             decoding.get("box_depth_weight", 0.0),
             _pose_refiner(refiner_dict, objects, refiner_models, decoding.get("refine_iterations"), device,
-                          backend, refiner if refiner is not None else path),
+                          backend, refiner if refiner is not None else path,
+                          (scorer_dict, decoding.get("hypotheses"), scorer)),
             _check_recrop(decoding.get("recrop", False)),
         )
 
@@ -607,11 +614,32 @@ def _check_recrop(value) -> bool:
     return bool(value)
 
 
-def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str, backend: str, source):
+def _network_engine(model, device: str, backend: str, source, name: str, output: str):
+    """A refiner-shaped network as an engine: torch, or exported once into the ONNX cache (named
+    after ``source``, the file that holds it, and ``name``)."""
+    from hrpose_ros.refiner import TorchRefinerEngine
+
+    if backend != "onnxruntime":
+        return TorchRefinerEngine(model, str(parse_device(device)))
+    onnx_path = model_cache_dir(None) / f"{cache_stem(Path(source))}-{name}.onnx"
+    if not onnx_path.is_file():
+        _export(model, onnx_path, (model.size, model.size), [output], True, channels=6)
+    return OnnxEngine(onnx_path, device=device, output_names=[output])
+
+
+def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str, backend: str, source,
+                  scoring=(None, None, None)):
     """Return the PoseRefiner of a stored refiner dict (None without one or with 0 iterations), its
     objects' meshes taken from ``models_dir`` (default: the package's object set); with the
     onnxruntime backend its network is exported once into the cache (named after ``source``, the
-    file that holds it)."""
+    file that holds it). ``scoring``: (scorer dict or None, hypotheses or None, its source file)."""
+    scorer_dict, hypotheses, scorer_source = scoring
+    hypotheses = int(hypotheses or 0)
+    if hypotheses < 0:
+        raise ValueError(f"hypotheses: expected >= 0, got {hypotheses}")
+    if hypotheses and scorer_dict is None:
+        raise ValueError("hypotheses: expected a pose scorer; pass scorer=<scorer.pt> "
+                         "(training/train_scorer.py)")
     if refiner_dict is None:
         if iterations:
             raise ValueError("refine_iterations: the weights file holds no refiner; "
@@ -621,7 +649,7 @@ def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str, ba
     if iterations == 0:
         return None
     from hrpose_ros import bop_models
-    from hrpose_ros.refiner import PoseRefiner, TorchRefinerEngine, refiner_from_dict
+    from hrpose_ros.refiner import PoseRefiner, refiner_from_dict
 
     models_dir = Path(models_dir) if models_dir is not None else DEFAULT_OBJECTS_DIR
     meshes = {o.obj_id: o for o in bop_models.load_object_models(models_dir)}
@@ -631,12 +659,12 @@ def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str, ba
                          "folder with their obj_id)")
     with_meshes = [replace(o, mesh_path=meshes[o.obj_id].mesh_path) for o in objects]
     model = refiner_from_dict(refiner_dict, f"refiner in {source}")
-    if backend == "onnxruntime":
-        source = Path(source)
-        onnx_path = model_cache_dir(None) / f"{cache_stem(source)}-refiner.onnx"
-        if not onnx_path.is_file():
-            _export(model, onnx_path, (model.size, model.size), ["update"], True, channels=6)
-        engine = OnnxEngine(onnx_path, device=device, output_names=["update"])
-    else:
-        engine = TorchRefinerEngine(model, str(parse_device(device)))
-    return PoseRefiner(engine, model.size, with_meshes, iterations)
+    engine = _network_engine(model, device, backend, source, "refiner", "update")
+    scorer = None
+    if hypotheses:
+        scorer_model = refiner_from_dict(scorer_dict, f"scorer in {scorer_source}", SCORER_FORMAT)
+        if scorer_model.size != model.size:
+            raise ValueError(f"scorer in {scorer_source}: {scorer_model.size} px crops, the refiner's are "
+                             f"{model.size} px")
+        scorer = _network_engine(scorer_model, device, backend, scorer_source, "scorer", "score")
+    return PoseRefiner(engine, model.size, with_meshes, iterations, scorer, hypotheses)

@@ -35,13 +35,16 @@ from hrpose_ros.geometry import projected_box
 from hrpose_ros.types import ObjectModel
 
 __all__ = [
+    "HYPOTHESIS_MARGIN",
     "REFINER_FORMAT",
     "REFINER_PADDING",
     "REFINER_SIZE",
+    "SCORER_FORMAT",
     "PoseRefiner",
     "RefinerNet",
     "TorchRefinerEngine",
     "crop_intrinsics",
+    "disturb_pose",
     "load_refiner",
     "orthonormal",
     "pair_tensor",
@@ -61,6 +64,9 @@ REFINER_PADDING = 1.5
 SHIFT_PX = 10.0  # the network's x/y outputs are in units of 10 crop px (errors are a few px to tens)
 DEPTH_SCALE = 0.1  # its depth output is 10 x the log depth ratio (errors are a few %)
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0)
+# A hypothesis replaces the refined pose when the scorer rates it this many logits higher (chosen on
+# data/val among 0-3: at 0 a right pose is given up for a wrong one too often).
+HYPOTHESIS_MARGIN = 0.5
 
 
 def pose_crop(obj: ObjectModel, R, t, K, size: int = REFINER_SIZE, padding: float = REFINER_PADDING) -> Crop:
@@ -110,9 +116,11 @@ def translation(xy_over_z: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 class RefinerNet(nn.Module):
-    """(B, 6, S, S) [image crop, rendering] in [0, 1] -> (B, 9) pose update (module docstring)."""
+    """(B, 6, S, S) [image crop, rendering] in [0, 1] -> (B, 9) pose update (module docstring), or with
+    ``outputs`` 1 the scorer's logit that the pose is right (within 0.1 d)."""
 
-    def __init__(self, variant: str = "lite0", pretrained: bool = True, size: int = REFINER_SIZE):
+    def __init__(self, variant: str = "lite0", pretrained: bool = True, size: int = REFINER_SIZE,
+                 outputs: int = 9):
         super().__init__()
         self.backbone = lite_backbone(variant, pretrained, out_indices=(4,))
         stem = self.backbone.conv_stem
@@ -126,11 +134,11 @@ class RefinerNet(nn.Module):
         self.size = int(size)
         self.reduce = nn.Sequential(nn.Conv2d(channels, 64, 1), nn.ReLU(inplace=True))
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(64 * cells * cells, 256), nn.ReLU(inplace=True), nn.Linear(256, 9)
+            nn.Flatten(), nn.Linear(64 * cells * cells, 256), nn.ReLU(inplace=True), nn.Linear(256, outputs)
         )
         nn.init.zeros_(self.head[-1].weight)
-        with torch.no_grad():
-            self.head[-1].bias.copy_(torch.tensor(IDENTITY))
+        with torch.no_grad():  # a pose update starts as the identity, a score (1 output) at 0
+            self.head[-1].bias.copy_(torch.tensor(IDENTITY) if outputs == 9 else torch.zeros(outputs))
 
     def forward(self, pair: torch.Tensor) -> torch.Tensor:
         # timm's Lite weights expect mean 0.5, std 0.5 per channel
@@ -157,12 +165,16 @@ def pair_tensor(real: np.ndarray, renderer, poses: Sequence, Ks: Sequence) -> to
 
 
 REFINER_FORMAT = "hrpose_ros.refiner/1"
+SCORER_FORMAT = "hrpose_ros.scorer/1"
+_OUTPUTS = {REFINER_FORMAT: 9, SCORER_FORMAT: 1}
 
 
-def refiner_to_dict(model: RefinerNet, variant: str, object_ids, history: dict | None = None) -> dict:
-    """Return the refiner's part of a weights file (fp16 weights; loaded back as fp32)."""
+def refiner_to_dict(model: RefinerNet, variant: str, object_ids, history: dict | None = None,
+                    kind: str = REFINER_FORMAT) -> dict:
+    """Return the refiner's (or with ``kind`` SCORER_FORMAT the scorer's) part of a weights file (fp16
+    weights; loaded back as fp32)."""
     return {
-        "format": REFINER_FORMAT,
+        "format": kind,
         "variant": variant,
         "size": model.size,
         "object_ids": [int(i) for i in object_ids],
@@ -171,12 +183,14 @@ def refiner_to_dict(model: RefinerNet, variant: str, object_ids, history: dict |
     }
 
 
-def refiner_from_dict(d: dict, where: str = "refiner") -> RefinerNet:
-    """Return the RefinerNet of :func:`refiner_to_dict`'s ``d`` (ValueError naming ``where`` if not one)."""
-    if not isinstance(d, dict) or d.get("format") != REFINER_FORMAT:
+def refiner_from_dict(d: dict, where: str = "refiner", kind: str = REFINER_FORMAT) -> RefinerNet:
+    """Return the RefinerNet of :func:`refiner_to_dict`'s ``d`` (ValueError naming ``where`` if not one
+    of ``kind``: REFINER_FORMAT or SCORER_FORMAT)."""
+    name = "a refiner" if kind == REFINER_FORMAT else "a pose scorer"
+    if not isinstance(d, dict) or d.get("format") != kind:
         found = d.get("format") if isinstance(d, dict) else type(d).__name__
-        raise ValueError(f"{where}: not a refiner (format {found!r}, expected {REFINER_FORMAT!r})")
-    model = RefinerNet(d["variant"], pretrained=False, size=int(d["size"]))
+        raise ValueError(f"{where}: not {name} (format {found!r}, expected {kind!r})")
+    model = RefinerNet(d["variant"], pretrained=False, size=int(d["size"]), outputs=_OUTPUTS[kind])
     state = {k: v.float() if v.is_floating_point() else v for k, v in d["state_dict"].items()}
     try:
         model.load_state_dict(state)
@@ -185,15 +199,16 @@ def refiner_from_dict(d: dict, where: str = "refiner") -> RefinerNet:
     return model.eval()
 
 
-def load_refiner(path, check: bool = True) -> dict:
-    """Return the refiner dict stored at ``path`` (a refiner.pt of training/train_refiner.py).
+def load_refiner(path, check: bool = True, kind: str = REFINER_FORMAT) -> dict:
+    """Return the refiner dict stored at ``path`` (a refiner.pt of training/train_refiner.py; with
+    ``kind`` SCORER_FORMAT a scorer.pt of training/train_scorer.py).
 
     ``check`` builds the network once, so a bad file fails where it is named; a caller that builds
     it right away with :func:`refiner_from_dict` (naming ``path``) passes False and builds it once.
     """
-    d = read_torch_file(path, "refiner", weights_only=False)
+    d = read_torch_file(path, "refiner" if kind == REFINER_FORMAT else "scorer", weights_only=False)
     if check:
-        refiner_from_dict(d, str(path))
+        refiner_from_dict(d, str(path), kind)
     return d
 
 
@@ -211,6 +226,19 @@ class TorchRefinerEngine:
         return (out.float().cpu().numpy(),)
 
 
+def disturb_pose(R, t, diameter: float, rng: np.random.Generator, rot_deg: float = 10.0, shift: float = 0.03,
+                 depth: float = 0.04, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Return pose R, t disturbed as the refiner was trained: a rotation of N(0, ``rot_deg``) degrees
+    per camera axis, an image-plane shift of N(0, ``shift`` x ``diameter``) at the object's distance
+    and a log depth ratio of N(0, ``depth``); ``scale`` multiplies the three sigmas."""
+    from scipy.spatial.transform import Rotation
+
+    R_noise = Rotation.from_rotvec(np.deg2rad(rng.normal(0.0, scale * rot_deg, 3))).as_matrix()
+    z = t[2] * np.exp(rng.normal(0.0, scale * depth))
+    xy = t[:2] / t[2] + rng.normal(0.0, scale * shift * diameter, 2) / t[2]
+    return R_noise @ R, np.array([xy[0] * z, xy[1] * z, z])
+
+
 class PoseRefiner:
     """Refines ObjectPoses in their image: ``iterations`` render-and-compare steps each.
 
@@ -218,15 +246,32 @@ class PoseRefiner:
     ONNX Runtime engine of the exported network); ``size`` its crop side S. The renderer (an EGL
     context) is made on first use: a renderer makes its context current for each call, so any
     thread may refine.
+
+    With a ``scorer`` engine ((N, 6, S, S) -> ((N, 1),), the logit that a pose is within 0.1 d;
+    training/train_scorer.py) and ``hypotheses`` > 0, each pose is also started again from that
+    many copies of its input disturbed at half the refiner's training sigmas, each refined
+    ``hypothesis_steps`` steps; the best-scoring copy replaces the refined pose when it scores
+    ``margin`` logits higher. The copies are drawn from a fixed seed: the same input gives the
+    same poses.
     """
 
-    def __init__(self, engine, size: int, objects, iterations: int = 1):
+    def __init__(self, engine, size: int, objects, iterations: int = 1, scorer=None, hypotheses: int = 0,
+                 hypothesis_steps: int = 2, margin: float = HYPOTHESIS_MARGIN):
         if int(iterations) < 0:
             raise ValueError(f"refine_iterations: expected >= 0, got {iterations}")
+        if int(hypotheses) < 0 or (int(hypotheses) > 0 and scorer is None):
+            raise ValueError(f"hypotheses: expected 0, or > 0 with a pose scorer, got {hypotheses}"
+                             f"{'' if scorer is not None else ' without a scorer'}")
+        if int(hypothesis_steps) < 1:
+            raise ValueError(f"hypothesis_steps: expected >= 1, got {hypothesis_steps}")
         self.engine = engine
         self.size = int(size)
         self.objects = {int(o.obj_id): o for o in objects}
         self.iterations = int(iterations)
+        self.scorer = scorer
+        self.hypotheses = int(hypotheses)
+        self.hypothesis_steps = int(hypothesis_steps)
+        self.margin = float(margin)
         self._renderer = None
 
     def _render_ready(self):
@@ -240,11 +285,18 @@ class PoseRefiner:
         """Return ``poses`` (ObjectPose) with R, t refined in ``image`` (H, W, 3) uint8 seen by ``camera``."""
         if not poses or self.iterations == 0:
             return list(poses)
-        renderer = self._render_ready()
-        R = np.stack([p.R for p in poses]).astype(np.float64)
-        t = np.stack([p.t for p in poses]).astype(np.float64)
+        R0 = np.stack([p.R for p in poses]).astype(np.float64)
+        t0 = np.stack([p.t for p in poses]).astype(np.float64)
         ids = [int(p.obj_id) for p in poses]
-        for _ in range(self.iterations):
+        R, t = self._steps(image, camera, ids, R0.copy(), t0.copy(), self.iterations)
+        if self.hypotheses:
+            R, t = self._best_of_hypotheses(image, camera, ids, R0, t0, R, t)
+        return [replace(p, R=R[n], t=t[n]) for n, p in enumerate(poses)]
+
+    def _steps(self, image, camera, ids, R, t, steps: int):
+        """Return (R, t) after ``steps`` refiner steps; a step :func:`sane_steps` refuses keeps its pose."""
+        renderer = self._render_ready()
+        for _ in range(steps):
             pair, Ks = refiner_inputs(image, renderer, self.objects, list(zip(ids, R, t)), camera.K)
             R_new, xy_over_z, z_new = update_poses(
                 torch.from_numpy(self.engine(pair.numpy())[0]),
@@ -256,7 +308,28 @@ class PoseRefiner:
             t_next = translation(xy_over_z, z_new).double().numpy()
             sane = sane_steps(t, t_next)
             R[sane], t[sane] = R_next[sane], t_next[sane]
-        return [replace(p, R=R[n], t=t[n]) for n, p in enumerate(poses)]
+        return R, t
+
+    def _scores(self, image, camera, ids, R, t) -> np.ndarray:
+        pair, _ = refiner_inputs(image, self._render_ready(), self.objects, list(zip(ids, R, t)), camera.K)
+        return np.asarray(self.scorer(pair.numpy())[0], np.float64).reshape(len(ids))
+
+    def _best_of_hypotheses(self, image, camera, ids, R0, t0, R, t):
+        rng = np.random.default_rng(0)
+        count = self.hypotheses
+        starts = [disturb_pose(R0[n], t0[n], self.objects[i].diameter, rng, scale=0.5)
+                  for n, i in enumerate(ids) for _ in range(count)]
+        ids_h = [i for i in ids for _ in range(count)]
+        R_h, t_h = self._steps(image, camera, ids_h, np.stack([s[0] for s in starts]),
+                               np.stack([s[1] for s in starts]), self.hypothesis_steps)
+        kept = self._scores(image, camera, ids, R, t)
+        scores = self._scores(image, camera, ids_h, R_h, t_h).reshape(len(ids), count)
+        best = scores.argmax(axis=1)
+        R, t = R.copy(), t.copy()
+        for n, b in enumerate(best):
+            if scores[n, b] > kept[n] + self.margin:
+                R[n], t[n] = R_h[n * count + b], t_h[n * count + b]
+        return R, t
 
     def release(self) -> None:
         if self._renderer is not None:

@@ -273,3 +273,53 @@ def test_an_unrolled_step_moves_starts_as_the_model_does_and_keeps_those_it_thro
         np.testing.assert_allclose(R1, R0, atol=1e-5)
         np.testing.assert_allclose(t1[:, 2], t0[:, 2] * (1.0 if kept else ratio), rtol=1e-5)
     renderer.release()
+
+
+def test_scored_hypotheses_replace_a_pose_only_when_they_score_higher_by_the_margin(toy, tmp_path):
+    """Untrained networks: the refiner moves nothing and the scorer gives every pose logit 0."""
+    from hrpose_ros.crop_pipeline import CropPosePipeline
+    from hrpose_ros.refiner import HYPOTHESIS_MARGIN, SCORER_FORMAT, disturb_pose
+    from training.toy_data import write_tiny_crops_file
+
+    _, objects = toy
+    refiner = TorchRefinerEngine(RefinerNet(pretrained=False))
+    scorer = TorchRefinerEngine(RefinerNet(pretrained=False, outputs=1))
+    K = np.array([[500.0, 0, 160], [0, 500, 120], [0, 0, 1]])
+    camera = CameraModel(K, 320, 240)
+    image = np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    poses = [ObjectPose(o.name, o.obj_id, n, 0.9, *_pose(t=(0.03 * n - 0.02, 0.0, 0.5)))
+             for n, o in enumerate(objects)]
+    plain = PoseRefiner(refiner, 128, objects).refine(image, camera, poses)
+    kept = PoseRefiner(refiner, 128, objects, scorer=scorer, hypotheses=3).refine(image, camera, poses)
+    for a, b in zip(kept, plain):  # 0 is not HYPOTHESIS_MARGIN above 0
+        np.testing.assert_array_equal(a.R, b.R)
+        np.testing.assert_array_equal(a.t, b.t)
+    taken = PoseRefiner(refiner, 128, objects, scorer=scorer, hypotheses=3,
+                        margin=-1.0).refine(image, camera, poses)
+    rng = np.random.default_rng(0)  # every hypothesis ties: each pose's first copy wins
+    for p, out in zip(poses, taken):
+        diameter = next(o for o in objects if o.obj_id == p.obj_id).diameter
+        first = disturb_pose(p.R, p.t, diameter, rng, scale=0.5)
+        for _ in range(2):
+            disturb_pose(p.R, p.t, 1.0, rng)  # the pose's other two copies
+        np.testing.assert_allclose(out.R, first[0], atol=1e-6)
+        np.testing.assert_allclose(out.t, first[1], atol=1e-6)
+    assert HYPOTHESIS_MARGIN > 0
+    with pytest.raises(ValueError, match="hypotheses: expected 0, or > 0 with a pose scorer"):
+        PoseRefiner(refiner, 128, objects, hypotheses=2)
+
+    # through from_pretrained: a scorer file, refused without one or when it is not a scorer
+    path = tmp_path / "scorer.pt"
+    torch.save(refiner_to_dict(RefinerNet(pretrained=False, outputs=1), "lite0", [o.obj_id for o in objects],
+                               kind=SCORER_FORMAT), path)
+    refiner_path = tmp_path / "refiner.pt"
+    ids = [o.obj_id for o in objects]
+    torch.save(refiner_to_dict(RefinerNet(pretrained=False), "lite0", ids), refiner_path)
+    crops = write_tiny_crops_file(tmp_path / "crops.pt", objects)
+    kwargs = dict(refiner=refiner_path, refiner_models=toy[0].parent / "models", refine_iterations=1)
+    built = CropPosePipeline.from_pretrained(crops, scorer=path, hypotheses=4, **kwargs).refiner
+    assert built.hypotheses == 4 and built.scorer is not None
+    with pytest.raises(ValueError, match="hypotheses: expected a pose scorer"):
+        CropPosePipeline.from_pretrained(crops, hypotheses=4, **kwargs)
+    with pytest.raises(ValueError, match="scorer in .*refiner.pt: not a pose scorer"):
+        CropPosePipeline.from_pretrained(crops, scorer=refiner_path, hypotheses=4, **kwargs)

@@ -462,7 +462,8 @@ def _options(path: str, input_size, overrides: dict) -> dict:
         config = load_crops_file(path)[1].config if estimator == "crops" else None
         overrides = {k: v for k, v in overrides.items()
                      if k not in heads or (config is not None and getattr(config, heads[k]))}
-    crops_only = [k for k in ("refiner", "refine_iterations", "recrop") if k in overrides]
+    crops_only = [k for k in ("refiner", "refine_iterations", "recrop", "scorer", "hypotheses")
+                  if k in overrides]
     if estimator == "hrpose" and crops_only:
         raise ValueError(f"{path}: {', '.join(crops_only)}: options of crop models only")
     if estimator == "hrpose":
@@ -505,6 +506,11 @@ def main(argv=None) -> None:
                         help="crop models: refine the poses with this render-and-compare refiner")
     parser.add_argument("--refine-iterations", type=int, default=None, metavar="N",
                         help="crop models: refiner steps per pose (0 = off; default the file's, else 2)")
+    parser.add_argument("--scorer", default=None, metavar="SCORER_PT",
+                        help="crop models: the pose scorer that picks among --hypotheses")
+    parser.add_argument("--hypotheses", type=int, default=None, metavar="N",
+                        help="crop models: disturbed copies of each pose refined and scored (0 = off; "
+                             "default the file's)")
     parser.add_argument("--recrop", type=int, default=None, choices=(0, 1),
                         help="crop models: a second keypoint pass on crops around the first poses "
                              "(default: the file's)")
@@ -546,6 +552,8 @@ def main(argv=None) -> None:
             ("refiner", args.refiner, "refiner {}"),
             ("refine_iterations", args.refine_iterations, "{} refiner steps"),
             ("recrop", args.recrop, "second keypoint pass {}"),
+            ("scorer", args.scorer, "scorer {}"),
+            ("hypotheses", args.hypotheses, "{} scored hypotheses"),
         )
         if value is not None
     ]

@@ -38,7 +38,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from hrpose_ros import bop_models, bop_reader
@@ -47,6 +46,7 @@ from hrpose_ros.refiner import (
     REFINER_SIZE,
     RefinerNet,
     crop_intrinsics,
+    disturb_pose,
     orthonormal,
     pair_tensor,
     pose_crop,
@@ -126,10 +126,7 @@ class Instances:
 
 def disturb(R, t, diameter, rng, config: RefinerTrainConfig, scale: float = 1.0):
     """Return a disturbed copy of pose R, t (module docstring); ``scale`` multiplies the sigmas."""
-    R_noise = Rotation.from_rotvec(np.deg2rad(rng.normal(0.0, scale * config.rot_deg, 3))).as_matrix()
-    z = t[2] * math.exp(rng.normal(0.0, scale * config.depth))
-    xy = t[:2] / t[2] + rng.normal(0.0, scale * config.shift * diameter, 2) / t[2]
-    return R_noise @ R, np.array([xy[0] * z, xy[1] * z, z])
+    return disturb_pose(R, t, diameter, rng, config.rot_deg, config.shift, config.depth, scale)
 
 
 def nearest_symmetric(obj, R_gt, t_gt, R_est):
