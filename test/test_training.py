@@ -524,3 +524,19 @@ def test_bf16_autocast_is_used_only_where_the_cpu_computes_bf16(toy_split, tmp_p
     # Emulated bf16 is many times slower than fp32 (5.5 s against 0.77 s a step on an AVX2 CPU):
     # the run falls back to fp32 there and its checkpoint records what it did.
     assert load_checkpoint(path).train_config["bf16"] is has_native_bf16()
+
+
+def test_cosine_lr_follows_the_steps_or_the_clock():
+    import time
+
+    from training.schedule import cosine_lr
+
+    optimiser = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    now = time.perf_counter()
+    assert cosine_lr(optimiser, 1.0, now, 0, 0, 10)[1] == 1.0
+    assert cosine_lr(optimiser, 1.0, now, 0, 5, 10)[1] == pytest.approx(0.5)
+    assert optimiser.param_groups[0]["lr"] == pytest.approx(0.5)
+    assert cosine_lr(optimiser, 1.0, now, 0, 10, 10)[1] is None
+    elapsed, lr = cosine_lr(optimiser, 1.0, now - 25.0, 50.0, 0, 10)  # half of a 50 s budget
+    assert elapsed >= 25.0 and lr == pytest.approx(0.5, abs=1e-3)
+    assert cosine_lr(optimiser, 1.0, now - 60.0, 50.0, 0, 10)[1] is None

@@ -37,6 +37,7 @@ from training.crop_data import JitterConfig, crop_batch, load_crop_samples
 from training.crop_losses import coordinate_loss, keypoint_loss, voting_loss
 from training.losses import feature_similarity_loss
 from training.plots import plot_loss_and_validation
+from training.schedule import cosine_lr
 
 __all__ = ["CropTrainConfig", "load_teacher", "train"]
 
@@ -252,13 +253,9 @@ def train(config: CropTrainConfig, progress: bool = True) -> Path:
     history = {"config": asdict(config), "val_px": []}
     jitter = JitterConfig()
     while True:
-        elapsed = time.perf_counter() - start
-        done = elapsed / budget if budget > 0 else step / config.steps
-        if done >= 1:
+        _, lr = cosine_lr(optimiser, config.lr, start, budget, step, config.steps)
+        if lr is None:
             break
-        lr = config.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
-        for group in optimiser.param_groups:
-            group["lr"] = lr
         if draw is None:
             indices = rng.integers(0, len(samples), config.batch)
         else:

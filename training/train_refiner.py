@@ -60,6 +60,7 @@ from hrpose_ros.render import Renderer
 from training.crop_data import JitterConfig, load_crop_samples
 from training.pipeline_starts import STARTS_FILE, load_starts
 from training.plots import plot_loss_and_validation
+from training.schedule import cosine_lr
 
 __all__ = ["RefinerTrainConfig", "train", "train_step"]
 
@@ -345,13 +346,9 @@ def train(config: RefinerTrainConfig, progress: bool = True) -> Path:
     )
     step = 0
     while True:
-        elapsed = time.perf_counter() - start
-        done = elapsed / budget if budget > 0 else step / config.steps
-        if done >= 1:
+        elapsed, lr = cosine_lr(optimiser, config.lr, start, budget, step, config.steps)
+        if lr is None:
             break
-        lr = config.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
-        for group in optimiser.param_groups:
-            group["lr"] = lr
         indices = rng.integers(0, len(data), config.batch)
         classes = data.samples.classes[indices]
         R0, t0 = training_starts(data, indices, objects, rng, config)

@@ -52,6 +52,7 @@ from hrpose_ros.refiner import (
 from hrpose_ros.render import Renderer
 from training.pipeline_starts import STARTS_FILE
 from training.plots import plot_loss_and_validation
+from training.schedule import cosine_lr
 from training.train_refiner import (
     Instances,
     add_errors,
@@ -223,13 +224,9 @@ def train(config: ScorerTrainConfig, progress: bool = True) -> Path:
 
     model.train()
     while True:
-        elapsed = time.perf_counter() - start
-        done = elapsed / budget if budget > 0 else step / config.steps
-        if done >= 1:
+        elapsed, lr = cosine_lr(optimiser, config.lr, start, budget, step, config.steps)
+        if lr is None:
             break
-        lr = config.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
-        for group in optimiser.param_groups:
-            group["lr"] = lr
         indices = rng.integers(0, len(data), config.batch)
         R, t = hypotheses(data, indices, objects, rng, config)
         steps = int(rng.integers(1, config.max_steps + 1))
