@@ -229,6 +229,19 @@ def test_the_refiner_runs_in_onnx_runtime_as_in_torch(toy, tmp_path):
     expected = torch_refiner.engine(batch)[0]
     np.testing.assert_allclose(onnx.engine(batch)[0], expected, atol=1e-4)
     assert np.abs(expected - expected.mean(0)).max() > 1e-4  # inputs tell apart
+    # the pose scorer goes the same way, beside the refiner
+    from hrpose_ros.refiner import SCORER_FORMAT
+
+    scorer = RefinerNet(pretrained=False, outputs=1)
+    torch.nn.init.normal_(scorer.head[-1].weight, std=0.01)
+    scorer_path = tmp_path / "scorer.pt"
+    torch.save(refiner_to_dict(scorer, "lite0", [o.obj_id for o in objects], kind=SCORER_FORMAT), scorer_path)
+    kwargs.update(scorer=scorer_path, hypotheses=2)
+    onnx_scorer = CropPosePipeline.from_pretrained(crops, backend="onnxruntime", **kwargs).refiner.scorer
+    torch_scores = CropPosePipeline.from_pretrained(crops, **kwargs).refiner.scorer(batch)[0]
+    assert isinstance(onnx_scorer, OnnxEngine) and torch_scores.shape == (3, 1)
+    assert np.ptp(torch_scores) > 1e-5  # inputs tell apart
+    np.testing.assert_allclose(onnx_scorer(batch)[0], torch_scores, atol=1e-4)
 
 
 def test_a_short_refiner_run_writes_its_logs_plot_and_loadable_checkpoints(toy, tmp_path):
