@@ -117,3 +117,16 @@ def test_recrop_reaches_the_crop_estimator_only():
         estimator_options(PoseNodeConfig(recrop=1), "hrpose")
     with pytest.raises(ValueError, match="recrop"):
         PoseNodeConfig(recrop=2)
+
+
+def test_pose_hypotheses_reach_the_crop_estimator_with_a_scorer_only():
+    assert "hypotheses" not in estimator_options(PoseNodeConfig(), "crops")  # off
+    options = estimator_options(PoseNodeConfig(pose_hypotheses=10, scorer="/w/scorer.pt"), "crops")
+    assert options["hypotheses"] == 10 and options["scorer"] == "/w/scorer.pt"
+    with pytest.raises(ValueError, match="'pose_hypotheses': 10 needs a pose scorer; set 'scorer'"):
+        estimator_options(PoseNodeConfig(pose_hypotheses=10), "crops")
+    for name, value in (("pose_hypotheses", 4), ("scorer", "/w/scorer.pt")):
+        with pytest.raises(ValueError, match=f"'{name}': crops only, but the estimator is hrpose"):
+            estimator_options(PoseNodeConfig(**{name: value}), "hrpose")
+    with pytest.raises(ValueError, match="pose_hypotheses"):
+        PoseNodeConfig(pose_hypotheses=-1)
