@@ -634,10 +634,8 @@ def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str, ba
     onnxruntime backend its network is exported once into the cache (named after ``source``, the
     file that holds it). ``scoring``: (scorer dict or None, hypotheses or None, its source file)."""
     scorer_dict, hypotheses, scorer_source = scoring
-    hypotheses = int(hypotheses or 0)
-    if hypotheses < 0:
-        raise ValueError(f"hypotheses: expected >= 0, got {hypotheses}")
-    if hypotheses and scorer_dict is None:
+    hypotheses = int(hypotheses or 0)  # PoseRefiner refuses a negative count
+    if hypotheses > 0 and scorer_dict is None:
         raise ValueError("hypotheses: expected a pose scorer; pass scorer=<scorer.pt> "
                          "(training/train_scorer.py)")
     if refiner_dict is None:
@@ -661,7 +659,7 @@ def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str, ba
     model = refiner_from_dict(refiner_dict, f"refiner in {source}")
     engine = _network_engine(model, device, backend, source, "refiner", "update")
     scorer = None
-    if hypotheses:
+    if hypotheses > 0:
         scorer_model = refiner_from_dict(scorer_dict, f"scorer in {scorer_source}", SCORER_FORMAT)
         if scorer_model.size != model.size:
             raise ValueError(f"scorer in {scorer_source}: {scorer_model.size} px crops, the refiner's are "

@@ -47,7 +47,6 @@ from hrpose_ros.refiner import (
     load_refiner,
     refiner_from_dict,
     refiner_to_dict,
-    sane_steps,
 )
 from hrpose_ros.render import Renderer
 from training.pipeline_starts import STARTS_FILE
@@ -57,7 +56,7 @@ from training.train_refiner import (
     Instances,
     add_errors,
     pairs,
-    refine_samples,
+    unrolled,
 )
 
 __all__ = ["ScorerTrainConfig", "hypotheses", "scorer_net", "train", "turn"]
@@ -111,13 +110,10 @@ def hypotheses(data: Instances, indices, objects, rng, config: ScorerTrainConfig
     return np.stack(R0), np.stack(t0)
 
 
-@torch.no_grad()
 def refined(refiner, data, indices, R, t, objects, renderer, steps: int):
     """Poses after ``steps`` refiner steps, a step PoseRefiner refuses keeping its start."""
     for _ in range(steps):
-        R1, t1 = refine_samples(refiner, data, indices, R, t, objects, renderer, 1)
-        sane = sane_steps(t, t1)
-        R, t = np.where(sane[:, None, None], R1, R), np.where(sane[:, None], t1, t)
+        R, t = unrolled(refiner, data, indices, R, t, objects, renderer)
     return R, t
 
 
