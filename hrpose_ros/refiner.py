@@ -17,10 +17,16 @@ The network: the keypoint network's ImageNet-pretrained EfficientNet-Lite0 with 
 reduced by a 1x1 convolution and flattened, so the head keeps where things are in the crop
 (CosyPose pools globally), then two linear layers. The last layer starts at zero with the identity
 update as its bias: an untrained refiner returns its input.
+
+An optional score head (``score=True``) reads the same stride-32 map through its own 1x1
+reduction and two linear layers into a 10th output: the logit that the pose the network was given
+is within 0.1 d (training/train_scorer.py ``--head``, trained on the frozen refiner). The score of
+a pose then costs no second network: a separate scorer (``SCORER_FORMAT``) is a whole Lite0.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -116,11 +122,12 @@ def translation(xy_over_z: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 class RefinerNet(nn.Module):
-    """(B, 6, S, S) [image crop, rendering] in [0, 1] -> (B, 9) pose update (module docstring), or with
-    ``outputs`` 1 the scorer's logit that the pose is right (within 0.1 d)."""
+    """(B, 6, S, S) [image crop, rendering] in [0, 1] -> (B, 9) pose update (module docstring), with
+    ``score`` (B, 10): the update and the logit that the given pose is right (within 0.1 d); with
+    ``outputs`` 1 the separate scorer's logit."""
 
     def __init__(self, variant: str = "lite0", pretrained: bool = True, size: int = REFINER_SIZE,
-                 outputs: int = 9):
+                 outputs: int = 9, score: bool = False):
         super().__init__()
         self.backbone = lite_backbone(variant, pretrained, out_indices=(4,))
         stem = self.backbone.conv_stem
@@ -139,11 +146,26 @@ class RefinerNet(nn.Module):
         nn.init.zeros_(self.head[-1].weight)
         with torch.no_grad():  # a pose update starts as the identity, a score (1 output) at 0
             self.head[-1].bias.copy_(torch.tensor(IDENTITY) if outputs == 9 else torch.zeros(outputs))
+        self.score_head = None
+        if score:
+            self.score_head = nn.Sequential(
+                nn.Conv2d(channels, 64, 1), nn.ReLU(inplace=True), nn.Flatten(),
+                nn.Linear(64 * cells * cells, 256), nn.ReLU(inplace=True), nn.Linear(256, 1),
+            )
+            nn.init.zeros_(self.score_head[-1].weight)
+            nn.init.zeros_(self.score_head[-1].bias)
 
     def forward(self, pair: torch.Tensor) -> torch.Tensor:
         # timm's Lite weights expect mean 0.5, std 0.5 per channel
         features = self.backbone((pair - 0.5) / 0.5)[-1]
-        return self.head(self.reduce(features))
+        out = self.head(self.reduce(features))
+        if self.score_head is None:
+            return out
+        return torch.cat([out, self.score_head(features)], dim=1)
+
+    def pose_parameters(self) -> list:
+        """The parameters of the pose update (all but the score head's)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("score_head.")]
 
 
 def refiner_inputs(image: np.ndarray, renderer, objects: dict, poses: Sequence, K) -> tuple:
@@ -178,6 +200,7 @@ def refiner_to_dict(model: RefinerNet, variant: str, object_ids, history: dict |
         "variant": variant,
         "size": model.size,
         "object_ids": [int(i) for i in object_ids],
+        "score": model.score_head is not None,
         "history": dict(history or {}),
         "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
     }
@@ -190,7 +213,8 @@ def refiner_from_dict(d: dict, where: str = "refiner", kind: str = REFINER_FORMA
     if not isinstance(d, dict) or d.get("format") != kind:
         found = d.get("format") if isinstance(d, dict) else type(d).__name__
         raise ValueError(f"{where}: not {name} (format {found!r}, expected {kind!r})")
-    model = RefinerNet(d["variant"], pretrained=False, size=int(d["size"]), outputs=_OUTPUTS[kind])
+    model = RefinerNet(d["variant"], pretrained=False, size=int(d["size"]), outputs=_OUTPUTS[kind],
+                       score=bool(d.get("score", False)))
     state = {k: v.float() if v.is_floating_point() else v for k, v in d["state_dict"].items()}
     try:
         model.load_state_dict(state)
@@ -251,12 +275,12 @@ class PoseRefiner:
     training/train_scorer.py) and ``hypotheses`` > 0, each pose is also started again from that
     many copies of its input disturbed at half the refiner's training sigmas, each refined
     ``hypothesis_steps`` steps; the best-scoring copy replaces the refined pose when it scores
-    ``margin`` logits higher. The copies are drawn from a fixed seed: the same input gives the
-    same poses.
+    ``margin`` logits higher. Only poses scoring below ``gate`` (a logit; default: all) get
+    copies. The copies are drawn from a fixed seed: the same input gives the same poses.
     """
 
     def __init__(self, engine, size: int, objects, iterations: int = 1, scorer=None, hypotheses: int = 0,
-                 hypothesis_steps: int = 2, margin: float = HYPOTHESIS_MARGIN):
+                 hypothesis_steps: int = 2, margin: float = HYPOTHESIS_MARGIN, gate: float = math.inf):
         if int(iterations) < 0:
             raise ValueError(f"refine_iterations: expected >= 0, got {iterations}")
         if int(hypotheses) < 0 or (int(hypotheses) > 0 and scorer is None):
@@ -272,6 +296,7 @@ class PoseRefiner:
         self.hypotheses = int(hypotheses)
         self.hypothesis_steps = int(hypothesis_steps)
         self.margin = float(margin)
+        self.gate = float(gate)
         self._renderer = None
 
     def _render_ready(self):
@@ -312,23 +337,28 @@ class PoseRefiner:
 
     def _scores(self, image, camera, ids, R, t) -> np.ndarray:
         pair, _ = refiner_inputs(image, self._render_ready(), self.objects, list(zip(ids, R, t)), camera.K)
-        return np.asarray(self.scorer(pair.numpy())[0], np.float64).reshape(len(ids))
+        # a scorer's (N, 1) logit, or a scored refiner's 10th output
+        return np.asarray(self.scorer(pair.numpy())[0], np.float64)[:, -1]
 
     def _best_of_hypotheses(self, image, camera, ids, R0, t0, R, t):
         rng = np.random.default_rng(0)
         count = self.hypotheses
-        starts = [disturb_pose(R0[n], t0[n], self.objects[i].diameter, rng, scale=0.5)
-                  for n, i in enumerate(ids) for _ in range(count)]
-        ids_h = [i for i in ids for _ in range(count)]
-        R_h, t_h = self._steps(image, camera, ids_h, np.stack([s[0] for s in starts]),
-                               np.stack([s[1] for s in starts]), self.hypothesis_steps)
+        # every pose draws its copies, gated or not, so a pose's copies do not depend on the others'
+        starts = [[disturb_pose(R0[n], t0[n], self.objects[i].diameter, rng, scale=0.5) for _ in range(count)]
+                  for n, i in enumerate(ids)]
         kept = self._scores(image, camera, ids, R, t)
-        scores = self._scores(image, camera, ids_h, R_h, t_h).reshape(len(ids), count)
+        doubtful = np.flatnonzero(kept < self.gate)
+        if not len(doubtful):
+            return R, t
+        ids_h = [ids[n] for n in doubtful for _ in range(count)]
+        R_h, t_h = self._steps(image, camera, ids_h, np.stack([s[0] for n in doubtful for s in starts[n]]),
+                               np.stack([s[1] for n in doubtful for s in starts[n]]), self.hypothesis_steps)
+        scores = self._scores(image, camera, ids_h, R_h, t_h).reshape(len(doubtful), count)
         best = scores.argmax(axis=1)
         R, t = R.copy(), t.copy()
-        for n, b in enumerate(best):
-            if scores[n, b] > kept[n] + self.margin:
-                R[n], t[n] = R_h[n * count + b], t_h[n * count + b]
+        for k, (n, b) in enumerate(zip(doubtful, best)):
+            if scores[k, b] > kept[n] + self.margin:
+                R[n], t[n] = R_h[k * count + b], t_h[k * count + b]
         return R, t
 
     def release(self) -> None:

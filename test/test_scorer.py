@@ -6,11 +6,11 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from hrpose_ros import bop_models, bop_reader
-from hrpose_ros.refiner import RefinerNet, refiner_to_dict
+from hrpose_ros.refiner import RefinerNet, load_refiner, refiner_from_dict, refiner_to_dict
 from training.multistart import turned_starts
 from training.toy_data import write_toy_split
 from training.train_refiner import Instances
-from training.train_scorer import ScorerTrainConfig, auc, hypotheses, scorer_net, train, turn
+from training.train_scorer import ScorerTrainConfig, auc, hypotheses, scored_refiner, scorer_net, train, turn
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +94,44 @@ def test_a_short_scorer_run_writes_its_logs_plot_and_a_loadable_checkpoint(toy, 
     assert d["format"] == "hrpose_ros.scorer/1" and d["history"]["config"]["steps"] == 4
     model = scorer_net(torch.load(refiner, weights_only=False))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in d["state_dict"].items()})
+
+
+def test_a_score_head_leaves_the_refiners_pose_outputs_alone(tmp_path):
+    torch.manual_seed(0)
+    refiner = RefinerNet(pretrained=False)
+    torch.nn.init.normal_(refiner.head[-1].weight, std=0.01)  # not the identity update
+    d = refiner_to_dict(refiner, "lite0", [1])
+    model = scored_refiner(d)
+    assert all(not p.requires_grad for p in model.pose_parameters())
+    assert all(p.requires_grad for p in model.score_head.parameters()) and not model.training
+    pair = torch.rand(3, 6, 128, 128)
+    with torch.no_grad():
+        plain, scored = refiner_from_dict(d)(pair), model(pair)
+    assert scored.shape == (3, 10) and torch.all(scored[:, 9] == 0)  # the head starts at logit 0
+    torch.testing.assert_close(scored[:, :9], plain, rtol=0, atol=0)
+    torch.nn.init.normal_(model.score_head[-1].weight, std=0.1)
+    path = tmp_path / "scored.pt"
+    torch.save(refiner_to_dict(model, "lite0", [1]), path)
+    back = refiner_from_dict(load_refiner(path))
+    assert back.score_head is not None
+    with torch.no_grad():
+        torch.testing.assert_close(back(pair), model(pair), rtol=0, atol=2e-3)  # fp16 in the file
+
+
+def test_a_short_score_head_run_trains_the_head_only(toy, tmp_path):
+    split, objects, refiner = toy
+    config = ScorerTrainConfig(
+        train=(str(split),), val=str(split), out=str(tmp_path / "h"), refiner=str(refiner),
+        steps=4, batch=4, threads=2, val_every=2, val_samples=8, max_steps=1, head=True, lr=1e-2,
+    )
+    best = train(config, progress=False)
+    assert best.name == "refiner.pt"
+    d = load_refiner(best)  # a refiner file, with its score head
+    assert d["format"] == "hrpose_ros.refiner/1" and d["score"] is True
+    start = {k: v.float() for k, v in torch.load(refiner, weights_only=False)["state_dict"].items()}
+    trained = {k: v.float() for k, v in d["state_dict"].items()}
+    assert all(torch.equal(trained[k], v) for k, v in start.items())  # the refiner's weights, as they were
+    assert trained["score_head.5.weight"].abs().max() > 0  # the head moved from its zero start
 
 
 def test_multistart_keeps_the_first_start_when_no_hypothesis_scores_higher(toy, tmp_path, capsys):

@@ -19,6 +19,11 @@ rendering) pairs; this is that idea on the refiner's own input and network:
   shipped refiner;
 - label: ADD(-S) < 0.1 d of the refined hypothesis (BCE). MegaPose labels coarse hypotheses by the
   nearest rotation in a grid; here the label is the goal's own verdict.
+
+With ``--head`` only a small score head on the frozen refiner's stride-32 map is trained
+(``RefinerNet(score=True)``), and the result is a refiner file with a 10th output: the refiner's
+poses stay bit for bit those of the refiner it starts from, the score needs no second network and
+fits in the shipped file (a separate scorer adds 6.6 MB).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from tqdm import tqdm
 from hrpose_ros import bop_models
 from hrpose_ros.crop_pipeline import DEFAULT_CROPS_WEIGHTS, load_crops_file
 from hrpose_ros.refiner import (
+    REFINER_FORMAT,
     REFINER_SIZE,
     SCORER_FORMAT,
     RefinerNet,
@@ -59,7 +65,7 @@ from training.train_refiner import (
     unrolled,
 )
 
-__all__ = ["ScorerTrainConfig", "hypotheses", "scorer_net", "train", "turn"]
+__all__ = ["ScorerTrainConfig", "hypotheses", "scored_refiner", "scorer_net", "train", "turn"]
 
 TURN_DEGREES = (30.0, 60.0, 90.0, 180.0)
 
@@ -85,6 +91,7 @@ class ScorerTrainConfig:
     val_samples: int = 600
     max_frames: int | None = None
     init: str = ""
+    head: bool = False  # train only a score head on the frozen refiner (module docstring)
 
 
 def turn(R, rng) -> np.ndarray:
@@ -115,6 +122,17 @@ def refined(refiner, data, indices, R, t, objects, renderer, steps: int):
     for _ in range(steps):
         R, t = unrolled(refiner, data, indices, R, t, objects, renderer)
     return R, t
+
+
+def scored_refiner(refiner_dict: dict) -> RefinerNet:
+    """The refiner with a score head (starting at logit 0); everything else frozen, in eval mode."""
+    refiner = refiner_from_dict(refiner_dict)
+    model = RefinerNet(refiner_dict["variant"], pretrained=False, size=refiner.size, score=True)
+    missing, unexpected = model.load_state_dict(refiner.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("score_head.") for k in missing), (missing, unexpected)
+    for p in model.pose_parameters():
+        p.requires_grad_(False)
+    return model.eval()
 
 
 def scorer_net(refiner_dict: dict) -> RefinerNet:
@@ -157,13 +175,20 @@ def scores(model, data, indices, R, t, objects, renderer) -> np.ndarray:
     out = []
     for chunk in np.array_split(np.arange(len(indices)), max(1, len(indices) // 32)):
         pair, _ = pairs(data, indices[chunk], R[chunk], t[chunk], objects, renderer)
-        out.append(model(pair)[:, 0].numpy())
+        out.append(model(pair)[:, -1].numpy())  # a scorer's one logit or a scored refiner's 10th
     return np.concatenate(out)
 
 
 def save(model, config, path: Path, objects) -> None:
     history = {"config": asdict(config)}
-    torch.save(refiner_to_dict(model, "lite0", [o.obj_id for o in objects], history, SCORER_FORMAT), path)
+    kind = REFINER_FORMAT if config.head else SCORER_FORMAT
+    torch.save(refiner_to_dict(model, "lite0", [o.obj_id for o in objects], history, kind), path)
+
+
+def train_mode(model, config: ScorerTrainConfig) -> None:
+    """The whole scorer trains; a score head trains on the frozen refiner, kept in eval mode."""
+    if not config.head:
+        model.train()
 
 
 def train(config: ScorerTrainConfig, progress: bool = True) -> Path:
@@ -183,14 +208,15 @@ def train(config: ScorerTrainConfig, progress: bool = True) -> Path:
     else:
         refiner_dict = load_crops_file(DEFAULT_CROPS_WEIGHTS)[3]["refiner"]
     refiner = refiner_from_dict(refiner_dict).eval()
-    model = scorer_net(refiner_dict)
+    model = scored_refiner(refiner_dict) if config.head else scorer_net(refiner_dict)
     if config.init:
-        init = load_refiner(config.init, check=False, kind=SCORER_FORMAT)
-        model.load_state_dict(refiner_from_dict(init, config.init, SCORER_FORMAT).state_dict())
+        kind = REFINER_FORMAT if config.head else SCORER_FORMAT
+        init = load_refiner(config.init, check=False, kind=kind)
+        model.load_state_dict(refiner_from_dict(init, config.init, kind).state_dict())
     renderer = Renderer(objects, REFINER_SIZE, REFINER_SIZE)
     val_set = fixed_val(val, objects, refiner, renderer, config)
     print(f"validation: {len(val_set[0])} hypotheses, {100 * val_set[3].mean():.1f} % right")
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     loss_fn = nn.BCEWithLogitsLoss()
     log_path, val_path = out / "log.csv", out / "val.csv"
     log_file = log_path.open("w", newline="", buffering=1)
@@ -198,7 +224,8 @@ def train(config: ScorerTrainConfig, progress: bool = True) -> Path:
     log, val_log = csv.writer(log_file), csv.writer(val_file)
     log.writerow(["step", "seconds", "total", "right", "lr"])
     val_log.writerow(["step", "seconds", "auc", "accuracy"])
-    start, best, best_path = time.perf_counter(), -math.inf, out / "scorer.pt"
+    start, best = time.perf_counter(), -math.inf
+    best_path = out / ("refiner.pt" if config.head else "scorer.pt")
     budget = config.minutes * 60
     bar = tqdm(total=config.steps if budget <= 0 else int(budget), disable=not progress,
                unit="step" if budget <= 0 else "s", desc="scorer")
@@ -208,7 +235,7 @@ def train(config: ScorerTrainConfig, progress: bool = True) -> Path:
         nonlocal best
         model.eval()
         s = scores(model, val, val_set[0], val_set[1], val_set[2], objects, renderer)
-        model.train()
+        train_mode(model, config)
         area, accuracy = auc(s, val_set[3]), float(np.mean((s > 0) == val_set[3]))
         val_log.writerow([step, round(time.perf_counter() - start, 1), round(area, 4), round(accuracy, 4)])
         if (area if np.isfinite(area) else -1.0) > best:  # NaN: validation holds one class only
@@ -218,7 +245,7 @@ def train(config: ScorerTrainConfig, progress: bool = True) -> Path:
                                  {"auc": "AUC", "accuracy": "accuracy at 0"}, "validation",
                                  "fixed refined hypotheses of the validation split", "BCE")
 
-    model.train()
+    train_mode(model, config)
     while True:
         elapsed, lr = cosine_lr(optimiser, config.lr, start, budget, step, config.steps)
         if lr is None:
@@ -230,7 +257,7 @@ def train(config: ScorerTrainConfig, progress: bool = True) -> Path:
         classes = data.samples.classes[indices]
         labels = add_errors(objects, classes, R, t, data.R[indices], data.t[indices]) < 0.1
         pair, _ = pairs(data, indices, R, t, objects, renderer, rng)
-        loss = loss_fn(model(pair)[:, 0], torch.tensor(labels, dtype=torch.float32))
+        loss = loss_fn(model(pair)[:, -1], torch.tensor(labels, dtype=torch.float32))
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -258,6 +285,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True)
     for field in ("refiner", "init"):
         parser.add_argument(f"--{field}", default="")
+    parser.add_argument("--head", action="store_true", help="a score head on the frozen refiner")
     for field, kind in (("batch", int), ("lr", float), ("steps", int), ("minutes", float), ("threads", int),
                         ("seed", int), ("starts_fraction", float), ("turn_fraction", float),
                         ("max_steps", int), ("val_every", int), ("val_samples", int), ("max_frames", int)):
