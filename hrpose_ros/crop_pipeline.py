@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import time
 import warnings
@@ -61,7 +62,7 @@ __all__ = [
 CROPS_FORMAT = "hrpose_ros/crops-1"
 # Decoding options a crops file may store beside its PoseThresholds fields.
 DECODING_OPTIONS = ("drop_keypoints", "correspondences", "box_depth_weight", "refine_iterations", "recrop",
-                    "hypotheses")
+                    "hypotheses", "hypothesis_gate")
 # What PnP fits with a coordinate head: the keypoints, the dense object coordinates, or both.
 CORRESPONDENCES = ("keypoints", "coordinates", "both")
 DEFAULT_CROPS_WEIGHTS = Path(__file__).resolve().parent / "assets" / "weights" / "crops_lite0.pt"
@@ -387,9 +388,11 @@ class CropPosePipeline:
         the one the file holds; ``refine_iterations`` (a threshold-like option, 0 = off) its steps.
         The refiner renders the objects' meshes: those of ``refiner_models`` (a BOP models folder),
         by default the package's own objects.
-        ``scorer``: a scorer.pt (training/train_scorer.py) for ``hypotheses`` (a threshold-like
-        option, 0 = off, the default): each pose is started again from that many disturbed copies
-        and the best-scoring kept (:class:`hrpose_ros.refiner.PoseRefiner`).
+        ``hypotheses`` (a threshold-like option, 0 = off, the default): each pose is started again
+        from that many disturbed copies and the best-scoring kept (:class:`hrpose_ros.refiner.PoseRefiner`;
+        ``hypothesis_gate``: only poses whose refined pose scores below this logit get copies),
+        scored by the refiner's own score head when it has one, or by ``scorer``, a scorer.pt
+        (training/train_scorer.py), which wins when given.
         """
         if input_size is not None:
             raise ValueError("input_size: the crop estimator's detector input is set by its weights file")
@@ -431,7 +434,7 @@ class CropPosePipeline:
             decoding.get("box_depth_weight", 0.0),
             _pose_refiner(refiner_dict, objects, refiner_models, decoding.get("refine_iterations"), device,
                           backend, refiner if refiner is not None else path,
-                          (scorer_dict, decoding.get("hypotheses"), scorer)),
+                          (scorer_dict, decoding.get("hypotheses"), scorer, decoding.get("hypothesis_gate"))),
             _check_recrop(decoding.get("recrop", False)),
         )
 
@@ -628,16 +631,18 @@ def _network_engine(model, device: str, backend: str, source, name: str, output:
 
 
 def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str, backend: str, source,
-                  scoring=(None, None, None)):
+                  scoring=(None, None, None, None)):
     """Return the PoseRefiner of a stored refiner dict (None without one or with 0 iterations), its
     objects' meshes taken from ``models_dir`` (default: the package's object set); with the
     onnxruntime backend its network is exported once into the cache (named after ``source``, the
-    file that holds it). ``scoring``: (scorer dict or None, hypotheses or None, its source file)."""
-    scorer_dict, hypotheses, scorer_source = scoring
+    file that holds it). ``scoring``: (scorer dict or None, hypotheses or None, its source file,
+    the gate or None)."""
+    scorer_dict, hypotheses, scorer_source, gate = scoring
     hypotheses = int(hypotheses or 0)  # PoseRefiner refuses a negative count
-    if hypotheses > 0 and scorer_dict is None:
-        raise ValueError("hypotheses: expected a pose scorer; pass scorer=<scorer.pt> "
-                         "(training/train_scorer.py)")
+    scored = bool(refiner_dict is not None and refiner_dict.get("score"))
+    if hypotheses > 0 and scorer_dict is None and not scored:
+        raise ValueError("hypotheses: expected a pose scorer; the refiner has no score head "
+                         "(training/train_scorer.py --head): pass scorer=<scorer.pt>")
     if refiner_dict is None:
         if iterations:
             raise ValueError("refine_iterations: the weights file holds no refiner; "
@@ -658,11 +663,12 @@ def _pose_refiner(refiner_dict, objects, models_dir, iterations, device: str, ba
     with_meshes = [replace(o, mesh_path=meshes[o.obj_id].mesh_path) for o in objects]
     model = refiner_from_dict(refiner_dict, f"refiner in {source}")
     engine = _network_engine(model, device, backend, source, "refiner", "update")
-    scorer = None
-    if hypotheses > 0:
+    scorer = engine if scored else None  # the refiner's own 10th output, unless a scorer file is given
+    if hypotheses > 0 and scorer_dict is not None:
         scorer_model = refiner_from_dict(scorer_dict, f"scorer in {scorer_source}", SCORER_FORMAT)
         if scorer_model.size != model.size:
             raise ValueError(f"scorer in {scorer_source}: {scorer_model.size} px crops, the refiner's are "
                              f"{model.size} px")
         scorer = _network_engine(scorer_model, device, backend, scorer_source, "scorer", "score")
-    return PoseRefiner(engine, model.size, with_meshes, iterations, scorer, hypotheses)
+    gate = math.inf if gate is None else float(gate)
+    return PoseRefiner(engine, model.size, with_meshes, iterations, scorer, hypotheses, gate=gate)

@@ -67,10 +67,10 @@ class PoseNodeConfig:
             "0 = off, faster; 1 = on)", -1, 1)
     pose_hypotheses: int = _param(
         0, "Crops only: start each pose again from this many disturbed copies, refine them and keep the "
-           "one the pose scorer rates best (0 = off; 10: about +3 points ADD(-S), 14x the time, see "
-           "MODEL_CARD); needs 'scorer'", 0, 50)
-    scorer: str = _param("", "Crops only: the pose scorer file (training/train_scorer.py) for "
-                             "pose_hypotheses")
+           "one the pose scorer rates best (0 = off; see MODEL_CARD); scored by the refiner's score "
+           "head, or by 'scorer'", 0, 50)
+    scorer: str = _param("", "Crops only: a separate pose scorer file (training/train_scorer.py) for "
+                             "pose_hypotheses, in place of the refiner's score head")
     min_depth: float = _param(0.05, "Nearest published object origin along the optical axis (m)", 0.0, 100.0)
     max_depth: float = _param(5.0, "Farthest published object origin along the optical axis (m); PnP fits "
                                    "keypoints bunched within a few pixels far away", 0.0, 100.0)
@@ -190,10 +190,9 @@ def estimator_options(config: PoseNodeConfig, estimator: str) -> dict:
     if config.recrop >= 0:
         options["recrop"] = bool(config.recrop)
     if config.pose_hypotheses:
-        if not config.scorer:
-            raise ValueError(f"parameter 'pose_hypotheses': {config.pose_hypotheses} needs a pose scorer; "
-                             "set 'scorer' to a scorer.pt (training/train_scorer.py)")
-        options.update(hypotheses=config.pose_hypotheses, scorer=config.scorer)
+        options["hypotheses"] = config.pose_hypotheses  # scored by the refiner's head or by 'scorer'
+    if config.scorer:
+        options["scorer"] = config.scorer
     return options  # precision: CropPosePipeline.from_pretrained refuses what it cannot run
 
 

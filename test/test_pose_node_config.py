@@ -119,12 +119,14 @@ def test_recrop_reaches_the_crop_estimator_only():
         PoseNodeConfig(recrop=2)
 
 
-def test_pose_hypotheses_reach_the_crop_estimator_with_a_scorer_only():
-    assert "hypotheses" not in estimator_options(PoseNodeConfig(), "crops")  # off
+def test_pose_hypotheses_and_a_scorer_reach_the_crop_estimator():
+    options = estimator_options(PoseNodeConfig(), "crops")
+    assert "hypotheses" not in options and "scorer" not in options  # off: the refiner alone
     options = estimator_options(PoseNodeConfig(pose_hypotheses=10, scorer="/w/scorer.pt"), "crops")
     assert options["hypotheses"] == 10 and options["scorer"] == "/w/scorer.pt"
-    with pytest.raises(ValueError, match="'pose_hypotheses': 10 needs a pose scorer; set 'scorer'"):
-        estimator_options(PoseNodeConfig(pose_hypotheses=10), "crops")
+    # without 'scorer' the refiner's score head scores; from_pretrained refuses a refiner without one
+    options = estimator_options(PoseNodeConfig(pose_hypotheses=10), "crops")
+    assert options["hypotheses"] == 10 and "scorer" not in options
     for name, value in (("pose_hypotheses", 4), ("scorer", "/w/scorer.pt")):
         with pytest.raises(ValueError, match=f"'{name}': crops only, but the estimator is hrpose"):
             estimator_options(PoseNodeConfig(**{name: value}), "hrpose")

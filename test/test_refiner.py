@@ -209,6 +209,33 @@ def test_the_crop_pipeline_refines_with_a_bundled_or_given_refiner(toy, tmp_path
         CropPosePipeline.from_pretrained(with_refiner, refiner_models=tmp_path / "elsewhere")
 
 
+def test_rebundling_swaps_the_refiner_and_keeps_the_rest_of_a_crops_file(toy, tmp_path):
+    from hrpose_ros.crop_pipeline import load_crops_file, save_crops_file
+    from training.bundle_crops import main as bundle_main
+    from training.toy_data import write_tiny_crops_file
+
+    _, objects = toy
+    ids = [o.obj_id for o in objects]
+    stored = load_crops_file(write_tiny_crops_file(tmp_path / "crops.pt", objects))[3]
+    old = save_crops_file(tmp_path / "old.pt", stored["detector"], stored["keypoints"],
+                          {"refine_iterations": 1, "ransac_threshold": 8.0},
+                          refiner_to_dict(RefinerNet(pretrained=False), "lite0", ids))
+    scored = tmp_path / "scored.pt"
+    torch.save(refiner_to_dict(RefinerNet(pretrained=False, score=True), "lite0", ids), scored)
+    out = tmp_path / "new.pt"
+    bundle_main(["--from", str(old), "--refiner", str(scored), "--out", str(out), "--drop-keypoints", "1"])
+    new = load_crops_file(out)[3]
+    assert new["refiner"]["score"] is True
+    for part in ("detector", "keypoints"):
+        assert new[part]["state_dict"].keys() == stored[part]["state_dict"].keys()
+        assert all(torch.equal(v, stored[part]["state_dict"][k]) for k, v in new[part]["state_dict"].items())
+    assert new["thresholds"] == {"refine_iterations": 1, "ransac_threshold": 8.0, "drop_keypoints": 1}
+    with pytest.raises(SystemExit):  # one source of networks only
+        bundle_main(["--from", str(old), "--detector", "d.pt", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        bundle_main(["--out", str(out)])
+
+
 def test_the_refiner_runs_in_onnx_runtime_as_in_torch(toy, tmp_path):
     from hrpose_ros.crop_pipeline import CropPosePipeline
     from hrpose_ros.engines import OnnxEngine
@@ -216,19 +243,21 @@ def test_the_refiner_runs_in_onnx_runtime_as_in_torch(toy, tmp_path):
 
     split, objects = toy
     torch.manual_seed(0)
-    model = RefinerNet(pretrained=False)
+    model = RefinerNet(pretrained=False, score=True)  # with a score head: its 10th output goes along
     torch.nn.init.normal_(model.head[-1].weight, std=0.01)  # not the identity update
+    torch.nn.init.normal_(model.score_head[-1].weight, std=0.01)
     refiner_path = tmp_path / "refiner.pt"
     torch.save(refiner_to_dict(model, "lite0", [o.obj_id for o in objects]), refiner_path)
     crops = write_tiny_crops_file(tmp_path / "crops.pt", objects)
     kwargs = dict(refiner=refiner_path, refiner_models=split.parent / "models", refine_iterations=1)
     onnx = CropPosePipeline.from_pretrained(crops, backend="onnxruntime", **kwargs).refiner
     torch_refiner = CropPosePipeline.from_pretrained(crops, **kwargs).refiner
-    assert isinstance(onnx.engine, OnnxEngine)
+    assert isinstance(onnx.engine, OnnxEngine) and onnx.scorer is onnx.engine
     batch = np.random.default_rng(0).uniform(0, 1, (3, 6, 128, 128)).astype(np.float32)
     expected = torch_refiner.engine(batch)[0]
+    assert expected.shape == (3, 10)
     np.testing.assert_allclose(onnx.engine(batch)[0], expected, atol=1e-4)
-    assert np.abs(expected - expected.mean(0)).max() > 1e-4  # inputs tell apart
+    assert np.abs(expected - expected.mean(0)).max(axis=0).min() > 1e-5  # inputs tell apart, score too
     # the pose scorer goes the same way, beside the refiner
     from hrpose_ros.refiner import SCORER_FORMAT
 
@@ -317,6 +346,12 @@ def test_scored_hypotheses_replace_a_pose_only_when_they_score_higher_by_the_mar
             disturb_pose(p.R, p.t, 1.0, rng)  # the pose's other two copies
         np.testing.assert_allclose(out.R, first[0], atol=1e-6)
         np.testing.assert_allclose(out.t, first[1], atol=1e-6)
+    # the gate: only poses whose refined pose scores below it get copies (here every logit is 0)
+    for gate, copies in ((0.0, plain), (0.5, taken)):
+        gated = PoseRefiner(refiner, 128, objects, scorer=scorer, hypotheses=3, margin=-1.0,
+                            gate=gate).refine(image, camera, poses)
+        for a, b in zip(gated, copies):
+            np.testing.assert_array_equal(a.t, b.t)
     assert HYPOTHESIS_MARGIN > 0
     with pytest.raises(ValueError, match="hypotheses: expected 0, or > 0 with a pose scorer"):
         PoseRefiner(refiner, 128, objects, hypotheses=2)
@@ -336,3 +371,11 @@ def test_scored_hypotheses_replace_a_pose_only_when_they_score_higher_by_the_mar
         CropPosePipeline.from_pretrained(crops, hypotheses=4, **kwargs)
     with pytest.raises(ValueError, match="scorer in .*refiner.pt: not a pose scorer"):
         CropPosePipeline.from_pretrained(crops, scorer=refiner_path, hypotheses=4, **kwargs)
+    # a refiner with a score head scores its own hypotheses; a scorer file still wins
+    torch.save(refiner_to_dict(RefinerNet(pretrained=False, score=True), "lite0", ids), refiner_path)
+    built = CropPosePipeline.from_pretrained(crops, hypotheses=4, **kwargs).refiner
+    assert built.scorer is built.engine and built.hypotheses == 4
+    for a, b in zip(built.refine(image, camera, poses), plain):  # untrained: logit 0 everywhere
+        np.testing.assert_array_equal(a.t, b.t)
+    assert CropPosePipeline.from_pretrained(crops, scorer=path, hypotheses=4, **kwargs).refiner.scorer \
+        is not built.engine

@@ -2,6 +2,9 @@
 
     python -m training.bundle_crops --detector runs/det/detector.pt --keypoints runs/crops_s/keypoints.pt \\
         --out hrpose_ros/assets/weights/crops_lite0.pt
+
+``--from CROPS_PT`` takes the detector, keypoint network and stored options of an existing crops
+file, so a new refiner (or new options) goes in without the checkpoints the file was made from.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from hrpose_ros.crop_pipeline import (
 from hrpose_ros.detector import detector_to_dict, load_detector
 from hrpose_ros.refiner import load_refiner
 
-__all__ = ["bundle"]
+__all__ = ["bundle", "rebundle"]
 
 
 def bundle(detector_path, keypoints_path, out, thresholds: dict | None = None, refiner_path=None) -> Path:
@@ -52,10 +55,27 @@ def bundle(detector_path, keypoints_path, out, thresholds: dict | None = None, r
     return path
 
 
+def rebundle(crops_path, out, thresholds: dict | None = None, refiner_path=None) -> Path:
+    """Write ``out``: the crops file ``crops_path`` with ``thresholds`` (over its stored ones) and, when
+    given, the refiner of ``refiner_path`` in place of its own."""
+    _, _, objects, d = load_crops_file(crops_path)
+    refiner = load_refiner(refiner_path) if refiner_path is not None else d.get("refiner")
+    if refiner is not None:
+        missing = set(o.obj_id for o in objects) - set(refiner["object_ids"])
+        if missing:
+            raise ValueError(f"{refiner_path}: the refiner was not trained on obj_ids {sorted(missing)}")
+    merged = {**d.get("thresholds", {}), **(thresholds or {})}
+    path = save_crops_file(out, d["detector"], d["keypoints"], merged, refiner)
+    load_crops_file(path)  # reads back
+    return path
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--detector", required=True)
-    parser.add_argument("--keypoints", required=True)
+    parser.add_argument("--from", dest="source", default=None, metavar="CROPS_PT",
+                        help="take the detector, keypoints and stored options of this crops file")
+    parser.add_argument("--detector", default=None)
+    parser.add_argument("--keypoints", default=None)
     parser.add_argument("--out", required=True)
     parser.add_argument(
         "--max-reprojection-error",
@@ -121,7 +141,15 @@ def main(argv=None) -> None:
         )
         if v is not None
     }
-    path = bundle(args.detector, args.keypoints, args.out, thresholds, args.refiner)
+    if args.source is not None:
+        if args.detector or args.keypoints:
+            parser.error("--from takes the detector and keypoints of that file: "
+                         "leave out --detector and --keypoints")
+        path = rebundle(args.source, args.out, thresholds, args.refiner)
+    elif not (args.detector and args.keypoints):
+        parser.error("expected --detector and --keypoints, or --from CROPS_PT")
+    else:
+        path = bundle(args.detector, args.keypoints, args.out, thresholds, args.refiner)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

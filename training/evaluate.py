@@ -462,8 +462,8 @@ def _options(path: str, input_size, overrides: dict) -> dict:
         config = load_crops_file(path)[1].config if estimator == "crops" else None
         overrides = {k: v for k, v in overrides.items()
                      if k not in heads or (config is not None and getattr(config, heads[k]))}
-    crops_only = [k for k in ("refiner", "refine_iterations", "recrop", "scorer", "hypotheses")
-                  if k in overrides]
+    crops_only = [k for k in ("refiner", "refine_iterations", "recrop", "scorer", "hypotheses",
+                              "hypothesis_gate") if k in overrides]
     if estimator == "hrpose" and crops_only:
         raise ValueError(f"{path}: {', '.join(crops_only)}: options of crop models only")
     if estimator == "hrpose":
@@ -511,6 +511,9 @@ def main(argv=None) -> None:
     parser.add_argument("--hypotheses", type=int, default=None, metavar="N",
                         help="crop models: disturbed copies of each pose refined and scored (0 = off; "
                              "default the file's)")
+    parser.add_argument("--hypothesis-gate", type=float, default=None, metavar="LOGIT",
+                        help="crop models: only poses scoring below this logit get --hypotheses "
+                             "(default the file's, else all)")
     parser.add_argument("--recrop", type=int, default=None, choices=(0, 1),
                         help="crop models: a second keypoint pass on crops around the first poses "
                              "(default: the file's)")
@@ -554,6 +557,7 @@ def main(argv=None) -> None:
             ("recrop", args.recrop, "second keypoint pass {}"),
             ("scorer", args.scorer, "scorer {}"),
             ("hypotheses", args.hypotheses, "{} scored hypotheses"),
+            ("hypothesis_gate", args.hypothesis_gate, "hypotheses below logit {}"),
         )
         if value is not None
     ]
