@@ -128,6 +128,7 @@ def test_a_short_score_head_run_trains_the_head_only(toy, tmp_path):
     assert best.name == "refiner.pt"
     d = load_refiner(best)  # a refiner file, with its score head
     assert d["format"] == "hrpose_ros.refiner/1" and d["score"] is True
+    assert d["history"]["score_head"]["config"]["head"] is True
     start = {k: v.float() for k, v in torch.load(refiner, weights_only=False)["state_dict"].items()}
     trained = {k: v.float() for k, v in d["state_dict"].items()}
     assert all(torch.equal(trained[k], v) for k, v in start.items())  # the refiner's weights, as they were

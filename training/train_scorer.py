@@ -179,8 +179,10 @@ def scores(model, data, indices, R, t, objects, renderer) -> np.ndarray:
     return np.concatenate(out)
 
 
-def save(model, config, path: Path, objects) -> None:
-    history = {"config": asdict(config)}
+def save(model, config, path: Path, objects, refiner_history: dict | None = None) -> None:
+    # a score head's file is the refiner's: it keeps the refiner's own history beside the head's
+    history = {**(refiner_history or {}), "score_head": {"config": asdict(config)}} if config.head else \
+        {"config": asdict(config)}
     kind = REFINER_FORMAT if config.head else SCORER_FORMAT
     torch.save(refiner_to_dict(model, "lite0", [o.obj_id for o in objects], history, kind), path)
 
@@ -240,7 +242,7 @@ def train(config: ScorerTrainConfig, progress: bool = True) -> Path:
         val_log.writerow([step, round(time.perf_counter() - start, 1), round(area, 4), round(accuracy, 4)])
         if (area if np.isfinite(area) else -1.0) > best:  # NaN: validation holds one class only
             best = area if np.isfinite(area) else -1.0
-            save(model, config, best_path, objects)
+            save(model, config, best_path, objects, refiner_dict.get("history", {}))
         plot_loss_and_validation(log_path, val_path, out / "loss.png", ("total",),
                                  {"auc": "AUC", "accuracy": "accuracy at 0"}, "validation",
                                  "fixed refined hypotheses of the validation split", "BCE")
@@ -270,7 +272,7 @@ def train(config: ScorerTrainConfig, progress: bool = True) -> Path:
         if step % config.val_every == 0:
             validate()
     bar.close()
-    save(model, config, out / "last.pt", objects)
+    save(model, config, out / "last.pt", objects, refiner_dict.get("history", {}))
     validate()
     log_file.close(), val_file.close()
     renderer.release()
