@@ -223,9 +223,10 @@ def test_rebundling_swaps_the_refiner_and_keeps_the_rest_of_a_crops_file(toy, tm
     scored = tmp_path / "scored.pt"
     torch.save(refiner_to_dict(RefinerNet(pretrained=False, score=True), "lite0", ids), scored)
     out = tmp_path / "new.pt"
-    bundle_main(["--from", str(old), "--refiner", str(scored), "--out", str(out), "--drop-keypoints", "1"])
+    bundle_main(["--from", str(old), "--refiner", str(scored), "--out", str(out), "--drop-keypoints", "1",
+                 "--hypothesis-gate", "1"])
     new = load_crops_file(out)[3]
-    assert new["refiner"]["score"] is True
+    assert new["refiner"]["score"] is True and new["thresholds"].pop("hypothesis_gate") == 1.0
     for part in ("detector", "keypoints"):
         assert new[part]["state_dict"].keys() == stored[part]["state_dict"].keys()
         assert all(torch.equal(v, stored[part]["state_dict"][k]) for k, v in new[part]["state_dict"].items())

@@ -127,6 +127,14 @@ def main(argv=None) -> None:
         default=None,
         help="1: a second keypoint pass on crops around the first poses, chosen on a validation split",
     )
+    parser.add_argument(
+        "--hypothesis-gate",
+        type=float,
+        default=None,
+        metavar="LOGIT",
+        help="with a scored refiner: only poses scoring below this logit get hypotheses, chosen on a "
+             "validation split",
+    )
     args = parser.parse_args(argv)
     thresholds = {
         k: v
@@ -138,6 +146,7 @@ def main(argv=None) -> None:
             ("box_depth_weight", args.box_depth_weight),
             ("refine_iterations", args.refine_iterations),
             ("recrop", args.recrop),
+            ("hypothesis_gate", args.hypothesis_gate),
         )
         if v is not None
     }
