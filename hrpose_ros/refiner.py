@@ -237,7 +237,8 @@ def load_refiner(path, check: bool = True, kind: str = REFINER_FORMAT) -> dict:
 
 
 class TorchRefinerEngine:
-    """A RefinerNet in torch as an engine: (N, 6, S, S) float32 numpy -> ((N, 9) float32,)."""
+    """A RefinerNet in torch as an engine: (N, 6, S, S) float32 numpy -> ((N, 9) float32,), with a
+    score head (N, 10)."""
 
     def __init__(self, model: RefinerNet, device: str = "cpu"):
         self.device = torch.device(device)
@@ -266,17 +267,18 @@ def disturb_pose(R, t, diameter: float, rng: np.random.Generator, rot_deg: float
 class PoseRefiner:
     """Refines ObjectPoses in their image: ``iterations`` render-and-compare steps each.
 
-    ``engine``: the network, (N, 6, S, S) float32 -> ((N, 9),) (:class:`TorchRefinerEngine` or an
-    ONNX Runtime engine of the exported network); ``size`` its crop side S. The renderer (an EGL
-    context) is made on first use: a renderer makes its context current for each call, so any
-    thread may refine.
+    ``engine``: the network, (N, 6, S, S) float32 -> ((N, 9),), or ((N, 10),) with a score head
+    (:class:`TorchRefinerEngine` or an ONNX Runtime engine of the exported network); ``size`` its
+    crop side S. The renderer (an EGL context) is made on first use: a renderer makes its context
+    current for each call, so any thread may refine.
 
-    With a ``scorer`` engine ((N, 6, S, S) -> ((N, 1),), the logit that a pose is within 0.1 d;
-    training/train_scorer.py) and ``hypotheses`` > 0, each pose is also started again from that
-    many copies of its input disturbed at half the refiner's training sigmas, each refined
-    ``hypothesis_steps`` steps; the best-scoring copy replaces the refined pose when it scores
-    ``margin`` logits higher. Only poses scoring below ``gate`` (a logit; default: all) get
-    copies. The copies are drawn from a fixed seed: the same input gives the same poses.
+    With a ``scorer`` engine ((N, 6, S, S) -> ((N, 1),), or a scored refiner's ((N, 10),); the last
+    column is the logit that a pose is within 0.1 d: training/train_scorer.py) and ``hypotheses``
+    > 0, each pose is also started again from that many copies of its input disturbed at half the
+    refiner's training sigmas, each refined ``hypothesis_steps`` steps; the best-scoring copy
+    replaces the refined pose when it scores ``margin`` logits higher. Only poses scoring below
+    ``gate`` (a logit; default: all) get copies. The copies are drawn from a fixed seed: the same
+    input gives the same poses.
     """
 
     def __init__(self, engine, size: int, objects, iterations: int = 1, scorer=None, hypotheses: int = 0,
