@@ -67,8 +67,8 @@ class PoseNodeConfig:
             "0 = off, faster; 1 = on)", -1, 1)
     pose_hypotheses: int = _param(
         0, "Crops only: start each pose again from this many disturbed copies, refine them and keep the "
-           "one the pose scorer rates best (0 = off; 10: about +2.5 points ADD(-S), 0.35 s more per "
-           "frame, see MODEL_CARD); scored by the refiner's score head, or by 'scorer'", 0, 50)
+           "one the pose scorer rates best (0 = off; 10: about +2.5 points ADD(-S), 2-5x the time "
+           "per frame, see MODEL_CARD); scored by the refiner's score head, or by 'scorer'", 0, 50)
     scorer: str = _param("", "Crops only: a separate pose scorer file (training/train_scorer.py) for "
                              "pose_hypotheses, in place of the refiner's score head")
     min_depth: float = _param(0.05, "Nearest published object origin along the optical axis (m)", 0.0, 100.0)
