@@ -27,6 +27,15 @@ from hrpose_ros.refiner import load_refiner
 __all__ = ["bundle", "rebundle"]
 
 
+def _check_refiner_objects(refiner: dict | None, objects, refiner_path) -> None:
+    """ValueError naming ``refiner_path`` when the refiner was not trained on all ``objects``."""
+    if refiner is None:
+        return
+    missing = set(o.obj_id for o in objects) - set(refiner["object_ids"])
+    if missing:
+        raise ValueError(f"{refiner_path}: the refiner was not trained on obj_ids {sorted(missing)}")
+
+
 def bundle(detector_path, keypoints_path, out, thresholds: dict | None = None, refiner_path=None) -> Path:
     """Write the crops file ``out`` from the two checkpoints (checked to know the same objects).
 
@@ -40,10 +49,7 @@ def bundle(detector_path, keypoints_path, out, thresholds: dict | None = None, r
     if [o.obj_id for o in det_objects] != [o.obj_id for o in objects]:
         raise ValueError(f"{detector_path} and {keypoints_path}: trained on other objects")
     refiner = load_refiner(refiner_path) if refiner_path is not None else None
-    if refiner is not None:
-        missing = set(o.obj_id for o in objects) - set(refiner["object_ids"])
-        if missing:
-            raise ValueError(f"{refiner_path}: the refiner was not trained on obj_ids {sorted(missing)}")
+    _check_refiner_objects(refiner, objects, refiner_path)
     path = save_crops_file(
         out,
         detector_to_dict(detector, det_objects),
@@ -60,10 +66,7 @@ def rebundle(crops_path, out, thresholds: dict | None = None, refiner_path=None)
     given, the refiner of ``refiner_path`` in place of its own."""
     _, _, objects, d = load_crops_file(crops_path)
     refiner = load_refiner(refiner_path) if refiner_path is not None else d.get("refiner")
-    if refiner is not None:
-        missing = set(o.obj_id for o in objects) - set(refiner["object_ids"])
-        if missing:
-            raise ValueError(f"{refiner_path}: the refiner was not trained on obj_ids {sorted(missing)}")
+    _check_refiner_objects(refiner, objects, refiner_path)
     merged = {**d.get("thresholds", {}), **(thresholds or {})}
     path = save_crops_file(out, d["detector"], d["keypoints"], merged, refiner)
     load_crops_file(path)  # reads back

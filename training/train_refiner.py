@@ -303,18 +303,27 @@ def save(model, config, path: Path, objects) -> None:
     )
 
 
-def train(config: RefinerTrainConfig, progress: bool = True) -> Path:
-    """Train per ``config``; return the best checkpoint's path."""
+def start_run(config, progress: bool) -> tuple:
+    """Threads and seeds of a run (train_refiner's or train_scorer's ``config``), its out folder, the
+    objects of its training split and its validation instances (with their starts when stored):
+    (rng, out, objects, val)."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     objects = bop_models.load_object_models(Path(config.train[0]).parent / "models")
-    data = Instances(config.train, objects, config.max_frames, progress,
-                     config.starts_max_error if config.starts_fraction > 0 else None)
     val_starts = (Path(config.val) / STARTS_FILE).is_file()
     val = Instances([config.val], objects, config.max_frames, progress, math.inf if val_starts else None)
+    return rng, out, objects, val
+
+
+def train(config: RefinerTrainConfig, progress: bool = True) -> Path:
+    """Train per ``config``; return the best checkpoint's path."""
+    rng, out, objects, val = start_run(config, progress)
+    val_starts = (Path(config.val) / STARTS_FILE).is_file()  # validation scores the pipeline starts too
+    data = Instances(config.train, objects, config.max_frames, progress,
+                     config.starts_max_error if config.starts_fraction > 0 else None)
     points, diameters = point_sets(objects)
     model = RefinerNet(config.variant)
     if config.init:

@@ -42,7 +42,6 @@ from scipy.stats import rankdata
 from torch import nn
 from tqdm import tqdm
 
-from hrpose_ros import bop_models
 from hrpose_ros.crop_pipeline import DEFAULT_CROPS_WEIGHTS, load_crops_file
 from hrpose_ros.refiner import (
     REFINER_FORMAT,
@@ -62,6 +61,7 @@ from training.train_refiner import (
     Instances,
     add_errors,
     pairs,
+    start_run,
     unrolled,
 )
 
@@ -195,16 +195,9 @@ def train_mode(model, config: ScorerTrainConfig) -> None:
 
 def train(config: ScorerTrainConfig, progress: bool = True) -> Path:
     """Train per ``config``; return the best checkpoint's path (best validation AUC)."""
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    objects = bop_models.load_object_models(Path(config.train[0]).parent / "models")
+    rng, out, objects, val = start_run(config, progress)
     starts = all((Path(s) / STARTS_FILE).is_file() for s in config.train)
     data = Instances(config.train, objects, config.max_frames, progress, math.inf if starts else None)
-    val_starts = (Path(config.val) / STARTS_FILE).is_file()
-    val = Instances([config.val], objects, config.max_frames, progress, math.inf if val_starts else None)
     if config.refiner:
         refiner_dict = load_refiner(config.refiner, check=False)
     else:
