@@ -22,6 +22,7 @@ __all__ = [
     "box_corners_3d",
     "check_intrinsics",
     "check_rotation",
+    "disturb_pose",
     "keypoints_3d",
     "matrix_from_quaternion",
     "model_keypoints",
@@ -349,6 +350,18 @@ def solve_pnp(
     residual = _image_points(cam, K, dist) - img.reshape(-1, 2)
     rms = math.sqrt(np.add.reduce(np.add.reduce(residual * residual, axis=1)) / len(residual))
     return PnPSolution(R=R, t=tvec, reprojection_error=rms, inliers=inliers)
+
+
+def disturb_pose(R, t, diameter: float, rng: np.random.Generator, rot_deg: float = 10.0, shift: float = 0.03,
+                 depth: float = 0.04, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Return pose R, t disturbed as the render-and-compare refiner (:mod:`hrpose_ros.refiner`) was
+    trained, and as multi-start refinements draw their starts: a rotation of N(0, ``rot_deg``) degrees
+    per camera axis, an image-plane shift of N(0, ``shift`` x ``diameter``) at the object's distance
+    and a log depth ratio of N(0, ``depth``); ``scale`` multiplies the three sigmas."""
+    R_noise = Rotation.from_rotvec(np.deg2rad(rng.normal(0.0, scale * rot_deg, 3))).as_matrix()
+    z = t[2] * np.exp(rng.normal(0.0, scale * depth))
+    xy = t[:2] / t[2] + rng.normal(0.0, scale * shift * diameter, 2) / t[2]
+    return R_noise @ R, np.array([xy[0] * z, xy[1] * z, z])
 
 
 def quaternion_from_matrix(R) -> np.ndarray:

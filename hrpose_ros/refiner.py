@@ -37,7 +37,7 @@ from torch import nn
 from hrpose_ros.backbones import lite_backbone
 from hrpose_ros.checkpoints import read_torch_file
 from hrpose_ros.crops import Crop, crop_around_box, crop_images
-from hrpose_ros.geometry import projected_box
+from hrpose_ros.geometry import disturb_pose, projected_box
 from hrpose_ros.types import ObjectModel
 
 __all__ = [
@@ -249,19 +249,6 @@ class TorchRefinerEngine:
         with torch.inference_mode():
             out = self.model(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
         return (out.float().cpu().numpy(),)
-
-
-def disturb_pose(R, t, diameter: float, rng: np.random.Generator, rot_deg: float = 10.0, shift: float = 0.03,
-                 depth: float = 0.04, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Return pose R, t disturbed as the refiner was trained: a rotation of N(0, ``rot_deg``) degrees
-    per camera axis, an image-plane shift of N(0, ``shift`` x ``diameter``) at the object's distance
-    and a log depth ratio of N(0, ``depth``); ``scale`` multiplies the three sigmas."""
-    from scipy.spatial.transform import Rotation
-
-    R_noise = Rotation.from_rotvec(np.deg2rad(rng.normal(0.0, scale * rot_deg, 3))).as_matrix()
-    z = t[2] * np.exp(rng.normal(0.0, scale * depth))
-    xy = t[:2] / t[2] + rng.normal(0.0, scale * shift * diameter, 2) / t[2]
-    return R_noise @ R, np.array([xy[0] * z, xy[1] * z, z])
 
 
 class PoseRefiner:
