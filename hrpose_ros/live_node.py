@@ -62,12 +62,14 @@ class LiveNodeEstimator:
         timeout: float = 60.0,
         estimator: str = "auto",
         depth: bool = False,
+        depth_hypotheses: int = 0,
     ) -> LiveNodeEstimator:
         """Return an estimator driving a freshly started pose_node; LiveNodeError if it does not come up.
 
         ``weights`` None: the shipped default of ``estimator`` (hrpose_ros.estimators.default_weights).
         ``depth``: the node refines against the depth each call sends, with the in-process refiner's
-        limits and the whole frame refined (the node's 30 ms budget would leave instances out).
+        limits and the whole frame refined (the node's 30 ms budget would leave instances out), with
+        ``depth_hypotheses`` multi-start copies per pose.
         """
         import os
         import shlex
@@ -108,8 +110,10 @@ class LiveNodeEstimator:
         if depth:
             from hrpose_ros.depth_refine import RefineConfig
 
-            refine = RefineConfig(frame_budget=10.0)  # replay's in-process refiner
+            # replay's in-process refiner
+            refine = RefineConfig(frame_budget=10.0, hypotheses=depth_hypotheses)
             node_params.update(use_depth="true", depth_iterations=refine.iterations,
+                               depth_hypotheses=refine.hypotheses,
                                depth_max_translation=refine.max_translation,
                                depth_max_rotation=refine.max_rotation, depth_frame_budget=refine.frame_budget,
                                depth_threads=refine.threads)

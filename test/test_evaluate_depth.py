@@ -39,9 +39,11 @@ def test_report_gives_recalls_per_object_and_their_mean():
 def test_evaluation_runs_on_rendered_bin_frames_with_noisy_depth(tmp_path):
     split = make_data_module.make_data(tmp_path / "test", ["bin"], n=2, seed=11, progress=False).split_dir
     out = tmp_path / "eval"
-    arguments = ["--split", str(split / "000000"), "--backend", "torch", "--out", str(out)]
+    arguments = ["--split", str(split / "000000"), "--backend", "torch", "--out", str(out),
+                 "--hypotheses", "1"]
     assert evaluate_depth.main(arguments) == 0
     numbers = json.loads((out / "metrics.json").read_text())
+    assert numbers["hypotheses"] == 1
     instances = sum(v["instances"] for v in numbers["objects"].values())
     assert instances > 0 and numbers["timing"]["frames"] == 2
     assert all(0 <= v[k] <= 100 for v in numbers["objects"].values() for k in ("add_rgb", "add_rgbd"))

@@ -198,6 +198,9 @@ def test_cm_deg_bounds_of_the_command_line_reach_metrics_and_report(tmp_path, sc
         replay.main([*argv, "--max-translation-cm", "0"])
     assert exc.value.code == 2
     assert "--max-translation-cm: expected a number > 0, got '0'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        replay.main([*argv, "--depth-hypotheses", "3"])
+    assert "--depth-hypotheses: needs --depth-topic" in capsys.readouterr().err
 
 
 def test_ground_truth_of_an_unknown_object_is_named_with_partial_results(tmp_path, scene_bag, pipeline):
@@ -306,7 +309,7 @@ def test_rgbd_replay_reports_the_rgb_only_recalls_of_the_same_run_beside_it(tmp_
     bop_to_bag.bop_scene_to_bag(scene_bag.parent / "000000", bag, topics=topics, progress=False)
     out = tmp_path / "rgbd"
     argv = [str(bag), "--out", str(out), "--quiet", "--no-video", "--max-frames", "2", "--estimator", "crops",
-            "--backend", "torch", "--depth-topic", bag_io.DEPTH_TOPIC]
+            "--backend", "torch", "--depth-topic", bag_io.DEPTH_TOPIC, "--depth-hypotheses", "2"]
     assert replay.main(argv) == 0
     assert "RGB-only vs RGB-D:" in capsys.readouterr().out
     rgbd = json.loads((out / "metrics.json").read_text())
@@ -316,7 +319,7 @@ def test_rgbd_replay_reports_the_rgb_only_recalls_of_the_same_run_beside_it(tmp_
     assert [o["instances"] for o in rgbd["objects"]] == [o["instances"] for o in rgb["objects"]]
     assert "## RGB-only vs RGB-D" in (out / "report.md").read_text()
     assert "<h2>RGB-only vs RGB-D</h2>" in (out / "report.html").read_text()
-    # through the live node (use_depth, depth over DDS as 32FC1): the same refined poses
+    # through the live node (use_depth, depth_hypotheses, depth over DDS as 32FC1): the same refined poses
     live = tmp_path / "rgbd_live"
     assert replay.main([*argv[:2], str(live), *argv[3:], "--live-node", "--node-timeout", "120"]) == 0
     metrics = json.loads((live / "metrics.json").read_text())

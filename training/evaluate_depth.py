@@ -106,6 +106,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="", help="weights file (default: the shipped estimator)")
     parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "torch"))
     parser.add_argument("--gt-boxes", action="store_true", help="crops around true boxes, no detector")
+    parser.add_argument("--hypotheses", type=int, default=0, metavar="N",
+                        help="multi-start: N disturbed copies of each pose refined too "
+                        "(RefineConfig.hypotheses)")
     parser.add_argument("--max-frames", type=int, default=0, help="evaluate only the first N frames")
     parser.add_argument("--out", default="out/depth_eval", help="folder for report.md and metrics.json")
     args = parser.parse_args(argv)
@@ -115,17 +118,24 @@ def main(argv=None) -> int:
         frames = frames[: args.max_frames]
     if not frames or frames[0].depth_path is None:
         parser.error(f"--split {args.split}: no frames with depth images")
+    if args.hypotheses < 0:
+        parser.error(f"--hypotheses: expected 0 or more, got {args.hypotheses}")
     estimator = load_estimator(args.model or None, backend=args.backend, device="cpu")
-    refiner = DepthRefiner(with_meshes(estimator.objects), RefineConfig(frame_budget=1.0))
+    # the whole frame is refined: the node's per-frame budget would leave instances out
+    refine = RefineConfig(frame_budget=10.0, hypotheses=args.hypotheses)
+    refiner = DepthRefiner(with_meshes(estimator.objects), refine)
     result = evaluate_depth(estimator, refiner, frames, gt_boxes=args.gt_boxes)
     report, numbers = format_report(result, {o.obj_id: o.name for o in estimator.objects})
     boxes = "ground-truth boxes" if args.gt_boxes else "the detector's boxes"
+    if args.hypotheses:
+        boxes += f", {args.hypotheses} depth hypotheses per pose"
     title = f"RGB-only vs RGB-D on {args.split} ({len(frames)} frames, {boxes}), recall in %"
     print(f"{title}\n\n{report}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(f"# {title}\n\n{report}\n")
-    (out / "metrics.json").write_text(json.dumps({"split": args.split, "gt_boxes": args.gt_boxes, **numbers},
+    (out / "metrics.json").write_text(json.dumps({"split": args.split, "gt_boxes": args.gt_boxes,
+                                                  "hypotheses": args.hypotheses, **numbers},
                                                  indent=2))
     return 0
 
