@@ -24,7 +24,8 @@ demo: bootstrap
 .PHONY: demo-rgbd
 demo-rgbd: bootstrap
 	$(ENV) && { [ -f out/demo_rgbd/bag/metadata.yaml ] || python -m hrpose_ros.demo_bag --depth --out out/demo_rgbd/bag; } \
-	  && hrpose-replay-eval out/demo_rgbd/bag --depth-topic /camera/aligned_depth_to_color/image_raw --out out/demo_rgbd
+	  && hrpose-replay-eval out/demo_rgbd/bag --depth-topic /camera/aligned_depth_to_color/image_raw --out out/demo_rgbd \
+	    $(DEMO_RGBD_ARGS)
 
 lint: bootstrap
 	$(ENV) && ruff check hrpose_ros training test benchmarks
