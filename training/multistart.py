@@ -59,6 +59,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="out/multistart")
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps: expected at least 1, got {args.steps}")
     torch.set_num_threads(args.threads)
     objects = bop_models.load_object_models(Path(args.split).parent / "models")
     data = Instances([args.split], objects, args.max_frames, True, math.inf)
@@ -82,8 +84,9 @@ def main(argv=None) -> None:
             R0 = turned_starts(data.start_R[i], degrees)
             t0 = np.repeat(data.start_t[i][None], len(R0), axis=0)
         idx = np.full(len(R0), i)
-        R1, t1 = refined(refiner, data, idx[:1], R0[:1], t0[:1], objects, renderer, 1)
-        R, t = refined(refiner, data, idx, R0, t0, objects, renderer, args.steps)
+        R, t = refined(refiner, data, idx, R0, t0, objects, renderer, 1)
+        R1, t1 = R[:1].copy(), t[:1].copy()  # the first start after one step: the shipped pipeline's pose
+        R, t = refined(refiner, data, idx, R, t, objects, renderer, args.steps - 1)
         s = scores(scorer, data, idx, R, t, objects, renderer)
         s1 = scores(scorer, data, idx[:1], R1, t1, objects, renderer)[0]
         c = int(data.samples.classes[i])
