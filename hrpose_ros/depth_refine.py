@@ -45,6 +45,7 @@ __all__ = [
     "RefineConfig",
     "Refinement",
     "SurfaceModel",
+    "best_of_restarts",
     "check_depth",
     "depth_agreement",
     "depth_points",
@@ -431,8 +432,15 @@ def refine_multistart(surface: SurfaceModel, R, t, depth: np.ndarray, camera: Ca
     that refined, and stayed within the limits of ``R``, ``t``, compete with the first result
     (refined or not); ``residual_before`` is the input pose's fit.
     """
+    return best_of_restarts(surface, R, t, refine_pose(surface, R, t, depth, camera, config), depth, camera,
+                            config)
+
+
+def best_of_restarts(surface: SurfaceModel, R, t, first: Refinement, depth: np.ndarray, camera: CameraModel,
+                     config: RefineConfig = RefineConfig()) -> Refinement:
+    """Return :func:`refine_multistart`'s pick given ``first``, :func:`refine_pose`'s result from ``R``,
+    ``t``: the restarts alone, so a caller can run them when it has the time (``seconds`` adds theirs)."""
     started = time.perf_counter()
-    first = refine_pose(surface, R, t, depth, camera, config)
     if config.hypotheses == 0 or first.depth_points < config.min_depth_points:
         return first  # no depth to compare the copies with
 
@@ -453,7 +461,8 @@ def refine_multistart(surface: SurfaceModel, R, t, depth: np.ndarray, camera: Ca
         score = agreement(result)
         if np.isfinite(score) and not score <= best_agreement:  # NaN best: any measured score wins
             best, best_agreement = result, score
-    return replace(best, residual_before=first.residual_before, seconds=time.perf_counter() - started)
+    return replace(best, residual_before=first.residual_before,
+                   seconds=first.seconds + time.perf_counter() - started)
 
 
 class DepthRefiner:
@@ -474,11 +483,12 @@ class DepthRefiner:
         """Return (poses with ``refined`` and ``depth_residual`` set, one :class:`Refinement` each).
 
         ``depth`` is checked first (:func:`check_depth`: ValueError for an unusable frame).
-        Each instance goes through :func:`refine_multistart` (:func:`refine_pose` alone when
-        ``hypotheses`` is 0). Instances are refined in descending score, the first whatever the
-        time; those of unknown objects and those left when ``frame_budget`` is spent keep their
-        pose. With ``threads`` > 1 that many instances are refined at once (each result the same
-        as alone). Both lists keep the order of ``poses``.
+        Instances are refined in descending score, the first whatever the time; those of unknown
+        objects and those left when ``frame_budget`` is spent keep their pose. With ``hypotheses``
+        a second pass, in the same order, gives each refined instance its restarts
+        (:func:`best_of_restarts`) while the budget lasts, again the first whatever the time: a
+        tight budget still refines every instance once. With ``threads`` > 1 that many instances
+        are refined at once (each result the same as alone). Both lists keep the order of ``poses``.
         """
         depth = check_depth(depth, camera)
         started = time.perf_counter()
@@ -494,20 +504,31 @@ class DepthRefiner:
             if index != first and time.perf_counter() - started > self.config.frame_budget:
                 return Refinement(pose.R, pose.t, False, np.nan, np.nan, 0,
                                   f"frame budget of {1e3 * self.config.frame_budget:.0f} ms spent", 0.0)
-            return refine_multistart(surface, pose.R, pose.t, depth, camera, self.config)
+            return refine_pose(surface, pose.R, pose.t, depth, camera, self.config)
+
+        def restarts(index: int) -> Refinement:
+            pose, once = poses[index], done[index]
+            if once.depth_points == 0 or (index != first and
+                                          time.perf_counter() - started > self.config.frame_budget):
+                return once
+            return best_of_restarts(self.surfaces[int(pose.obj_id)], pose.R, pose.t, once, depth, camera,
+                                    self.config)
 
         # One Open3D thread for the whole frame: its setting is process-wide, so instances refined
         # side by side must not restore each other's (refine_pose's own block then changes nothing).
         with _one_open3d_thread():
-            if self._pool is not None and len(order) > 1:
-                outcomes_in_order = list(self._pool.map(one, order))
-            else:
-                outcomes_in_order = [one(i) for i in order]
-        done = dict(zip(order, outcomes_in_order))
+            done = dict(zip(order, self._map(one, order)))
+            if self.config.hypotheses:
+                done = dict(zip(order, self._map(restarts, order)))
         outcomes = [done[i] for i in range(len(poses))]
         out = [replace(pose, R=o.R, t=o.t, refined=o.refined, depth_residual=o.residual)
                for pose, o in zip(poses, outcomes)]
         return out, outcomes
+
+    def _map(self, function, items: list) -> list:
+        if self._pool is not None and len(items) > 1:
+            return list(self._pool.map(function, items))
+        return [function(i) for i in items]
 
     def close(self) -> None:
         """Stop the worker threads (refine then runs on the calling thread)."""

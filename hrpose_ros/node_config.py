@@ -106,8 +106,9 @@ class PoseNodeConfig:
     depth_threads: int = _param(2, "Instances of a frame refined against depth at once (one per core)", 1, 64)
     depth_hypotheses: int = _param(
         0, "Disturbed copies of each pose also refined against depth (multi-start ICP); the refined pose "
-           "the depth agrees with most is kept. Each copy costs about one refinement: raise "
-           "depth_frame_budget with it (10 copies: about 80 ms per instance on 2 cores)", 0, 100)
+           "the depth agrees with most is kept. They run once every instance is refined, while "
+           "depth_frame_budget lasts (the best-scored instance always gets them); 10 copies take about "
+           "80 ms per instance on 2 cores", 0, 100)
     frame_prefix: str = _param("hrpose/", "Prefix of the TF frames <prefix><class>_<instance>")
     publish_tf: bool = _param(True, "Broadcast one TF frame per object instance, child of the camera frame")
     publish_markers: bool = _param(True, "Publish ~/markers (cuboids, labels, optional meshes) for RViz")

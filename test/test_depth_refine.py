@@ -182,6 +182,29 @@ def test_frame_budget_goes_to_the_best_scored_instances_first(objects, rendered)
     assert outcomes[0].reason == "frame budget of 0 ms spent"
 
 
+def test_a_frames_restarts_give_each_instance_its_multistart_pose(objects, rendered):
+    """The refiner runs the restarts as a second pass over the frame: with time for all, each pose is
+    refine_multistart's; with the budget spent, the best-scored instance still gets them."""
+    surface = surface_model(objects["domino"])
+    starts = [_offset(seed=s, metres=0.02, degrees=15.0) for s in (1, 4, 6)]  # one start slides away
+    poses = [ObjectPose("domino", objects["domino"].obj_id, n, 0.5 + 0.1 * n, R, t)
+             for n, (R, t) in enumerate(starts)]
+    config = RefineConfig(frame_budget=10.0, hypotheses=4)
+    expected = [refine_multistart(surface, R, t, rendered["domino"], CAMERA, config) for R, t in starts]
+    assert any(not np.array_equal(e.t, refine_pose(surface, R, t, rendered["domino"], CAMERA, config).t)
+               for e, (R, t) in zip(expected, starts))  # the restarts changed something
+
+    refined, outcomes = DepthRefiner([objects["domino"]], config).refine(poses, rendered["domino"], CAMERA)
+    for got, want in zip(refined, expected):
+        np.testing.assert_array_equal(got.t, want.t)
+        np.testing.assert_array_equal(got.R, want.R)
+
+    spent = DepthRefiner([objects["domino"]], replace(config, frame_budget=1e-9))
+    refined, outcomes = spent.refine(poses, rendered["domino"], CAMERA)
+    np.testing.assert_array_equal(refined[2].t, expected[2].t)  # the best score: refined, restarts and all
+    assert [o.reason for o in outcomes[:2]] == ["frame budget of 0 ms spent"] * 2
+
+
 def test_depth_support_counts_confirmed_against_seen_through_points():
     points = np.array([[0.0, 0.0, 0.5]] * 6)
     uv = np.array([[0, 0], [1, 0], [2, 0], [3, 0], [4, 0], [5, 0]], dtype=float)
