@@ -334,8 +334,9 @@ def _one_open3d_thread() -> Iterator[None]:
 
 
 def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraModel,
-                config: RefineConfig = RefineConfig()) -> Refinement:
-    """Return the :class:`Refinement` of pose ``R`` (3, 3), ``t`` (3,) m against checked ``depth`` (m)."""
+                config: RefineConfig = RefineConfig(), first_stage: int = 0) -> Refinement:
+    """Return the :class:`Refinement` of pose ``R`` (3, 3), ``t`` (3,) m against checked ``depth`` (m),
+    ICP from ``config.stages[first_stage]`` on (fits still compared at the coarsest distance)."""
     started = time.perf_counter()
     R0, t0 = np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64)
     truncation = config.stages[0]  # the coarsest distance: poses far from the depth still compare
@@ -374,7 +375,7 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
 
     source, target = o3d.geometry.PointCloud(), o3d.geometry.PointCloud()
     R1, t1 = R0, t_start
-    for stage, distance in enumerate(config.stages):
+    for stage, distance in enumerate(config.stages[first_stage:]):
         if stage > 0:
             points, normals, _ = visible_surface(surface, R1, t1, camera, config.zbuffer_cell)
             if len(points) < 3:
@@ -449,10 +450,12 @@ def best_of_restarts(surface: SurfaceModel, R, t, first: Refinement, depth: np.n
         return depth_agreement(points, uv, depth, config.agreement_tolerance)
 
     best, best_agreement = first, agreement(first)
+    # The copies skip the coarsest ICP stage: as good on data/val_rgbd in three quarters of the time.
+    skip = 1 if len(config.stages) > 1 else 0
     rng = np.random.default_rng(0)
     for _ in range(int(config.hypotheses)):
         R_start, t_start = disturb_pose(R, t, surface.diameter, rng, scale=HYPOTHESIS_SCALE)
-        result = refine_pose(surface, R_start, t_start, depth, camera, config)
+        result = refine_pose(surface, R_start, t_start, depth, camera, config, first_stage=skip)
         if not result.refined:
             continue
         moved, turned = pose_change(R, t, result.R, result.t, surface.symmetries)

@@ -108,7 +108,7 @@ class PoseNodeConfig:
         0, "Disturbed copies of each pose also refined against depth (multi-start ICP); the refined pose "
            "the depth agrees with most is kept. They run once every instance is refined, while "
            "depth_frame_budget lasts (the best-scored instance always gets them); 10 copies take about "
-           "80 ms per instance on 2 cores", 0, 100)
+           "70 ms per instance on 2 cores", 0, 100)
     frame_prefix: str = _param("hrpose/", "Prefix of the TF frames <prefix><class>_<instance>")
     publish_tf: bool = _param(True, "Broadcast one TF frame per object instance, child of the camera frame")
     publish_markers: bool = _param(True, "Publish ~/markers (cuboids, labels, optional meshes) for RViz")

@@ -313,7 +313,7 @@ def _replay_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--depth-hypotheses", type=int, default=0, metavar="N",
         help="with --depth-topic: N disturbed copies of each pose refined against depth too, the "
-        "best-confirmed kept (the node's depth_hypotheses; about 80 ms per instance at 10)",
+        "best-confirmed kept (the node's depth_hypotheses; about 70 ms per instance at 10)",
     )
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many images")
     parser.add_argument("--scene-id", type=int, default=0, help="scene_id written to results.csv")
