@@ -80,8 +80,9 @@ class RefineConfig:
     RGB pose. ``threads``: instances of a frame refined at once. ``support_tolerance`` and
     ``support_margin``: :func:`depth_support`'s tolerance, and
     how much less of the refined pose than of the RGB pose the depth may confirm.
-    ``hypotheses``: disturbed copies of each pose refined too (multi-start, each about as long
-    as the pose itself); ``agreement_tolerance``: :func:`depth_agreement`'s, which picks among them.
+    ``hypotheses``: disturbed copies of each pose refined too (multi-start, from the second stage
+    on: each about three quarters of the pose's own time); ``agreement_tolerance``:
+    :func:`depth_agreement`'s, which picks among them.
     """
 
     stages: tuple = (0.02, 0.01, 0.005)
