@@ -56,6 +56,7 @@ __all__ = [
     "refine_pose",
     "surface_model",
     "visible_surface",
+    "whole_frame_config",
     "with_meshes",
 ]
 
@@ -128,6 +129,12 @@ class RefineConfig:
             raise ValueError(f"zbuffer_cell: expected >= 1 pixel, got {self.zbuffer_cell}")
         if int(self.hypotheses) < 0:
             raise ValueError(f"hypotheses: expected 0 or more copies per pose, got {self.hypotheses}")
+
+
+def whole_frame_config(hypotheses: int = 0) -> RefineConfig:
+    """The refinement replays and evaluations score: every instance of a frame refined, with
+    ``hypotheses`` restarts each (the node's 30 ms budget would leave instances out)."""
+    return RefineConfig(frame_budget=10.0, hypotheses=hypotheses)
 
 
 @dataclass(frozen=True)
@@ -512,11 +519,11 @@ class DepthRefiner:
 
         def restarts(index: int) -> Refinement:
             pose, once = poses[index], done[index]
-            if once.depth_points == 0 or (index != first and
-                                          time.perf_counter() - started > self.config.frame_budget):
+            surface = self.surfaces.get(int(pose.obj_id))
+            spent = index != first and time.perf_counter() - started > self.config.frame_budget
+            if surface is None or spent:
                 return once
-            return best_of_restarts(self.surfaces[int(pose.obj_id)], pose.R, pose.t, once, depth, camera,
-                                    self.config)
+            return best_of_restarts(surface, pose.R, pose.t, once, depth, camera, self.config)
 
         # One Open3D thread for the whole frame: its setting is process-wide, so instances refined
         # side by side must not restore each other's (refine_pose's own block then changes nothing).

@@ -108,10 +108,9 @@ class LiveNodeEstimator:
             **hrpose_only,
         }
         if depth:
-            from hrpose_ros.depth_refine import RefineConfig
+            from hrpose_ros.depth_refine import whole_frame_config
 
-            # replay's in-process refiner
-            refine = RefineConfig(frame_budget=10.0, hypotheses=depth_hypotheses)
+            refine = whole_frame_config(depth_hypotheses)  # replay's in-process refiner
             node_params.update(use_depth="true", depth_iterations=refine.iterations,
                                depth_hypotheses=refine.hypotheses,
                                depth_max_translation=refine.max_translation,

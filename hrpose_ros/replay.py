@@ -413,10 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             mode = f"pipeline ({kind}, {args.backend}, {args.precision}, {device})"
         if topics.depth and not args.live_node:
-            from hrpose_ros.depth_refine import DepthRefiner, RefineConfig, with_meshes
+            from hrpose_ros.depth_refine import DepthRefiner, whole_frame_config, with_meshes
 
-            # the whole frame is refined: the node's per-frame budget would leave instances out
-            refine = RefineConfig(frame_budget=10.0, hypotheses=args.depth_hypotheses)
+            refine = whole_frame_config(args.depth_hypotheses)
             estimator = DepthRefinedEstimator(estimator, DepthRefiner(with_meshes(estimator.objects), refine))
             mode += " + depth refinement"
     except ValueError as exc:

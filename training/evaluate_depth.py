@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hrpose_ros import bop_reader
-from hrpose_ros.depth_refine import DepthRefiner, RefineConfig, with_meshes
+from hrpose_ros.depth_refine import DepthRefiner, whole_frame_config, with_meshes
 from hrpose_ros.estimators import load_estimator
 from training.evaluate import CM_DEG, ground_truth_boxes, match_poses
 
@@ -121,9 +121,7 @@ def main(argv=None) -> int:
     if args.hypotheses < 0:
         parser.error(f"--hypotheses: expected 0 or more, got {args.hypotheses}")
     estimator = load_estimator(args.model or None, backend=args.backend, device="cpu")
-    # the whole frame is refined: the node's per-frame budget would leave instances out
-    refine = RefineConfig(frame_budget=10.0, hypotheses=args.hypotheses)
-    refiner = DepthRefiner(with_meshes(estimator.objects), refine)
+    refiner = DepthRefiner(with_meshes(estimator.objects), whole_frame_config(args.hypotheses))
     result = evaluate_depth(estimator, refiner, frames, gt_boxes=args.gt_boxes)
     report, numbers = format_report(result, {o.obj_id: o.name for o in estimator.objects})
     boxes = "ground-truth boxes" if args.gt_boxes else "the detector's boxes"
