@@ -76,6 +76,37 @@ def test_icp_recovers_1cm_5deg_offset_on_rendered_depth(objects, rendered, name,
     assert result.depth_points >= RefineConfig().min_depth_points
 
 
+def test_model_pixels_keep_a_bins_floor_and_neighbours_out_of_the_fit(tmp_path, objects):
+    """Rendered bin frames with noisy depth, starts near the truth: ICP on the depth at the model's own
+    pixels stays there more often than ICP on the whole box (floor and touching neighbours in it)."""
+    from hrpose_ros import bop_reader
+    from hrpose_ros.data import make_data as make_data_module
+    from hrpose_ros.depth_refine import with_meshes
+    from hrpose_ros.geometry import disturb_pose
+
+    split = make_data_module.make_data(tmp_path, ["bin"], n=4, seed=7, progress=False).split_dir
+    models = {o.obj_id: o for o in with_meshes(objects.values())}
+    surfaces, rng = {}, np.random.default_rng(0)
+    recovered = {False: 0, True: 0}
+    instances = 0
+    for frame in bop_reader.read_split(split):
+        depth = check_depth(frame.read_depth(), frame.camera)
+        for truth in frame.instances:
+            if truth.info.visib_fract < 0.7:
+                continue
+            surface = surfaces.setdefault(truth.obj_id, surface_model(models[truth.obj_id]))
+            R0, t0 = disturb_pose(truth.R, truth.t, surface.diameter, rng, scale=0.3)
+            instances += 1
+            for silhouette in (False, True):
+                config = RefineConfig(silhouette=silhouette)
+                result = refine_pose(surface, R0, t0, depth, frame.camera, config)
+                moved, turned = pose_change(truth.R, truth.t, result.R, result.t, surface.symmetries)
+                recovered[silhouette] += moved < 0.002 and np.rad2deg(turned) < 1.0
+    assert instances >= 30
+    assert recovered[True] >= recovered[False] + 5, recovered  # 33 against 22 of 42 now
+    assert recovered[True] >= 0.7 * instances, recovered
+
+
 def test_refinement_beyond_the_limit_is_refused(objects, rendered):
     surface = surface_model(objects["duck"])
     R0, t0 = _offset(seed=1, metres=0.01, degrees=5.0)
@@ -242,11 +273,14 @@ def test_multistart_without_hypotheses_is_one_refinement(objects, rendered):
         RefineConfig(hypotheses=-1)
 
 
-def test_multistart_finds_the_pose_one_start_slides_away_from(objects, rendered):
+# Alone on an empty background and 2 cm off, a slab's own pixels hold less of it than the box does:
+# one start recovers 4 (10 from the box), the best of ten restarts 8 (16).
+@pytest.mark.parametrize(("silhouette", "margin"), [(False, 5), (True, 3)])
+def test_multistart_finds_the_pose_one_start_slides_away_from(objects, rendered, silhouette, margin):
     """Slabs and blocks 2 cm / 15 deg off: one ICP often ends in a minimum beside the truth (or is
     refused); of ten disturbed restarts the best-confirmed pose recovers more of them, and never
     one the depth agrees with less."""
-    config = RefineConfig(hypotheses=10)
+    config = RefineConfig(hypotheses=10, silhouette=silhouette)
 
     def agreement(surface, depth, result):
         points, _, uv = visible_surface(surface, result.R, result.t, CAMERA)
@@ -267,7 +301,7 @@ def test_multistart_finds_the_pose_one_start_slides_away_from(objects, rendered)
             assert best.residual_before == one.residual_before  # the input pose's fit
             single += recovered(surface, one)
             multi += recovered(surface, best)
-    assert multi >= single + 5, (single, multi)
+    assert multi >= single + margin, (single, multi)
 
 
 def test_refinement_repeats_exactly_with_open3d_on_several_threads(objects, rendered):
