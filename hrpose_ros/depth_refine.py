@@ -3,7 +3,7 @@
 Per instance: the object's surface sample (points + normals from its mesh), culled to what the
 camera sees at the estimated pose (front faces, then a coarse z-buffer for self-occlusion), is
 the ICP target; the source is the depth image's points at the pixels that visible sample projects
-to and near its depth range (``silhouette``; else all of the pose's projected box, which in a bin
+to and near its depth range (``model_pixels``; else all of the pose's projected box, which in a bin
 also holds the floor and the neighbours). Open3D's point-to-plane ICP with a Tukey kernel (robust
 M-estimation, Babin et al., "Analysis of Robust Functions for Registration Algorithms", ICRA 2019) runs
 coarse to fine over shrinking correspondence distances, re-culling the model at each stage.
@@ -84,7 +84,7 @@ class RefineConfig:
     how much less of the refined pose than of the RGB pose the depth may confirm.
     ``hypotheses``: disturbed copies of each pose refined too (multi-start, from the second stage
     on: each about three quarters of the pose's own time); ``agreement_tolerance``:
-    :func:`depth_agreement`'s, which picks among them. ``silhouette``: each stage's ICP takes the
+    :func:`depth_agreement`'s, which picks among them. ``model_pixels``: each stage's ICP takes the
     depth points at the pixels of the model's visible surface sample at that stage's start pose,
     and the fits are compared over those of the RGB pose, not over the whole box (which serves
     when fewer than ``min_depth_points`` of them are measured).
@@ -110,7 +110,7 @@ class RefineConfig:
     # A bin's floor and neighbours inside the box dragged thin objects off even from the true pose:
     # data/val_rgbd ADD(-S) 67.5 -> 71.1 %, within 5 mm 2 deg 46.1 -> 55.8 %. The box holds more of
     # an object alone that the pose misses by centimetres (cut-and-paste frames 71.3 against 70.7 %).
-    silhouette: bool = True
+    model_pixels: bool = True
     # 5 mm picks better than 10 mm on data/val_rgbd (ADD(-S) 71.7 against 69.8 %, 10 copies)
     agreement_tolerance: float = 0.005
 
@@ -403,7 +403,7 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
     if len(scene) < config.min_depth_points:
         return kept(f"{len(scene)} depth points in the box (need {config.min_depth_points})",
                     count=len(scene))
-    if config.silhouette:
+    if config.model_pixels:
         # The fits are compared over the RGB pose's own pixels too: the box's floor seen through a
         # torus's hole or beside a duck refused good refinements (data/val_rgbd, within 5 mm 2 deg
         # 55.8 -> 59.0 %, ADD(-S) unchanged).
@@ -421,7 +421,7 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
             if len(points) < 3:
                 return kept("the model left the view during refinement", before, len(scene))
         source_points = scene
-        if config.silhouette:
+        if config.model_pixels:
             covered = depth_points(depth, camera, box, z_range, config.max_depth_points, _covered(uv, box))
             if len(covered) >= config.min_depth_points:  # else too little of it is measured
                 source_points = covered

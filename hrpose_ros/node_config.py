@@ -109,6 +109,10 @@ class PoseNodeConfig:
            "the depth agrees with most is kept. They run once every instance is refined, while "
            "depth_frame_budget lasts (the best-scored instance always gets them); 10 copies take about "
            "70 ms per instance on 2 cores", 0, 100)
+    depth_model_pixels: bool = _param(
+        True, "ICP takes the depth at the pixels the object's model covers at each step's pose; false: all "
+              "of the pose's projected box (better for an object alone that the RGB pose misses by "
+              "centimetres; in a bin the box holds the floor and the neighbours)")
     frame_prefix: str = _param("hrpose/", "Prefix of the TF frames <prefix><class>_<instance>")
     publish_tf: bool = _param(True, "Broadcast one TF frame per object instance, child of the camera frame")
     publish_markers: bool = _param(True, "Publish ~/markers (cuboids, labels, optional meshes) for RViz")

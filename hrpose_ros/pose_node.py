@@ -153,7 +153,8 @@ def load_depth_refiner(config: PoseNodeConfig, objects: dict[int, ObjectModel]) 
             from exc
     refine = RefineConfig(iterations=config.depth_iterations, max_translation=config.depth_max_translation,
                           max_rotation=config.depth_max_rotation, frame_budget=config.depth_frame_budget,
-                          threads=config.depth_threads, hypotheses=config.depth_hypotheses)
+                          threads=config.depth_threads, hypotheses=config.depth_hypotheses,
+                          model_pixels=config.depth_model_pixels)
     return DepthRefiner(meshed, refine)
 
 

@@ -97,11 +97,11 @@ def test_model_pixels_keep_a_bins_floor_and_neighbours_out_of_the_fit(tmp_path, 
             surface = surfaces.setdefault(truth.obj_id, surface_model(models[truth.obj_id]))
             R0, t0 = disturb_pose(truth.R, truth.t, surface.diameter, rng, scale=0.3)
             instances += 1
-            for silhouette in (False, True):
-                config = RefineConfig(silhouette=silhouette)
+            for model_pixels in (False, True):
+                config = RefineConfig(model_pixels=model_pixels)
                 result = refine_pose(surface, R0, t0, depth, frame.camera, config)
                 moved, turned = pose_change(truth.R, truth.t, result.R, result.t, surface.symmetries)
-                recovered[silhouette] += moved < 0.002 and np.rad2deg(turned) < 1.0
+                recovered[model_pixels] += moved < 0.002 and np.rad2deg(turned) < 1.0
     assert instances >= 30
     assert recovered[True] >= recovered[False] + 5, recovered  # 33 against 22 of 42 now
     assert recovered[True] >= 0.7 * instances, recovered
@@ -275,12 +275,12 @@ def test_multistart_without_hypotheses_is_one_refinement(objects, rendered):
 
 # Alone on an empty background and 2 cm off, a slab's own pixels hold less of it than the box does:
 # one start recovers 4 (10 from the box), the best of ten restarts 8 (16).
-@pytest.mark.parametrize(("silhouette", "margin"), [(False, 5), (True, 3)])
-def test_multistart_finds_the_pose_one_start_slides_away_from(objects, rendered, silhouette, margin):
+@pytest.mark.parametrize(("model_pixels", "margin"), [(False, 5), (True, 3)])
+def test_multistart_finds_the_pose_one_start_slides_away_from(objects, rendered, model_pixels, margin):
     """Slabs and blocks 2 cm / 15 deg off: one ICP often ends in a minimum beside the truth (or is
     refused); of ten disturbed restarts the best-confirmed pose recovers more of them, and never
     one the depth agrees with less."""
-    config = RefineConfig(hypotheses=10, silhouette=silhouette)
+    config = RefineConfig(hypotheses=10, model_pixels=model_pixels)
 
     def agreement(surface, depth, result):
         points, _, uv = visible_surface(surface, result.R, result.t, CAMERA)

@@ -693,6 +693,24 @@ def test_input_size_and_thresholds_reach_the_pipeline(tiny_checkpoint):
     assert set(pipeline.last_timings) == {"preprocess", "inference", "decode", "pnp"}  # warmed up
 
 
+def test_depth_parameters_reach_the_refiner():
+    from hrpose_ros.data.objects import load_default_objects
+    from hrpose_ros.node_config import PoseNodeConfig
+    from hrpose_ros.pose_node import load_depth_refiner
+
+    objects = {o.obj_id: o for o in load_default_objects(["duck", "can"])}
+    refiner = load_depth_refiner(PoseNodeConfig(), objects)
+    assert refiner.config.model_pixels and refiner.config.hypotheses == 0
+    config = PoseNodeConfig(depth_model_pixels=False, depth_hypotheses=3, depth_iterations=4, depth_threads=1,
+                            depth_frame_budget=0.5, depth_max_translation=0.05, depth_max_rotation=0.3)
+    refiner = load_depth_refiner(config, objects)
+    got = refiner.config
+    assert (got.model_pixels, got.hypotheses, got.iterations, got.threads) == (False, 3, 4, 1)
+    assert (got.frame_budget, got.max_translation, got.max_rotation) == (0.5, 0.05, 0.3)
+    assert sorted(refiner.surfaces) == sorted(objects)
+    refiner.close()
+
+
 def test_keypoint_threshold_zero_keeps_the_models_own(tiny_checkpoint, tmp_path):
     from dataclasses import replace
 
