@@ -134,6 +134,11 @@ def test_short_training_run_on_toy_split_lowers_the_loss(tmp_path, one_thread):
     resumed = train(dataclasses.replace(config, out_dir=str(tmp_path / "again"), max_steps=2,
                                         init=str(tmp_path / "run" / "detector.pt")), objects)
     assert np.mean(resumed["train_loss"]) < 0.7 * np.mean(losses[:2])
+    # and at another input size: the convolutional weights carry over, the file records the new size
+    larger = (SMALL_INPUT[0] + 32, SMALL_INPUT[1] + 32)
+    train(dataclasses.replace(config, out_dir=str(tmp_path / "larger"), max_steps=1, input_size=larger,
+                              init=str(tmp_path / "run" / "detector.pt")), objects)
+    assert load_detector(tmp_path / "larger" / "detector.pt")[0].config.input_size == larger
 
 
 def test_onnx_export_matches_torch_outputs(small_model, tmp_path):

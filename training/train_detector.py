@@ -243,8 +243,9 @@ def train(config: TrainDetectorConfig, objects: list[ObjectModel] | None = None)
         if [o.obj_id for o in start_objects] != [o.obj_id for o in objects]:
             raise ValueError(f"--init {config.init}: trained on other objects than {config.train_dirs}")
         if tuple(start.config.input_size) != tuple(model_config.input_size):
-            raise ValueError(f"--init {config.init}: input size {start.config.input_size}, "
-                             f"this run's is {model_config.input_size}")
+            # The network is fully convolutional: the weights carry over; its box sizes relearn the scale.
+            print(f"--init {config.init}: trained at {tuple(start.config.input_size)}, going on at "
+                  f"{tuple(model_config.input_size)}")
         model.load_state_dict(start.state_dict())
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
