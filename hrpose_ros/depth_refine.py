@@ -403,13 +403,17 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
     if len(scene) < config.min_depth_points:
         return kept(f"{len(scene)} depth points in the box (need {config.min_depth_points})",
                     count=len(scene))
+
+    def own_pixels(pixels: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+        """The depth points at the model's ``pixels``; ``fallback`` when too few of them are measured."""
+        there = depth_points(depth, camera, box, z_range, config.max_depth_points, _covered(pixels, box))
+        return there if len(there) >= config.min_depth_points else fallback
+
     if config.model_pixels:
         # The fits are compared over the RGB pose's own pixels too: the box's floor seen through a
         # torus's hole or beside a duck refused good refinements (data/val_rgbd, within 5 mm 2 deg
         # 55.8 -> 59.0 %, ADD(-S) unchanged).
-        own = depth_points(depth, camera, box, z_range, config.max_depth_points, _covered(rgb_uv, box))
-        if len(own) >= config.min_depth_points:
-            scene = own
+        scene = own_pixels(rgb_uv, scene)
     before = fit_residual(scene, rgb_points, rgb_normals, truncation)
     support_before = depth_support(rgb_points, rgb_uv, depth, config.support_tolerance)
 
@@ -420,11 +424,8 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
             points, normals, uv = visible_surface(surface, R1, t1, camera, config.zbuffer_cell)
             if len(points) < 3:
                 return kept("the model left the view during refinement", before, len(scene))
-        source_points = scene
-        if config.model_pixels:
-            covered = depth_points(depth, camera, box, z_range, config.max_depth_points, _covered(uv, box))
-            if len(covered) >= config.min_depth_points:  # else too little of it is measured
-                source_points = covered
+        # at the RGB pose itself (first stage, not slid along the ray) those pixels give ``scene``
+        source_points = own_pixels(uv, scene) if config.model_pixels and uv is not rgb_uv else scene
         # Centred on the model: about the camera's origin, 0.5 m away, rotations and translations
         # are nearly the same motion and point-to-plane's normal equations turn ill-conditioned.
         centre = points.mean(axis=0)

@@ -115,7 +115,8 @@ class LiveNodeEstimator:
                                depth_hypotheses=refine.hypotheses,
                                depth_max_translation=refine.max_translation,
                                depth_max_rotation=refine.max_rotation, depth_frame_budget=refine.frame_budget,
-                               depth_threads=refine.threads)
+                               depth_threads=refine.threads,
+                               depth_model_pixels=str(refine.model_pixels).lower())
         for param in params:
             key, sep, value = param.partition(":=")
             if not sep:
