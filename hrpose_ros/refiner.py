@@ -138,6 +138,12 @@ class RefinerNet(nn.Module):
         self.backbone.conv_stem = six
         channels = self.backbone.feature_info.channels()[-1]
         cells = size // 32
+        grid = min(cells, REFINER_SIZE // 32)
+        # Larger inputs keep the head of a 128 px refiner: a stride-1 average over the stride-32 map
+        # brings it to 4 x 4 cells (ONNX-exportable, unlike an adaptive pool of 6 to 4), so a
+        # refiner trained at 128 px starts a larger one with all its weights.
+        self.pool = nn.AvgPool2d(cells - grid + 1, stride=1) if cells > grid else nn.Identity()
+        cells = grid
         self.size = int(size)
         self.reduce = nn.Sequential(nn.Conv2d(channels, 64, 1), nn.ReLU(inplace=True))
         self.head = nn.Sequential(
@@ -157,7 +163,7 @@ class RefinerNet(nn.Module):
 
     def forward(self, pair: torch.Tensor) -> torch.Tensor:
         # timm's Lite weights expect mean 0.5, std 0.5 per channel
-        features = self.backbone((pair - 0.5) / 0.5)[-1]
+        features = self.pool(self.backbone((pair - 0.5) / 0.5)[-1])
         out = self.head(self.reduce(features))
         if self.score_head is None:
             return out

@@ -296,10 +296,39 @@ def test_a_short_refiner_run_writes_its_logs_plot_and_loadable_checkpoints(toy, 
         d = load_refiner(path)
         assert d["object_ids"] == [o.obj_id for o in objects] and d["history"]["config"]["steps"] == 4
     train(
-        RefinerTrainConfig(**{**config.__dict__, "out": str(tmp_path / "again"), "init": str(best)}),
+        RefinerTrainConfig(**{**config.__dict__, "out": str(tmp_path / "again"), "init": str(best),
+                              "size": 160}),
         progress=False,
-    )  # --init goes on from a saved refiner
-    assert (tmp_path / "again" / "last.pt").is_file()
+    )  # --init goes on from a saved refiner, here a 128 px one into 160 px crops
+    assert load_refiner(tmp_path / "again" / "last.pt")["size"] == 160
+
+
+def test_a_larger_refiner_keeps_the_128_px_head_and_runs_in_onnx_runtime_as_in_torch(toy, tmp_path):
+    from hrpose_ros.crop_pipeline import CropPosePipeline
+    from training.toy_data import write_tiny_crops_file
+    from training.train_refiner import Instances, context_size
+
+    split, objects = toy
+    torch.manual_seed(0)
+    small = RefinerNet(pretrained=False)
+    torch.nn.init.normal_(small.head[-1].weight, std=0.01)
+    large = RefinerNet(pretrained=False, size=192)
+    large.load_state_dict(small.state_dict())  # every weight of the 128 px refiner fits
+    assert large(torch.rand(2, 6, 192, 192)).shape == (2, 9)
+    path = tmp_path / "refiner192.pt"
+    torch.save(refiner_to_dict(large, "lite0", [o.obj_id for o in objects]), path)
+    crops = write_tiny_crops_file(tmp_path / "crops.pt", objects)
+    kwargs = dict(refiner=path, refiner_models=split.parent / "models", refine_iterations=1)
+    onnx = CropPosePipeline.from_pretrained(crops, backend="onnxruntime", **kwargs).refiner
+    torch_refiner = CropPosePipeline.from_pretrained(crops, **kwargs).refiner
+    assert onnx.size == torch_refiner.size == 192
+    batch = np.random.default_rng(0).uniform(0, 1, (3, 6, 192, 192)).astype(np.float32)
+    expected = torch_refiner.engine(batch)[0]
+    assert np.abs(expected - expected.mean(0)).max() > 1e-5  # inputs tell apart
+    np.testing.assert_allclose(onnx.engine(batch)[0], expected, atol=1e-4)
+    # its training crops are cut from context crops large enough not to upsample them
+    assert context_size(128) == 192 and context_size(192) == 282
+    assert Instances([split], objects, max_frames=2, progress=False, size=192).samples.images.shape[1] == 282
 
 
 def test_an_unrolled_step_moves_starts_as_the_model_does_and_keeps_those_it_throws_away(toy):

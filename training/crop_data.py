@@ -32,6 +32,7 @@ from training.data import canonical_pose
 
 __all__ = [
     "CONTEXT_PADDING",
+    "CONTEXT_SIZE",
     "CropSamples",
     "JitterConfig",
     "amodal_box",
@@ -96,6 +97,7 @@ def load_crop_samples(
     keypoints_3d: Sequence[np.ndarray] | None = None,
     coordinates: bool = False,
     extremes: bool = False,
+    context_size: int = CONTEXT_SIZE,
 ) -> CropSamples:
     """Return every usable instance of the BOP ``splits`` as a context crop (see module docstring).
 
@@ -103,7 +105,12 @@ def load_crop_samples(
     ``coordinates``: also label the visible surface's object coordinates (:func:`coordinate_targets`;
     renders each instance, needs the models' meshes and the splits' mask_visib files).
     ``extremes``: each sample's keypoints are followed by its 4 extreme points (:func:`extreme_points`).
+    ``context_size``: the context crops' side in px (a refiner on larger crops needs more than the
+    default to cut them at full resolution; the coordinate labels assume the default).
     """
+    if coordinates and context_size != CONTEXT_SIZE:
+        raise ValueError(f"context_size: coordinate labels need {CONTEXT_SIZE} px context crops, "
+                         f"got {context_size}")
     index = {o.obj_id: i for i, o in enumerate(objects)}
     if keypoints_3d is None:
         keypoints_3d = [box_keypoints(o.points) for o in objects]
@@ -129,7 +136,7 @@ def load_crop_samples(
             box = inst.info.bbox_obj if inst.info is not None else amodal_box(objects[c], R, t, frame.camera)
             if box[2] <= 1 or box[3] <= 1:  # the amodal box, as the detector is trained to give it
                 continue
-            crop = crop_around_box(box, CONTEXT_SIZE, CONTEXT_PADDING)
+            crop = crop_around_box(box, context_size, CONTEXT_PADDING)
             crops.append(crop)
             points = project(model_keypoints[c], R, t, frame.camera.K, frame.camera.dist)
             if extremes:

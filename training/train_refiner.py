@@ -43,6 +43,7 @@ from tqdm import tqdm
 from hrpose_ros import bop_models, bop_reader
 from hrpose_ros.data.augment import augment
 from hrpose_ros.refiner import (
+    REFINER_PADDING,
     REFINER_SIZE,
     RefinerNet,
     crop_intrinsics,
@@ -57,7 +58,7 @@ from hrpose_ros.refiner import (
     update_poses,
 )
 from hrpose_ros.render import Renderer
-from training.crop_data import JitterConfig, load_crop_samples
+from training.crop_data import CONTEXT_PADDING, CONTEXT_SIZE, JitterConfig, load_crop_samples
 from training.pipeline_starts import STARTS_FILE, load_starts
 from training.plots import plot_loss_and_validation
 from training.schedule import cosine_lr
@@ -94,15 +95,19 @@ class RefinerTrainConfig:
     starts_jitter: float = 0.25  # x the narrow sigmas, added to those starts
     starts_max_error: float = 0.5  # ADD(-S) / diameter; worse starts (wrong matches, flips) unused
     unroll_fraction: float = 0.0  # share of samples first moved by one no-grad step of the model
+    size: int = REFINER_SIZE  # crop side in px; a larger one may start from a 128 px refiner (--init)
 
 
 class Instances:
     """Context crops of every instance plus what the refiner needs: pose, frame K, object index."""
 
-    def __init__(self, splits, objects, max_frames=None, progress=True, starts_max_error=None):
+    def __init__(self, splits, objects, max_frames=None, progress=True, starts_max_error=None,
+                 size: int = REFINER_SIZE):
         """``starts_max_error`` not None: also read each split's pipeline starts (those with an
-        ADD(-S) error below it, / diameter) into ``has_start``, ``start_R``, ``start_t``."""
-        self.samples = load_crop_samples(splits, objects, max_frames=max_frames, progress=progress)
+        ADD(-S) error below it, / diameter) into ``has_start``, ``start_R``, ``start_t``. ``size``: the
+        refiner's crop side; the context crops are cut large enough to resample its crops from."""
+        self.samples = load_crop_samples(splits, objects, max_frames=max_frames, progress=progress,
+                                         context_size=context_size(size))
         per_split = [bop_reader.read_split(s) for s in splits]
         frames = [f for split in per_split for f in split]
         self.R = np.zeros((len(self.samples), 3, 3))
@@ -123,6 +128,11 @@ class Instances:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+
+def context_size(size: int) -> int:
+    """The context crop side (px) from which ``size`` px refiner crops are cut without upsampling."""
+    return max(CONTEXT_SIZE, math.ceil(size * CONTEXT_PADDING / REFINER_PADDING))
 
 
 def disturb(R, t, diameter, rng, config: RefinerTrainConfig, scale: float = 1.0):
@@ -303,7 +313,7 @@ def save(model, config, path: Path, objects) -> None:
     )
 
 
-def start_run(config, progress: bool) -> tuple:
+def start_run(config, progress: bool, size: int = REFINER_SIZE) -> tuple:
     """Threads and seeds of a run (train_refiner's or train_scorer's ``config``), its out folder, the
     objects of its training split and its validation instances (with their starts when stored):
     (rng, out, objects, val)."""
@@ -314,25 +324,26 @@ def start_run(config, progress: bool) -> tuple:
     out.mkdir(parents=True, exist_ok=True)
     objects = bop_models.load_object_models(Path(config.train[0]).parent / "models")
     val_starts = (Path(config.val) / STARTS_FILE).is_file()
-    val = Instances([config.val], objects, config.max_frames, progress, math.inf if val_starts else None)
+    val = Instances([config.val], objects, config.max_frames, progress, math.inf if val_starts else None,
+                    size)
     return rng, out, objects, val
 
 
 def train(config: RefinerTrainConfig, progress: bool = True) -> Path:
     """Train per ``config``; return the best checkpoint's path."""
-    rng, out, objects, val = start_run(config, progress)
+    rng, out, objects, val = start_run(config, progress, config.size)
     val_starts = (Path(config.val) / STARTS_FILE).is_file()  # validation scores the pipeline starts too
     data = Instances(config.train, objects, config.max_frames, progress,
-                     config.starts_max_error if config.starts_fraction > 0 else None)
+                     config.starts_max_error if config.starts_fraction > 0 else None, config.size)
     points, diameters = point_sets(objects)
-    model = RefinerNet(config.variant)
+    model = RefinerNet(config.variant, size=config.size)
     if config.init:
         model.load_state_dict(
             refiner_from_dict(torch.load(config.init, weights_only=False), config.init).state_dict()
         )
     model.train()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-    renderer = Renderer(objects, REFINER_SIZE, REFINER_SIZE)
+    renderer = Renderer(objects, config.size, config.size)
     log_path, val_path = out / "log.csv", out / "val.csv"
     log_file, val_file = (
         log_path.open("w", newline="", buffering=1),
@@ -445,6 +456,8 @@ def main(argv=None) -> None:
         "--unroll-fraction", type=float, default=0.0,
         help="share of samples first moved by one step of the current model (trains the second step)",
     )
+    parser.add_argument("--size", type=int, default=REFINER_SIZE,
+                        help="crop side in px (a multiple of 32; --init may be a 128 px refiner)")
     parser.add_argument("--starts-jitter", type=float, default=0.25, help="x the sigmas, on those starts")
     parser.add_argument(
         "--starts-max-error", type=float, default=0.5, help="ADD(-S) / d; worse starts unused"
