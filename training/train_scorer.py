@@ -45,7 +45,6 @@ from tqdm import tqdm
 from hrpose_ros.crop_pipeline import DEFAULT_CROPS_WEIGHTS, load_crops_file
 from hrpose_ros.refiner import (
     REFINER_FORMAT,
-    REFINER_SIZE,
     SCORER_FORMAT,
     RefinerNet,
     disturb_pose,
@@ -124,9 +123,10 @@ def refined(refiner, data, indices, R, t, objects, renderer, steps: int):
     return R, t
 
 
-def scored_refiner(refiner_dict: dict) -> RefinerNet:
-    """The refiner with a score head (starting at logit 0); everything else frozen, in eval mode."""
-    refiner = refiner_from_dict(refiner_dict)
+def scored_refiner(refiner_dict: dict, refiner: RefinerNet | None = None) -> RefinerNet:
+    """The refiner with a score head (starting at logit 0); everything else frozen, in eval mode.
+    ``refiner``: ``refiner_dict``'s network when already built."""
+    refiner = refiner if refiner is not None else refiner_from_dict(refiner_dict)
     model = RefinerNet(refiner_dict["variant"], pretrained=False, size=refiner.size, score=True)
     missing, unexpected = model.load_state_dict(refiner.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("score_head.") for k in missing), (missing, unexpected)
@@ -135,9 +135,10 @@ def scored_refiner(refiner_dict: dict) -> RefinerNet:
     return model.eval()
 
 
-def scorer_net(refiner_dict: dict) -> RefinerNet:
-    """The refiner's network with one logit (starting at 0) in place of its 9 pose outputs."""
-    refiner = refiner_from_dict(refiner_dict)
+def scorer_net(refiner_dict: dict, refiner: RefinerNet | None = None) -> RefinerNet:
+    """The refiner's network with one logit (starting at 0) in place of its 9 pose outputs.
+    ``refiner``: ``refiner_dict``'s network when already built."""
+    refiner = refiner if refiner is not None else refiner_from_dict(refiner_dict)
     model = RefinerNet(refiner_dict["variant"], pretrained=False, size=refiner.size, outputs=1)
     last = f"head.{len(model.head) - 1}."  # the output layer: 9 pose outputs there, 1 logit here
     state = {k: v for k, v in refiner.state_dict().items() if not k.startswith(last)}
@@ -195,20 +196,21 @@ def train_mode(model, config: ScorerTrainConfig) -> None:
 
 def train(config: ScorerTrainConfig, progress: bool = True) -> Path:
     """Train per ``config``; return the best checkpoint's path (best validation AUC)."""
-    rng, out, objects, val = start_run(config, progress)
-    starts = all((Path(s) / STARTS_FILE).is_file() for s in config.train)
-    data = Instances(config.train, objects, config.max_frames, progress, math.inf if starts else None)
     if config.refiner:
         refiner_dict = load_refiner(config.refiner, check=False)
     else:
         refiner_dict = load_crops_file(DEFAULT_CROPS_WEIGHTS)[3]["refiner"]
     refiner = refiner_from_dict(refiner_dict).eval()
-    model = scored_refiner(refiner_dict) if config.head else scorer_net(refiner_dict)
+    rng, out, objects, val = start_run(config, progress, refiner.size)  # crops at the refiner's size
+    starts = all((Path(s) / STARTS_FILE).is_file() for s in config.train)
+    data = Instances(config.train, objects, config.max_frames, progress, math.inf if starts else None,
+                     refiner.size)
+    model = (scored_refiner if config.head else scorer_net)(refiner_dict, refiner)
     if config.init:
         kind = REFINER_FORMAT if config.head else SCORER_FORMAT
         init = load_refiner(config.init, check=False, kind=kind)
         model.load_state_dict(refiner_from_dict(init, config.init, kind).state_dict())
-    renderer = Renderer(objects, REFINER_SIZE, REFINER_SIZE)
+    renderer = Renderer(objects, refiner.size, refiner.size)
     val_set = fixed_val(val, objects, refiner, renderer, config)
     print(f"validation: {len(val_set[0])} hypotheses, {100 * val_set[3].mean():.1f} % right")
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
