@@ -231,6 +231,13 @@ def test_rebundling_swaps_the_refiner_and_keeps_the_rest_of_a_crops_file(toy, tm
         assert new[part]["state_dict"].keys() == stored[part]["state_dict"].keys()
         assert all(torch.equal(v, stored[part]["state_dict"][k]) for k, v in new[part]["state_dict"].items())
     assert new["thresholds"] == {"refine_iterations": 1, "ransac_threshold": 8.0, "drop_keypoints": 1}
+    # train_refiner --init takes a crops file's refiner, without the score head trained for it
+    from training.train_refiner import initial_weights
+
+    weights = initial_weights(out)
+    assert weights.keys() == RefinerNet(pretrained=False).state_dict().keys()
+    with pytest.raises(ValueError, match="crops.pt: a crops weights file without a refiner"):
+        initial_weights(tmp_path / "crops.pt")
     with pytest.raises(SystemExit):  # one source of networks only
         bundle_main(["--from", str(old), "--detector", "d.pt", "--out", str(out)])
     with pytest.raises(SystemExit):

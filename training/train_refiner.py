@@ -41,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from hrpose_ros import bop_models, bop_reader
+from hrpose_ros.crop_pipeline import is_crops_file
 from hrpose_ros.data.augment import augment
 from hrpose_ros.refiner import (
     REFINER_PADDING,
@@ -307,6 +308,18 @@ def _plot(log_path: Path, val_path: Path, out: Path, keys) -> None:
     )
 
 
+def initial_weights(path) -> dict:
+    """The pose-update weights of the refiner in ``path``: a refiner.pt, or a crops weights file's
+    refiner (a score head, trained for that refiner's features, is left out)."""
+    d = torch.load(path, weights_only=False)
+    if is_crops_file(path):
+        if d.get("refiner") is None:
+            raise ValueError(f"{path}: a crops weights file without a refiner")
+        d = d["refiner"]
+    state = refiner_from_dict(d, str(path)).state_dict()
+    return {k: v for k, v in state.items() if not k.startswith("score_head.")}
+
+
 def save(model, config, path: Path, objects) -> None:
     torch.save(
         refiner_to_dict(model, config.variant, [o.obj_id for o in objects], {"config": asdict(config)}), path
@@ -338,9 +351,7 @@ def train(config: RefinerTrainConfig, progress: bool = True) -> Path:
     points, diameters = point_sets(objects)
     model = RefinerNet(config.variant, size=config.size)
     if config.init:
-        model.load_state_dict(
-            refiner_from_dict(torch.load(config.init, weights_only=False), config.init).state_dict()
-        )
+        model.load_state_dict(initial_weights(config.init))
     model.train()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     renderer = Renderer(objects, config.size, config.size)
@@ -447,7 +458,8 @@ def main(argv=None) -> None:
     parser.add_argument("--val-every", type=int, default=250)
     parser.add_argument("--val-samples", type=int, default=400)
     parser.add_argument("--max-frames", type=int, default=None)
-    parser.add_argument("--init", default="", help="a refiner.pt to go on training from")
+    parser.add_argument("--init", default="",
+                        help="a refiner.pt, or a crops weights file (its refiner), to go on training from")
     parser.add_argument(
         "--starts-fraction", type=float, default=0.0,
         help="share of samples starting from the crop estimator's poses (training/pipeline_starts.py)",
