@@ -244,22 +244,31 @@ def test_rebundling_swaps_the_refiner_and_keeps_the_rest_of_a_crops_file(toy, tm
         bundle_main(["--out", str(out)])
 
 
-def test_the_refiner_runs_in_onnx_runtime_as_in_torch(toy, tmp_path):
+def _onnx_and_torch_refiners(model, toy, tmp_path):
+    """(ONNX Runtime refiner, torch refiner, crops file, from_pretrained kwargs) of a tiny crops file
+    refined by ``model``."""
     from hrpose_ros.crop_pipeline import CropPosePipeline
-    from hrpose_ros.engines import OnnxEngine
     from training.toy_data import write_tiny_crops_file
 
     split, objects = toy
-    torch.manual_seed(0)
-    model = RefinerNet(pretrained=False, score=True)  # with a score head: its 10th output goes along
-    torch.nn.init.normal_(model.head[-1].weight, std=0.01)  # not the identity update
-    torch.nn.init.normal_(model.score_head[-1].weight, std=0.01)
     refiner_path = tmp_path / "refiner.pt"
     torch.save(refiner_to_dict(model, "lite0", [o.obj_id for o in objects]), refiner_path)
     crops = write_tiny_crops_file(tmp_path / "crops.pt", objects)
     kwargs = dict(refiner=refiner_path, refiner_models=split.parent / "models", refine_iterations=1)
     onnx = CropPosePipeline.from_pretrained(crops, backend="onnxruntime", **kwargs).refiner
-    torch_refiner = CropPosePipeline.from_pretrained(crops, **kwargs).refiner
+    return onnx, CropPosePipeline.from_pretrained(crops, **kwargs).refiner, crops, kwargs
+
+
+def test_the_refiner_runs_in_onnx_runtime_as_in_torch(toy, tmp_path):
+    from hrpose_ros.crop_pipeline import CropPosePipeline
+    from hrpose_ros.engines import OnnxEngine
+
+    _, objects = toy
+    torch.manual_seed(0)
+    model = RefinerNet(pretrained=False, score=True)  # with a score head: its 10th output goes along
+    torch.nn.init.normal_(model.head[-1].weight, std=0.01)  # not the identity update
+    torch.nn.init.normal_(model.score_head[-1].weight, std=0.01)
+    onnx, torch_refiner, crops, kwargs = _onnx_and_torch_refiners(model, toy, tmp_path)
     assert isinstance(onnx.engine, OnnxEngine) and onnx.scorer is onnx.engine
     batch = np.random.default_rng(0).uniform(0, 1, (3, 6, 128, 128)).astype(np.float32)
     expected = torch_refiner.engine(batch)[0]
@@ -311,8 +320,6 @@ def test_a_short_refiner_run_writes_its_logs_plot_and_loadable_checkpoints(toy, 
 
 
 def test_a_larger_refiner_keeps_the_128_px_head_and_runs_in_onnx_runtime_as_in_torch(toy, tmp_path):
-    from hrpose_ros.crop_pipeline import CropPosePipeline
-    from training.toy_data import write_tiny_crops_file
     from training.train_refiner import Instances, context_size
 
     split, objects = toy
@@ -322,12 +329,7 @@ def test_a_larger_refiner_keeps_the_128_px_head_and_runs_in_onnx_runtime_as_in_t
     large = RefinerNet(pretrained=False, size=192)
     large.load_state_dict(small.state_dict())  # every weight of the 128 px refiner fits
     assert large(torch.rand(2, 6, 192, 192)).shape == (2, 9)
-    path = tmp_path / "refiner192.pt"
-    torch.save(refiner_to_dict(large, "lite0", [o.obj_id for o in objects]), path)
-    crops = write_tiny_crops_file(tmp_path / "crops.pt", objects)
-    kwargs = dict(refiner=path, refiner_models=split.parent / "models", refine_iterations=1)
-    onnx = CropPosePipeline.from_pretrained(crops, backend="onnxruntime", **kwargs).refiner
-    torch_refiner = CropPosePipeline.from_pretrained(crops, **kwargs).refiner
+    onnx, torch_refiner, _, _ = _onnx_and_torch_refiners(large, toy, tmp_path)
     assert onnx.size == torch_refiner.size == 192
     batch = np.random.default_rng(0).uniform(0, 1, (3, 6, 192, 192)).astype(np.float32)
     expected = torch_refiner.engine(batch)[0]
