@@ -143,11 +143,10 @@ class RefinerNet(nn.Module):
         # brings it to 4 x 4 cells (ONNX-exportable, unlike an adaptive pool of 6 to 4), so a
         # refiner trained at 128 px starts a larger one with all its weights.
         self.pool = nn.AvgPool2d(cells - grid + 1, stride=1) if cells > grid else nn.Identity()
-        cells = grid
         self.size = int(size)
         self.reduce = nn.Sequential(nn.Conv2d(channels, 64, 1), nn.ReLU(inplace=True))
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(64 * cells * cells, 256), nn.ReLU(inplace=True), nn.Linear(256, outputs)
+            nn.Flatten(), nn.Linear(64 * grid * grid, 256), nn.ReLU(inplace=True), nn.Linear(256, outputs)
         )
         nn.init.zeros_(self.head[-1].weight)
         with torch.no_grad():  # a pose update starts as the identity, a score (1 output) at 0
@@ -156,7 +155,7 @@ class RefinerNet(nn.Module):
         if score:
             self.score_head = nn.Sequential(
                 nn.Conv2d(channels, 64, 1), nn.ReLU(inplace=True), nn.Flatten(),
-                nn.Linear(64 * cells * cells, 256), nn.ReLU(inplace=True), nn.Linear(256, 1),
+                nn.Linear(64 * grid * grid, 256), nn.ReLU(inplace=True), nn.Linear(256, 1),
             )
             nn.init.zeros_(self.score_head[-1].weight)
             nn.init.zeros_(self.score_head[-1].bias)

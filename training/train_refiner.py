@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from hrpose_ros import bop_models, bop_reader
-from hrpose_ros.crop_pipeline import is_crops_file
+from hrpose_ros.crop_pipeline import CROPS_FORMAT
 from hrpose_ros.data.augment import augment
 from hrpose_ros.refiner import (
     REFINER_PADDING,
@@ -312,7 +312,7 @@ def initial_weights(path) -> dict:
     """The pose-update weights of the refiner in ``path``: a refiner.pt, or a crops weights file's
     refiner (a score head, trained for that refiner's features, is left out)."""
     d = torch.load(path, weights_only=False)
-    if is_crops_file(path):
+    if isinstance(d, dict) and d.get("format") == CROPS_FORMAT:
         if d.get("refiner") is None:
             raise ValueError(f"{path}: a crops weights file without a refiner")
         d = d["refiner"]
