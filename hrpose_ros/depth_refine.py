@@ -269,6 +269,7 @@ def depth_points(depth: np.ndarray, camera: CameraModel, box, z_range, max_point
     if pixels is None:
         patch = depth[y0:y1, x0:x1]
         v, u = np.nonzero((patch > z_range[0]) & (patch < z_range[1]))  # False for NaN too
+        z = patch[v, u]
         v, u = v + y0, u + x0
     else:
         # The sample's pixels themselves, not a mask over the whole box: a few hundred lookups
@@ -278,11 +279,11 @@ def depth_points(depth: np.ndarray, camera: CameraModel, box, z_range, max_point
         v, u = np.divmod(np.unique(px[keep, 1] * depth.shape[1] + px[keep, 0]), depth.shape[1])
         z = depth[v, u]
         valid = np.flatnonzero((z > z_range[0]) & (z < z_range[1]))
-        v, u = v[valid], u[valid]
+        v, u, z = v[valid], u[valid], z[valid]
     if len(v) > max_points:  # evenly spaced in raster order: spread over the whole box, repeatable
         pick = np.linspace(0, len(v) - 1, max_points).astype(np.int64)
-        v, u = v[pick], u[pick]
-    z = depth[v, u].astype(np.float64)
+        v, u, z = v[pick], u[pick], z[pick]
+    z = z.astype(np.float64)
     K = camera.K
     x = (u - K[0, 2]) / K[0, 0] * z
     y = (v - K[1, 2]) / K[1, 1] * z

@@ -118,6 +118,7 @@ class Instances:
             frame = frames[frame_index]
             inst = next(i for i in frame.instances if i.gt_id == gt_id)
             self.R[n], self.t[n], self.K[n] = inst.R, inst.t, frame.camera.K
+        self.with_starts = starts_max_error is not None  # the splits' pipeline starts were read
         self.has_start = np.zeros(len(self.samples), bool)
         self.start_R, self.start_t = self.R.copy(), self.t.copy()
         if starts_max_error is not None:
@@ -345,7 +346,7 @@ def start_run(config, progress: bool, size: int = REFINER_SIZE) -> tuple:
 def train(config: RefinerTrainConfig, progress: bool = True) -> Path:
     """Train per ``config``; return the best checkpoint's path."""
     rng, out, objects, val = start_run(config, progress, config.size)
-    val_starts = (Path(config.val) / STARTS_FILE).is_file()  # validation scores the pipeline starts too
+    val_starts = val.with_starts  # validation scores the pipeline starts too
     data = Instances(config.train, objects, config.max_frames, progress,
                      config.starts_max_error if config.starts_fraction > 0 else None, config.size)
     points, diameters = point_sets(objects)
