@@ -2,11 +2,14 @@
 
 Per instance: the object's surface sample (points + normals from its mesh), culled to what the
 camera sees at the estimated pose (front faces, then a coarse z-buffer for self-occlusion), is
-the ICP target; the source is the depth image's points at the pixels that visible sample projects
-to and near its depth range (``model_pixels``; else all of the pose's projected box, which in a bin
-also holds the floor and the neighbours). Open3D's point-to-plane ICP with a Tukey kernel (robust
-M-estimation, Babin et al., "Analysis of Robust Functions for Registration Algorithms", ICRA 2019) runs
-coarse to fine over shrinking correspondence distances, re-culling the model at each stage.
+fitted to the depth image coarse to fine over shrinking correspondence distances, re-culled at
+each stage, with a Tukey kernel (robust M-estimation, Babin et al., "Analysis of Robust Functions
+for Registration Algorithms", ICRA 2019). Pairs are projective by default (``association``): each
+visible model point with the depth measured at the pixel it projects to, as KinectFusion's ICP
+(Newcombe et al., ISMAR 2011) pairs a model with a depth image. ``association="nearest"`` runs
+Open3D's point-to-plane ICP instead, the depth points at the model's pixels (``model_pixels``; else
+all of the pose's projected box, which in a bin also holds the floor and the neighbours) each
+paired with their nearest model point.
 
 A refinement is refused, and the RGB pose kept, when it moves the pose by more than
 ``max_translation`` / ``max_rotation``, when its fit residual is not lower than the RGB pose's
@@ -42,6 +45,7 @@ from hrpose_ros.geometry import disturb_pose
 from hrpose_ros.types import CameraModel, ObjectModel, ObjectPose
 
 __all__ = [
+    "ASSOCIATIONS",
     "DepthRefiner",
     "RefineConfig",
     "Refinement",
@@ -53,6 +57,7 @@ __all__ = [
     "depth_support",
     "fit_residual",
     "pose_change",
+    "projective_icp",
     "refine_multistart",
     "refine_pose",
     "surface_model",
@@ -65,6 +70,7 @@ __all__ = [
 # Slide along the viewing ray first only when the depth says the pose is this far off: nearer
 # than that ICP does better alone (measured on rendered and on the test split's bin frames).
 RECENTRE_MIN_SHIFT = 0.01
+ASSOCIATIONS = ("projective", "nearest")
 # Multi-start copies: :func:`hrpose_ros.geometry.disturb_pose` at this scale of its sigmas (half the
 # refiner's training disturbance; the full sigmas scored the same on data/val_rgbd).
 HYPOTHESIS_SCALE = 0.5
@@ -84,14 +90,16 @@ class RefineConfig:
     how much less of the refined pose than of the RGB pose the depth may confirm.
     ``hypotheses``: disturbed copies of each pose refined too (multi-start, from the second stage
     on: each about three quarters of the pose's own time); ``agreement_tolerance``:
-    :func:`depth_agreement`'s, which picks among them. ``model_pixels``: each stage's ICP takes the
-    depth points at the pixels of the model's visible surface sample at that stage's start pose,
-    and the fits are compared over those of the RGB pose, not over the whole box (which serves
-    when fewer than ``min_depth_points`` of them are measured).
+    :func:`depth_agreement`'s, which picks among them. ``association``: "projective" pairs each
+    visible model point (at most ``max_depth_points`` of them) with the depth at its pixel;
+    "nearest" (Open3D) pairs depth points with their nearest model point. ``model_pixels``: the fits
+    are compared over the depth at the RGB pose's model pixels, and nearest-neighbour ICP takes the
+    depth at the pixels of the visible model at each stage's start pose, not the whole box (which
+    serves when fewer than ``min_depth_points`` of them are measured).
     """
 
     stages: tuple = (0.02, 0.01, 0.005)
-    iterations: int = 6
+    iterations: int = 4
     # RGB poses err by several centimetres along the viewing ray and by tens of degrees when a keypoint
     # is wrong; on validation frames (data/val_rgbd) 50 mm / 25 deg refused more good refinements than
     # bad ones (ADD(-S) 62.3 -> 65.3 % with these).
@@ -102,7 +110,9 @@ class RefineConfig:
     max_depth_points: int = 500
     min_depth_points: int = 50
     frame_budget: float = 0.03
-    threads: int = 2
+    # Projective pairs are short numpy steps that hold the GIL: on two threads a frame of the test
+    # split's bin frames took 120 ms against 96 ms on one (Open3D's nearest pairs: 103 against 123).
+    threads: int = 1
     zbuffer_cell: int = 3
     support_tolerance: float = 0.01
     support_margin: float = 0.05
@@ -113,6 +123,10 @@ class RefineConfig:
     model_pixels: bool = True
     # 5 mm picks better than 10 mm on data/val_rgbd (ADD(-S) 71.7 against 69.8 %, 10 copies)
     agreement_tolerance: float = 0.005
+    # Projective pairs (each model point with the depth at its pixel) against Open3D's nearest
+    # neighbours, cached RGB poses, 4 iterations: data/val_rgbd ADD(-S) 72.4 against 70.7 %, within
+    # 5 mm 2 deg 64.1 against 58.7 %, 8.4 against 12.0 ms per instance (benchmarks/README.md).
+    association: str = "projective"
 
     def __post_init__(self):
         stages = tuple(float(s) for s in self.stages)
@@ -135,6 +149,8 @@ class RefineConfig:
             raise ValueError(f"threads: expected at least 1, got {self.threads}")
         if int(self.zbuffer_cell) < 1:
             raise ValueError(f"zbuffer_cell: expected >= 1 pixel, got {self.zbuffer_cell}")
+        if self.association not in ASSOCIATIONS:
+            raise ValueError(f"association: expected one of {ASSOCIATIONS}, got {self.association!r}")
         if int(self.hypotheses) < 0:
             raise ValueError(f"hypotheses: expected 0 or more copies per pose, got {self.hypotheses}")
 
@@ -369,6 +385,72 @@ def _one_open3d_thread() -> Iterator[None]:
         o3d.utility.set_max_threads(threads)
 
 
+def projective_icp(points: np.ndarray, normals: np.ndarray, R, t, depth: np.ndarray, camera: CameraModel,
+                   distance: float, iterations: int, z_range, tolerance: float = 1e-4
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Return (R, t, pairs) after point-to-plane ICP of the model's visible ``points`` / ``normals`` (camera
+    frame at R, t) against ``depth``, each model point paired with the depth measured at the pixel it
+    projects to (projective association) instead of its nearest depth point.
+
+    Written here because Open3D's registration pairs by nearest neighbour only, and its RGB-D
+    odometry, which pairs projectively, aligns two depth images (the model would be rendered at
+    every step). Each iteration is one Gauss-Newton step of the Tukey-weighted point-to-plane error
+    about the pairs' weighted centre; ``pairs`` is the count the last step used.
+    """
+    fx, fy, cx, cy = camera.K[0, 0], camera.K[1, 1], camera.K[0, 2], camera.K[1, 2]
+    R0, t0 = np.asarray(R, float), np.asarray(t, float)
+    # model-frame copies, (3, V): the pose moves them; the visible set stays the stage start's
+    local = R0.T @ (points - t0).T
+    local_n = R0.T @ normals.T
+    R1, t1 = R0, t0
+    height, width = depth.shape
+    flat = depth.ravel()
+    pairs = 0
+    k = distance / 2  # the Tukey width, as for nearest pairs
+    for _ in range(int(iterations)):
+        P = R1 @ local + t1[:, None]
+        z = np.maximum(P[2], 1e-3)
+        u = np.rint(P[0] / z * fx + cx).astype(np.int64)
+        v = np.rint(P[1] / z * fy + cy).astype(np.int64)
+        # negative pixels wrap to huge unsigned values: one comparison per axis
+        pick = np.flatnonzero((u.view(np.uint64) < width) & (v.view(np.uint64) < height))
+        u, v = u[pick], v[pick]
+        m = flat[v * width + u]
+        measured = np.flatnonzero((m > z_range[0]) & (m < z_range[1]))  # False for NaN too
+        pick, u, v, m = pick[measured], u[measured], v[measured], m[measured].astype(np.float64)
+        P = P[:, pick]
+        d = P - np.array([(u - cx) / fx * m, (v - cy) / fy * m, m])  # model - measured
+        near = np.flatnonzero((d * d).sum(axis=0) < distance * distance)
+        pairs = len(near)
+        if pairs < 6:
+            break
+        P, d, N = P[:, near], d[:, near], R1 @ local_n[:, pick[near]]
+        r = (d * N).sum(axis=0)
+        w = np.maximum(1.0 - (r / k) ** 2, 0.0) ** 2  # Tukey's weights
+        total = w.sum()
+        if not total > 0:
+            break
+        c = P @ w / total
+        e = P - c[:, None]
+        J = np.empty((6, pairs))  # d r / d (small rotation about c, translation)
+        J[0], J[1], J[2] = e[1] * N[2] - e[2] * N[1], e[2] * N[0] - e[0] * N[2], e[0] * N[1] - e[1] * N[0]
+        J[3:] = N
+        Jw = J * w
+        A = Jw @ J.T
+        A.flat[::7] += 1e-12 + 1e-6 * np.trace(A) / 6  # damped: a can turning about its axis
+        x = np.linalg.solve(A, -(Jw @ r))
+        angle = float(np.sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2]))
+        Rw = np.eye(3)
+        if angle > 1e-12:  # Rodrigues' formula: scipy's Rotation costs more than this whole step
+            a0, a1, a2 = x[:3] / angle
+            S = np.array([[0.0, -a2, a1], [a2, 0.0, -a0], [-a1, a0, 0.0]])
+            Rw += np.sin(angle) * S + (1.0 - np.cos(angle)) * (S @ S)
+        R1, t1 = Rw @ R1, Rw @ (t1 - c) + c + x[3:]
+        if angle < tolerance and np.abs(x[3:]).max() < tolerance * distance:
+            break
+    return R1, t1, pairs
+
+
 def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraModel,
                 config: RefineConfig = RefineConfig(), first_stage: int = 0) -> Refinement:
     """Return the :class:`Refinement` of pose ``R`` (3, 3), ``t`` (3,) m against checked ``depth`` (m),
@@ -428,6 +510,15 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
             points, normals, uv = visible_surface(surface, R1, t1, camera, config.zbuffer_cell)
             if len(points) < 3:
                 return kept("the model left the view during refinement", before, len(scene))
+        if config.association == "projective":
+            pick = slice(None)  # evenly spaced, as depth_points caps the nearest-neighbour source
+            if len(points) > config.max_depth_points:
+                pick = np.linspace(0, len(points) - 1, config.max_depth_points).astype(np.int64)
+            R1, t1, pairs = projective_icp(points[pick], normals[pick], R1, t1, depth, camera, distance,
+                                           config.iterations, z_range)
+            if pairs < config.min_depth_points:
+                return kept(f"ICP kept {pairs} depth points at {1e3 * distance:g} mm", before, len(scene))
+            continue
         # at the RGB pose itself (first stage, not slid along the ray) those pixels give ``scene``
         source_points = own_pixels(uv, scene) if config.model_pixels and uv is not rgb_uv else scene
         # Centred on the model: about the camera's origin, 0.5 m away, rotations and translations
@@ -527,8 +618,8 @@ class DepthRefiner:
         self.surfaces = {int(o.obj_id): surface_model(o, points_per_object) for o in objects}
         if not self.surfaces:
             raise ValueError("objects: expected at least one object model with a mesh")
-        # Part of each refinement runs outside Python's GIL (compiled ICP, k-d tree and array
-        # code), so a second thread takes about a quarter off a frame of several instances.
+        # Open3D's ICP and the k-d trees run outside Python's GIL, so with nearest pairs a second
+        # thread takes about a quarter off a frame of several instances.
         self._pool = ThreadPoolExecutor(config.threads, "depth_refine") if config.threads > 1 else None
 
     def refine(self, poses: Sequence[ObjectPose], depth, camera: CameraModel

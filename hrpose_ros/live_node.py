@@ -116,7 +116,8 @@ class LiveNodeEstimator:
                                depth_max_translation=refine.max_translation,
                                depth_max_rotation=refine.max_rotation, depth_frame_budget=refine.frame_budget,
                                depth_threads=refine.threads,
-                               depth_model_pixels=str(refine.model_pixels).lower())
+                               depth_model_pixels=str(refine.model_pixels).lower(),
+                               depth_association=refine.association)
         for param in params:
             key, sep, value = param.partition(":=")
             if not sep:

@@ -99,11 +99,17 @@ class PoseNodeConfig:
     depth_max_rotation: float = _param(
         0.785, "Largest turn (rad) a depth refinement may make, turns about symmetry axes not counted",
         0.001, 3.1416)
-    depth_iterations: int = _param(6, "ICP iterations per correspondence distance (20, 10, 5 mm)", 1, 100)
+    depth_iterations: int = _param(4, "ICP iterations per correspondence distance (20, 10, 5 mm)", 1, 100)
+    depth_association: str = _param(
+        "projective", "ICP pairs: projective (each visible model point with the depth at its pixel) or "
+                      "nearest (Open3D: depth points with their nearest model point; better for an "
+                      "object with no measured background behind it)", choices=("projective", "nearest"))
     depth_frame_budget: float = _param(
         0.03, "Seconds of depth refinement per frame; instances left when it is spent keep their RGB pose",
         0.001, 10.0)
-    depth_threads: int = _param(2, "Instances of a frame refined against depth at once (one per core)", 1, 64)
+    depth_threads: int = _param(
+        1, "Instances of a frame refined against depth at once (2 helps depth_association nearest, whose "
+           "ICP runs outside Python's lock; projective pairs are fastest on 1)", 1, 64)
     depth_hypotheses: int = _param(
         0, "Disturbed copies of each pose also refined against depth (multi-start ICP); the refined pose "
            "the depth agrees with most is kept. They run once every instance is refined, while "

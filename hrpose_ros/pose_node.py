@@ -154,7 +154,7 @@ def load_depth_refiner(config: PoseNodeConfig, objects: dict[int, ObjectModel]) 
     refine = RefineConfig(iterations=config.depth_iterations, max_translation=config.depth_max_translation,
                           max_rotation=config.depth_max_rotation, frame_budget=config.depth_frame_budget,
                           threads=config.depth_threads, hypotheses=config.depth_hypotheses,
-                          model_pixels=config.depth_model_pixels)
+                          model_pixels=config.depth_model_pixels, association=config.depth_association)
     return DepthRefiner(meshed, refine)
 
 

@@ -701,11 +701,14 @@ def test_depth_parameters_reach_the_refiner():
     objects = {o.obj_id: o for o in load_default_objects(["duck", "can"])}
     refiner = load_depth_refiner(PoseNodeConfig(), objects)
     assert refiner.config.model_pixels and refiner.config.hypotheses == 0
-    config = PoseNodeConfig(depth_model_pixels=False, depth_hypotheses=3, depth_iterations=4, depth_threads=1,
-                            depth_frame_budget=0.5, depth_max_translation=0.05, depth_max_rotation=0.3)
+    assert refiner.config.association == "projective"
+    config = PoseNodeConfig(depth_model_pixels=False, depth_hypotheses=3, depth_iterations=7, depth_threads=1,
+                            depth_frame_budget=0.5, depth_max_translation=0.05, depth_max_rotation=0.3,
+                            depth_association="nearest")
     refiner = load_depth_refiner(config, objects)
     got = refiner.config
-    assert (got.model_pixels, got.hypotheses, got.iterations, got.threads) == (False, 3, 4, 1)
+    assert (got.model_pixels, got.hypotheses, got.iterations, got.threads) == (False, 3, 7, 1)
+    assert got.association == "nearest"
     assert (got.frame_budget, got.max_translation, got.max_rotation) == (0.5, 0.05, 0.3)
     assert sorted(refiner.surfaces) == sorted(objects)
     refiner.close()

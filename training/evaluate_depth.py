@@ -17,13 +17,14 @@ import argparse
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from hrpose_ros import bop_reader
-from hrpose_ros.depth_refine import DepthRefiner, whole_frame_config, with_meshes
+from hrpose_ros.depth_refine import ASSOCIATIONS, DepthRefiner, RefineConfig, whole_frame_config, with_meshes
 from hrpose_ros.estimators import load_estimator
 from training.evaluate import CM_DEG, ground_truth_boxes, match_poses
 
@@ -109,6 +110,8 @@ def main(argv=None) -> int:
     parser.add_argument("--hypotheses", type=int, default=0, metavar="N",
                         help="multi-start: N disturbed copies of each pose refined too "
                         "(RefineConfig.hypotheses)")
+    parser.add_argument("--association", choices=ASSOCIATIONS, default=RefineConfig.association,
+                        help="ICP pairs (RefineConfig.association)")
     parser.add_argument("--max-frames", type=int, default=0, help="evaluate only the first N frames")
     parser.add_argument("--out", default="out/depth_eval", help="folder for report.md and metrics.json")
     args = parser.parse_args(argv)
@@ -121,7 +124,8 @@ def main(argv=None) -> int:
     if args.hypotheses < 0:
         parser.error(f"--hypotheses: expected 0 or more, got {args.hypotheses}")
     estimator = load_estimator(args.model or None, backend=args.backend, device="cpu")
-    refiner = DepthRefiner(with_meshes(estimator.objects), whole_frame_config(args.hypotheses))
+    config = replace(whole_frame_config(args.hypotheses), association=args.association)
+    refiner = DepthRefiner(with_meshes(estimator.objects), config)
     result = evaluate_depth(estimator, refiner, frames, gt_boxes=args.gt_boxes)
     report, numbers = format_report(result, {o.obj_id: o.name for o in estimator.objects})
     boxes = "ground-truth boxes" if args.gt_boxes else "the detector's boxes"
