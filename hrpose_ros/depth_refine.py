@@ -23,6 +23,11 @@ that many copies of itself, disturbed at half the render-and-compare refiner's t
 (5 deg per axis, 1.5 % of the diameter across the view, 2 % in depth), and the refined pose the
 depth agrees with most (:func:`depth_agreement`) is kept.
 
+The per-point loops (visibility, projective ICP steps, fit residual) are compiled with numba: in
+numpy each pass over a few hundred points is dozens of calls whose overhead outweighed the work.
+The first use compiles them (about 20 s; :func:`compile_kernels`, which :class:`DepthRefiner` calls),
+later processes load numba's on-disk cache.
+
 Depth is (H, W) float32 metres aligned to the colour image, 0 or NaN = no measurement.
 Nothing here imports ROS.
 """
@@ -35,10 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
+import numba
 import numpy as np
 import open3d as o3d
 import trimesh
-from scipy.spatial import cKDTree
 
 from hrpose_ros import bop_models
 from hrpose_ros.geometry import disturb_pose
@@ -52,10 +57,13 @@ __all__ = [
     "SurfaceModel",
     "best_of_restarts",
     "check_depth",
+    "compile_kernels",
     "depth_agreement",
     "depth_points",
     "depth_support",
+    "evenly_spaced",
     "fit_residual",
+    "nearest_icp",
     "pose_change",
     "projective_icp",
     "refine_multistart",
@@ -110,8 +118,8 @@ class RefineConfig:
     max_depth_points: int = 500
     min_depth_points: int = 50
     frame_budget: float = 0.03
-    # Projective pairs are short numpy steps that hold the GIL: on two threads a frame of the test
-    # split's bin frames took 120 ms against 96 ms on one (Open3D's nearest pairs: 103 against 123).
+    # A frame of the test split's bin frames (about 10 instances) took 36.7 ms on two threads against
+    # 34.2 ms on one with projective pairs: what is left outside the compiled steps holds the GIL.
     threads: int = 1
     zbuffer_cell: int = 3
     support_tolerance: float = 0.01
@@ -124,8 +132,9 @@ class RefineConfig:
     # 5 mm picks better than 10 mm on data/val_rgbd (ADD(-S) 71.7 against 69.8 %, 10 copies)
     agreement_tolerance: float = 0.005
     # Projective pairs (each model point with the depth at its pixel) against Open3D's nearest
-    # neighbours, cached RGB poses, 4 iterations: data/val_rgbd ADD(-S) 72.4 against 70.7 %, within
-    # 5 mm 2 deg 64.1 against 58.7 %, 8.4 against 12.0 ms per instance (benchmarks/README.md).
+    # neighbours, 4 iterations: data/val_rgbd ADD(-S) 72.4 against 70.7 %, within 5 mm 2 deg 64.1
+    # against 58.7 %; test bin frames 68.0 against 65.8 % and 60.1 against 54.9 %, 3.7 against 11.1 ms
+    # per instance (benchmarks/README.md).
     association: str = "projective"
 
     def __post_init__(self):
@@ -251,27 +260,63 @@ def visible_surface(surface: SurfaceModel, R, t, camera: CameraModel,
     Front faces only, then a z-buffer on ``cell`` x ``cell`` pixel cells keeps points within
     a few millimetres of the nearest in their cell (the rest is hidden behind the object itself).
     """
-    points = surface.points @ R.T + t
-    normals = surface.normals @ R.T
-    # One index array gathered at the end: boolean masks of (N, 3) arrays at each step cost
-    # more than the arithmetic here.
-    index = np.flatnonzero((np.einsum("ij,ij->i", points, normals) < 0) & (points[:, 2] > 1e-3))
-    z = points[index, 2]
-    uv = points[index, :2] / z[:, None] * camera.K[[0, 1], [0, 1]] + camera.K[:2, 2]
-    inside = np.flatnonzero((uv[:, 0] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] >= 0)
-                            & (uv[:, 1] < camera.height))
-    if len(inside) == 0:
-        return points[:0], normals[:0], uv[:0]
-    index, z, uv = index[inside], z[inside], uv[inside]
-    cells = (uv // cell).astype(np.int64)
-    key = cells[:, 1] * (camera.width // cell + 1) + cells[:, 0]
-    nearest = np.full(key.max() + 1, np.inf)
-    np.minimum.at(nearest, key, z)
-    # A cell spans cell * z / fx metres; three times that in depth admits surfaces up to ~70 deg slant.
-    near = nearest[key]
-    seen = np.flatnonzero(z <= near + np.maximum(0.002, 3.0 * cell * near / camera.K[0, 0]))
-    index = index[seen]
-    return points[index], normals[index], uv[seen]
+    K = camera.K
+    return _visible(surface.points, surface.normals, np.asarray(R, dtype=np.float64),
+                    np.asarray(t, dtype=np.float64), float(K[0, 0]), float(K[1, 1]), float(K[0, 2]),
+                    float(K[1, 2]), int(camera.width), int(camera.height), int(cell))
+
+
+@numba.njit(cache=True, nogil=True)
+def _visible(model_points, model_normals, R, t, fx, fy, cx, cy, width, height, cell):
+    """:func:`visible_surface` compiled: in numpy its dozen passes over the sample cost 0.5 ms a pose,
+    and the refinement culls four times or more per instance."""
+    count = model_points.shape[0]
+    points = np.empty((count, 3))
+    normals = np.empty((count, 3))
+    uv = np.empty((count, 2))
+    keys = np.empty(count, dtype=np.int64)
+    columns = width // cell + 1
+    nearest = np.full((height // cell + 1) * columns, np.inf)
+    n = 0
+    for i in range(count):
+        x0, x1, x2 = model_points[i, 0], model_points[i, 1], model_points[i, 2]
+        p0 = R[0, 0] * x0 + R[0, 1] * x1 + R[0, 2] * x2 + t[0]
+        p1 = R[1, 0] * x0 + R[1, 1] * x1 + R[1, 2] * x2 + t[1]
+        p2 = R[2, 0] * x0 + R[2, 1] * x1 + R[2, 2] * x2 + t[2]
+        y0, y1, y2 = model_normals[i, 0], model_normals[i, 1], model_normals[i, 2]
+        q0 = R[0, 0] * y0 + R[0, 1] * y1 + R[0, 2] * y2
+        q1 = R[1, 0] * y0 + R[1, 1] * y1 + R[1, 2] * y2
+        q2 = R[2, 0] * y0 + R[2, 1] * y1 + R[2, 2] * y2
+        if not (p0 * q0 + p1 * q1 + p2 * q2 < 0 and p2 > 1e-3):  # front faces in front of the camera
+            continue
+        u, v = p0 / p2 * fx + cx, p1 / p2 * fy + cy
+        if not (u >= 0 and u < width and v >= 0 and v < height):
+            continue
+        key = int(v // cell) * columns + int(u // cell)
+        nearest[key] = min(nearest[key], p2)
+        points[n, 0], points[n, 1], points[n, 2] = p0, p1, p2
+        normals[n, 0], normals[n, 1], normals[n, 2] = q0, q1, q2
+        uv[n, 0], uv[n, 1] = u, v
+        keys[n] = key
+        n += 1
+    kept = 0
+    for i in range(n):
+        # A cell spans cell * z / fx metres; three times that in depth admits surfaces up to ~70 deg slant.
+        near = nearest[keys[i]]
+        if points[i, 2] <= near + max(0.002, 3.0 * cell * near / fx):
+            points[kept] = points[i]
+            normals[kept] = normals[i]
+            uv[kept] = uv[i]
+            kept += 1
+    return points[:kept], normals[:kept], uv[:kept]
+
+
+def evenly_spaced(count: int, cap: int) -> slice | np.ndarray:
+    """Return an index of at most ``cap`` of ``count`` items, evenly spaced (repeatable, unlike a
+    random draw, and spread over the whole input): all of them (a slice) when there are no more."""
+    if count <= cap:
+        return slice(None)
+    return np.linspace(0, count - 1, cap).astype(np.int64)
 
 
 def depth_points(depth: np.ndarray, camera: CameraModel, box, z_range, max_points: int,
@@ -296,9 +341,8 @@ def depth_points(depth: np.ndarray, camera: CameraModel, box, z_range, max_point
         z = depth[v, u]
         valid = np.flatnonzero((z > z_range[0]) & (z < z_range[1]))
         v, u, z = v[valid], u[valid], z[valid]
-    if len(v) > max_points:  # evenly spaced in raster order: spread over the whole box, repeatable
-        pick = np.linspace(0, len(v) - 1, max_points).astype(np.int64)
-        v, u, z = v[pick], u[pick], z[pick]
+    pick = evenly_spaced(len(v), max_points)  # in raster order: spread over the whole box
+    v, u, z = v[pick], u[pick], z[pick]
     z = z.astype(np.float64)
     K = camera.K
     x = (u - K[0, 2]) / K[0, 0] * z
@@ -313,13 +357,61 @@ def fit_residual(scene: np.ndarray, model_points: np.ndarray, model_normals: np.
     ``truncation``): lower is a better fit, comparable between poses for the same scene points."""
     if len(model_points) == 0 or len(scene) == 0:
         return float(truncation)
-    tree = cKDTree(model_points, balanced_tree=False, compact_nodes=False)  # built per pose: build fast
-    distance, index = tree.query(scene, k=1, distance_upper_bound=truncation)
-    near = np.isfinite(distance)
-    plane = np.full(len(scene), float(truncation))
-    offsets = scene[near] - model_points[index[near]]
-    plane[near] = np.minimum(np.abs(np.einsum("ij,ij->i", offsets, model_normals[index[near]])), truncation)
-    return float(plane.mean())
+    return float(_fit_residual(np.asarray(scene, dtype=np.float64),
+                               np.asarray(model_points, dtype=np.float64),
+                               np.asarray(model_normals, dtype=np.float64), float(truncation)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _fit_residual(scene, model_points, model_normals, truncation):
+    """:func:`fit_residual` by a grid of ``truncation``-sized cells over the model points: only the 27
+    cells around a scene point can hold a model point nearer than the truncation. Built per pose in a
+    few microseconds, where a k-d tree (build and query) took about 0.5 ms and its numpy around it
+    as much again."""
+    count = model_points.shape[0]
+    lo = np.empty(3)
+    shape = np.empty(3, dtype=np.int64)
+    for a in range(3):
+        lo[a] = model_points[:, a].min()
+        shape[a] = int((model_points[:, a].max() - lo[a]) / truncation) + 1
+    cells = np.empty(count, dtype=np.int64)
+    for i in range(count):
+        c0 = min(int((model_points[i, 0] - lo[0]) / truncation), shape[0] - 1)
+        c1 = min(int((model_points[i, 1] - lo[1]) / truncation), shape[1] - 1)
+        c2 = min(int((model_points[i, 2] - lo[2]) / truncation), shape[2] - 1)
+        cells[i] = (c0 * shape[1] + c1) * shape[2] + c2
+    order = np.argsort(cells, kind="mergesort")
+    start = np.zeros(shape[0] * shape[1] * shape[2] + 1, dtype=np.int64)
+    for i in range(count):
+        start[cells[i] + 1] += 1
+    for i in range(1, start.shape[0]):
+        start[i] += start[i - 1]
+    total = 0.0
+    limit = truncation * truncation
+    for j in range(scene.shape[0]):
+        s0, s1, s2 = scene[j, 0], scene[j, 1], scene[j, 2]
+        g0 = int(np.floor((s0 - lo[0]) / truncation))
+        g1 = int(np.floor((s1 - lo[1]) / truncation))
+        g2 = int(np.floor((s2 - lo[2]) / truncation))
+        best, nearest = limit, -1
+        for a in range(max(g0 - 1, 0), min(g0 + 2, shape[0])):
+            for b in range(max(g1 - 1, 0), min(g1 + 2, shape[1])):
+                for c_ in range(max(g2 - 1, 0), min(g2 + 2, shape[2])):
+                    cell = (a * shape[1] + b) * shape[2] + c_
+                    for k in range(start[cell], start[cell + 1]):
+                        i = order[k]
+                        d0, d1, d2 = s0 - model_points[i, 0], s1 - model_points[i, 1], s2 - model_points[i, 2]
+                        distance = d0 * d0 + d1 * d1 + d2 * d2
+                        if distance < best:
+                            best, nearest = distance, i
+        if nearest < 0:
+            total += truncation
+        else:
+            i = nearest
+            plane = abs((s0 - model_points[i, 0]) * model_normals[i, 0] + (s1 - model_points[i, 1])
+                        * model_normals[i, 1] + (s2 - model_points[i, 2]) * model_normals[i, 2])
+            total += min(plane, truncation)
+    return total / scene.shape[0]
 
 
 def _measured(depth: np.ndarray, uv: np.ndarray) -> np.ndarray:
@@ -385,70 +477,146 @@ def _one_open3d_thread() -> Iterator[None]:
         o3d.utility.set_max_threads(threads)
 
 
+@numba.njit(cache=True, nogil=True)
+def _projective_steps(local, local_n, R, t, depth, fx, fy, cx, cy, distance, iterations, z_near, z_far):
+    """:func:`projective_icp`'s iterations on model-frame ``local`` / ``local_n`` (3, V) from pose R, t.
+
+    Compiled: in numpy each step was some fifty calls on a few hundred points, about 0.5 ms spent
+    mostly in call overhead, and it held the GIL; here a step takes tens of microseconds.
+    """
+    height, width = depth.shape
+    count = local.shape[1]
+    P = np.empty((count, 3))
+    N = np.empty((count, 3))
+    r = np.empty(count)
+    w = np.empty(count)
+    R1, t1 = R.copy(), t.copy()
+    k = distance / 2  # the Tukey width, as for nearest pairs
+    pairs = 0
+    for _ in range(iterations):
+        n = 0
+        for i in range(count):
+            # scalar arithmetic: a small array per point would be a heap allocation each
+            x0, x1, x2 = local[0, i], local[1, i], local[2, i]
+            p0 = R1[0, 0] * x0 + R1[0, 1] * x1 + R1[0, 2] * x2 + t1[0]
+            p1 = R1[1, 0] * x0 + R1[1, 1] * x1 + R1[1, 2] * x2 + t1[1]
+            p2 = R1[2, 0] * x0 + R1[2, 1] * x1 + R1[2, 2] * x2 + t1[2]
+            z = max(p2, 1e-3)
+            u = int(np.rint(p0 / z * fx + cx))
+            v = int(np.rint(p1 / z * fy + cy))
+            if u < 0 or u >= width or v < 0 or v >= height:
+                continue
+            m = float(depth[v, u])
+            if not (m > z_near and m < z_far):  # False for NaN too
+                continue
+            d0, d1, d2 = p0 - (u - cx) / fx * m, p1 - (v - cy) / fy * m, p2 - m  # model - measured
+            if d0 * d0 + d1 * d1 + d2 * d2 >= distance * distance:
+                continue
+            y0, y1, y2 = local_n[0, i], local_n[1, i], local_n[2, i]
+            q0 = R1[0, 0] * y0 + R1[0, 1] * y1 + R1[0, 2] * y2
+            q1 = R1[1, 0] * y0 + R1[1, 1] * y1 + R1[1, 2] * y2
+            q2 = R1[2, 0] * y0 + R1[2, 1] * y1 + R1[2, 2] * y2
+            P[n, 0], P[n, 1], P[n, 2] = p0, p1, p2
+            N[n, 0], N[n, 1], N[n, 2] = q0, q1, q2
+            r[n] = d0 * q0 + d1 * q1 + d2 * q2
+            n += 1
+        pairs = n
+        if n < 6:
+            break
+        total = 0.0
+        c0 = c1 = c2 = 0.0
+        for j in range(n):
+            a = max(1.0 - (r[j] / k) ** 2, 0.0)
+            w[j] = a * a  # Tukey's weight
+            total += w[j]
+            c0 += w[j] * P[j, 0]
+            c1 += w[j] * P[j, 1]
+            c2 += w[j] * P[j, 2]
+        if not total > 0:
+            break
+        c = np.array([c0, c1, c2]) / total
+        A = np.zeros((6, 6))
+        b = np.zeros(6)
+        J = np.empty(6)  # d r / d (small rotation about c, translation)
+        for j in range(n):
+            e0, e1, e2 = P[j, 0] - c[0], P[j, 1] - c[1], P[j, 2] - c[2]
+            n0, n1, n2 = N[j, 0], N[j, 1], N[j, 2]
+            J[0], J[1], J[2] = e1 * n2 - e2 * n1, e2 * n0 - e0 * n2, e0 * n1 - e1 * n0
+            J[3], J[4], J[5] = n0, n1, n2
+            for a_ in range(6):
+                b[a_] += w[j] * J[a_] * r[j]
+                for b_ in range(a_, 6):
+                    A[a_, b_] += w[j] * J[a_] * J[b_]
+        for a_ in range(6):
+            for b_ in range(a_):
+                A[a_, b_] = A[b_, a_]
+        damping = 1e-12 + 1e-6 * np.trace(A) / 6  # a can turning about its axis
+        for a_ in range(6):
+            A[a_, a_] += damping
+        x = np.linalg.solve(A, -b)
+        angle = np.sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2])
+        Rw = np.eye(3)
+        if angle > 1e-12:  # Rodrigues' formula
+            a0, a1, a2 = x[0] / angle, x[1] / angle, x[2] / angle
+            S = np.array([[0.0, -a2, a1], [a2, 0.0, -a0], [-a1, a0, 0.0]])
+            Rw += np.sin(angle) * S + (1.0 - np.cos(angle)) * (S @ S)
+        R1 = Rw @ R1
+        t1 = Rw @ (t1 - c) + c + x[3:]
+    return R1, t1, pairs
+
+
 def projective_icp(points: np.ndarray, normals: np.ndarray, R, t, depth: np.ndarray, camera: CameraModel,
-                   distance: float, iterations: int, z_range, tolerance: float = 1e-4
-                   ) -> tuple[np.ndarray, np.ndarray, int]:
+                   distance: float, iterations: int, z_range) -> tuple[np.ndarray, np.ndarray, int]:
     """Return (R, t, pairs) after point-to-plane ICP of the model's visible ``points`` / ``normals`` (camera
     frame at R, t) against ``depth``, each model point paired with the depth measured at the pixel it
     projects to (projective association) instead of its nearest depth point.
 
     Written here because Open3D's registration pairs by nearest neighbour only, and its RGB-D
     odometry, which pairs projectively, aligns two depth images (the model would be rendered at
-    every step). Each iteration is one Gauss-Newton step of the Tukey-weighted point-to-plane error
-    about the pairs' weighted centre; ``pairs`` is the count the last step used.
+    every step). Each of the ``iterations`` is one Gauss-Newton step of the Tukey-weighted
+    point-to-plane error about the pairs' weighted centre (no early stop: at 4 iterations a
+    convergence test never fired); ``pairs`` is the count the last step used.
     """
-    fx, fy, cx, cy = camera.K[0, 0], camera.K[1, 1], camera.K[0, 2], camera.K[1, 2]
-    R0, t0 = np.asarray(R, float), np.asarray(t, float)
+    R0, t0 = np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64)
     # model-frame copies, (3, V): the pose moves them; the visible set stays the stage start's
-    local = R0.T @ (points - t0).T
-    local_n = R0.T @ normals.T
-    R1, t1 = R0, t0
-    height, width = depth.shape
-    flat = depth.ravel()
-    pairs = 0
-    k = distance / 2  # the Tukey width, as for nearest pairs
-    for _ in range(int(iterations)):
-        P = R1 @ local + t1[:, None]
-        z = np.maximum(P[2], 1e-3)
-        u = np.rint(P[0] / z * fx + cx).astype(np.int64)
-        v = np.rint(P[1] / z * fy + cy).astype(np.int64)
-        # negative pixels wrap to huge unsigned values: one comparison per axis
-        pick = np.flatnonzero((u.view(np.uint64) < width) & (v.view(np.uint64) < height))
-        u, v = u[pick], v[pick]
-        m = flat[v * width + u]
-        measured = np.flatnonzero((m > z_range[0]) & (m < z_range[1]))  # False for NaN too
-        pick, u, v, m = pick[measured], u[measured], v[measured], m[measured].astype(np.float64)
-        P = P[:, pick]
-        d = P - np.array([(u - cx) / fx * m, (v - cy) / fy * m, m])  # model - measured
-        near = np.flatnonzero((d * d).sum(axis=0) < distance * distance)
-        pairs = len(near)
-        if pairs < 6:
-            break
-        P, d, N = P[:, near], d[:, near], R1 @ local_n[:, pick[near]]
-        r = (d * N).sum(axis=0)
-        w = np.maximum(1.0 - (r / k) ** 2, 0.0) ** 2  # Tukey's weights
-        total = w.sum()
-        if not total > 0:
-            break
-        c = P @ w / total
-        e = P - c[:, None]
-        J = np.empty((6, pairs))  # d r / d (small rotation about c, translation)
-        J[0], J[1], J[2] = e[1] * N[2] - e[2] * N[1], e[2] * N[0] - e[0] * N[2], e[0] * N[1] - e[1] * N[0]
-        J[3:] = N
-        Jw = J * w
-        A = Jw @ J.T
-        A.flat[::7] += 1e-12 + 1e-6 * np.trace(A) / 6  # damped: a can turning about its axis
-        x = np.linalg.solve(A, -(Jw @ r))
-        angle = float(np.sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2]))
-        Rw = np.eye(3)
-        if angle > 1e-12:  # Rodrigues' formula: scipy's Rotation costs more than this whole step
-            a0, a1, a2 = x[:3] / angle
-            S = np.array([[0.0, -a2, a1], [a2, 0.0, -a0], [-a1, a0, 0.0]])
-            Rw += np.sin(angle) * S + (1.0 - np.cos(angle)) * (S @ S)
-        R1, t1 = Rw @ R1, Rw @ (t1 - c) + c + x[3:]
-        if angle < tolerance and np.abs(x[3:]).max() < tolerance * distance:
-            break
-    return R1, t1, pairs
+    local = np.ascontiguousarray(R0.T @ (np.asarray(points, dtype=np.float64) - t0).T)
+    local_n = np.ascontiguousarray(R0.T @ np.asarray(normals, dtype=np.float64).T)
+    K = camera.K
+    return _projective_steps(local, local_n, R0, t0, np.ascontiguousarray(depth, dtype=np.float32),
+                             float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), float(distance),
+                             int(iterations), float(z_range[0]), float(z_range[1]))
+
+
+def nearest_icp(scene: np.ndarray, points: np.ndarray, normals: np.ndarray, R, t, distance: float,
+                iterations: int, min_pairs: int = 6) -> tuple[np.ndarray, np.ndarray, int]:
+    """Return (R, t, pairs) after Open3D's point-to-plane ICP (Tukey kernel) of the depth points
+    ``scene`` (M, 3), each paired with its nearest visible model point (``points`` / ``normals``,
+    camera frame at R, t); point-to-point when that ends with fewer than ``min_pairs`` pairs.
+    ``pairs`` is the count of the last correspondence set."""
+    # Centred on the model: about the camera's origin, 0.5 m away, rotations and translations
+    # are nearly the same motion and point-to-plane's normal equations turn ill-conditioned.
+    centre = points.mean(axis=0)
+    source, target = o3d.geometry.PointCloud(), o3d.geometry.PointCloud()
+    source.points = o3d.utility.Vector3dVector(scene - centre)
+    target.points = o3d.utility.Vector3dVector(points - centre)
+    target.normals = o3d.utility.Vector3dVector(normals)
+    # Moves the depth points onto the model at the current pose; its inverse moves the model.
+    reg = o3d.pipelines.registration
+    criteria = reg.ICPConvergenceCriteria(relative_fitness=1e-6, relative_rmse=1e-6,
+                                          max_iteration=int(iterations))
+    with _one_open3d_thread():
+        result = reg.registration_icp(source, target, distance, np.eye(4),
+                                      reg.TransformationEstimationPointToPlane(reg.TukeyLoss(k=distance / 2)),
+                                      criteria)
+        if len(result.correspondence_set) < min_pairs:
+            # Point-to-plane has no unique step where the surface allows a motion (a can turning
+            # about its axis, a slab sliding): its solve can throw the pose away. Point-to-point
+            # (closed form) always has one.
+            result = reg.registration_icp(source, target, distance, np.eye(4),
+                                          reg.TransformationEstimationPointToPoint(), criteria)
+    T = np.linalg.inv(result.transformation)  # centred model -> centred depth
+    R, t = np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64)
+    return T[:3, :3] @ R, T[:3, :3] @ (t - centre) + T[:3, 3] + centre, len(result.correspondence_set)
 
 
 def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraModel,
@@ -503,7 +671,6 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
     before = fit_residual(scene, rgb_points, rgb_normals, truncation)
     support_before = depth_support(rgb_points, rgb_uv, depth, config.support_tolerance)
 
-    source, target = o3d.geometry.PointCloud(), o3d.geometry.PointCloud()
     R1, t1 = R0, t_start
     for stage, distance in enumerate(config.stages[first_stage:]):
         if stage > 0:
@@ -511,42 +678,17 @@ def refine_pose(surface: SurfaceModel, R, t, depth: np.ndarray, camera: CameraMo
             if len(points) < 3:
                 return kept("the model left the view during refinement", before, len(scene))
         if config.association == "projective":
-            pick = slice(None)  # evenly spaced, as depth_points caps the nearest-neighbour source
-            if len(points) > config.max_depth_points:
-                pick = np.linspace(0, len(points) - 1, config.max_depth_points).astype(np.int64)
+            pick = evenly_spaced(len(points), config.max_depth_points)
             R1, t1, pairs = projective_icp(points[pick], normals[pick], R1, t1, depth, camera, distance,
                                            config.iterations, z_range)
-            if pairs < config.min_depth_points:
-                return kept(f"ICP kept {pairs} depth points at {1e3 * distance:g} mm", before, len(scene))
-            continue
-        # at the RGB pose itself (first stage, not slid along the ray) those pixels give ``scene``
-        source_points = own_pixels(uv, scene) if config.model_pixels and uv is not rgb_uv else scene
-        # Centred on the model: about the camera's origin, 0.5 m away, rotations and translations
-        # are nearly the same motion and point-to-plane's normal equations turn ill-conditioned.
-        centre = points.mean(axis=0)
-        source.points = o3d.utility.Vector3dVector(source_points - centre)
-        target.points = o3d.utility.Vector3dVector(points - centre)
-        target.normals = o3d.utility.Vector3dVector(normals)
-        # Moves the depth points onto the model at the current pose; its inverse moves the model.
-        reg = o3d.pipelines.registration
-        criteria = reg.ICPConvergenceCriteria(relative_fitness=1e-6, relative_rmse=1e-6,
-                                              max_iteration=int(config.iterations))
-        with _one_open3d_thread():
-            result = reg.registration_icp(
-                source, target, distance, np.eye(4),
-                reg.TransformationEstimationPointToPlane(reg.TukeyLoss(k=distance / 2)), criteria)
-            if len(result.correspondence_set) < config.min_depth_points:
-                # Point-to-plane has no unique step where the surface allows a motion (a can turning
-                # about its axis, a slab sliding): its solve can throw the pose away. Point-to-point
-                # (closed form) always has one.
-                result = reg.registration_icp(source, target, distance, np.eye(4),
-                                              reg.TransformationEstimationPointToPoint(), criteria)
-        if len(result.correspondence_set) < config.min_depth_points:
+        else:
+            # at the RGB pose itself (first stage, not slid along the ray) those pixels give ``scene``
+            source = own_pixels(uv, scene) if config.model_pixels and uv is not rgb_uv else scene
+            R1, t1, pairs = nearest_icp(source, points, normals, R1, t1, distance, config.iterations,
+                                        config.min_depth_points)
+        if pairs < config.min_depth_points:
             # too few pairs left: the last steps slid off the object and their transform means nothing
-            return kept(f"ICP kept {len(result.correspondence_set)} depth points at {1e3 * distance:g} mm",
-                        before, len(scene))
-        T = np.linalg.inv(result.transformation)  # centred model -> centred depth
-        R1, t1 = T[:3, :3] @ R1, T[:3, :3] @ (t1 - centre) + T[:3, 3] + centre
+            return kept(f"ICP kept {pairs} depth points at {1e3 * distance:g} mm", before, len(scene))
     points, normals, uv = visible_surface(surface, R1, t1, camera, config.zbuffer_cell)
     after = fit_residual(scene, points, normals, truncation)
     support = depth_support(points, uv, depth, config.support_tolerance)
@@ -609,6 +751,18 @@ def best_of_restarts(surface: SurfaceModel, R, t, first: Refinement, depth: np.n
                    seconds=first.seconds + time.perf_counter() - started)
 
 
+def compile_kernels() -> None:
+    """Compile (first run: about 20 s; later runs load numba's cache in well under a second) the
+    refinement's compiled steps on a toy input, so the first depth frame is not the one that waits."""
+    points = np.array([[0.0, 0.0, 0.0], [0.01, 0.0, 0.0], [0.0, 0.01, 0.0]])
+    normals = np.array([[0.0, 0.0, -1.0]] * 3)
+    R, t = np.eye(3), np.array([0.0, 0.0, 0.5])
+    _visible(points, normals, R, t, 500.0, 500.0, 2.0, 2.0, 4, 4, 3)
+    _fit_residual(points, points, normals, 0.02)
+    _projective_steps(np.ascontiguousarray(points.T), np.ascontiguousarray(normals.T), R, t,
+                      np.full((4, 4), 0.5, np.float32), 500.0, 500.0, 2.0, 2.0, 0.02, 1, 0.4, 0.6)
+
+
 class DepthRefiner:
     """Refines a frame's :class:`ObjectPose` list against its depth image, instance by instance."""
 
@@ -618,8 +772,9 @@ class DepthRefiner:
         self.surfaces = {int(o.obj_id): surface_model(o, points_per_object) for o in objects}
         if not self.surfaces:
             raise ValueError("objects: expected at least one object model with a mesh")
-        # Open3D's ICP and the k-d trees run outside Python's GIL, so with nearest pairs a second
-        # thread takes about a quarter off a frame of several instances.
+        compile_kernels()
+        # Open3D's ICP runs outside Python's GIL, so with nearest pairs a second thread takes about a
+        # quarter off a frame of several instances.
         self._pool = ThreadPoolExecutor(config.threads, "depth_refine") if config.threads > 1 else None
 
     def refine(self, poses: Sequence[ObjectPose], depth, camera: CameraModel

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from hrpose_ros.data.objects import load_default_objects
@@ -13,9 +14,11 @@ from hrpose_ros.depth_refine import (
     ASSOCIATIONS,
     DepthRefiner,
     RefineConfig,
+    SurfaceModel,
     check_depth,
     depth_agreement,
     depth_support,
+    evenly_spaced,
     fit_residual,
     pose_change,
     refine_multistart,
@@ -192,6 +195,54 @@ def test_fit_residual_is_the_truncated_point_to_plane_distance():
     assert fit_residual(scene, model, normals, truncation=0.01) == pytest.approx((0.002 + 0.001 + 0.01) / 3)
     # the second point's nearest model point is 4.1 mm away: beyond 1.5 mm it counts as unmatched
     assert fit_residual(scene, model, normals, truncation=0.0015) == pytest.approx(0.0015)
+
+
+def test_fit_residual_pairs_each_scene_point_with_its_nearest_model_point():
+    # the compiled grid search against scipy's k-d tree, on clouds denser and sparser than its cells
+    rng = np.random.default_rng(3)
+    for spread, truncation in ((0.03, 0.02), (0.03, 0.005), (0.002, 0.01)):
+        model = rng.normal(scale=spread, size=(400, 3)) + [0.0, 0.0, 0.6]
+        normals = rng.normal(size=(400, 3))
+        normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+        scene = rng.normal(scale=1.5 * spread, size=(300, 3)) + [0.0, 0.0, 0.6]
+        scene[::10] += [0.0, 0.1, 0.0]  # some with no model point within the truncation
+        distance, index = cKDTree(model).query(scene, distance_upper_bound=truncation)
+        near = np.isfinite(distance)
+        expected = np.full(len(scene), truncation)
+        offsets = scene[near] - model[index[near]]
+        expected[near] = np.minimum(np.abs(np.einsum("ij,ij->i", offsets, normals[index[near]])), truncation)
+        assert 0 < near.sum() < len(scene)
+        assert fit_residual(scene, model, normals, truncation) == pytest.approx(expected.mean(), abs=1e-12)
+
+
+def test_visible_surface_keeps_front_faces_in_view_and_nearest_in_depth():
+    # two square plates facing the camera, the far one (coarse) right behind the near one (dense:
+    # a point per pixel cell), plus the near plate's back side: only the near plate's front is seen
+    def plate(count: int, z: float) -> np.ndarray:
+        side = np.linspace(-0.02, 0.02, count)
+        return np.array([[x, y, z] for x in side for y in side])
+
+    near, far = plate(41, 0.0), plate(9, 0.05)
+    points = np.vstack([near, far, near])
+    normals = np.vstack([np.tile([0.0, 0.0, -1.0], (len(near) + len(far), 1)),
+                         np.tile([0.0, 0.0, 1.0], (len(near), 1))])
+    surface = SurfaceModel(obj_id=1, points=points, normals=normals, symmetries=np.eye(3)[None],
+                           diameter=0.06)
+    seen, seen_normals, uv = visible_surface(surface, np.eye(3), np.array([0.0, 0.0, 0.5]), CAMERA)
+    assert len(seen) == len(near)
+    np.testing.assert_allclose(seen[:, 2], 0.5)
+    np.testing.assert_allclose(seen_normals, np.tile([0.0, 0.0, -1.0], (len(near), 1)))
+    np.testing.assert_allclose(uv, seen[:, :2] / 0.5 * CAMERA.K[[0, 1], [0, 1]] + CAMERA.K[:2, 2])
+    # moved so that the plates' left half leaves the image: those points are dropped
+    t = np.array([-319.5 / 572.4 * 0.5, 0.0, 0.5])
+    seen, _, uv = visible_surface(surface, np.eye(3), t, CAMERA)
+    assert 0 < len(seen) < len(near) and np.all(uv[:, 0] >= 0)
+
+
+def test_evenly_spaced_keeps_ends_and_all_when_under_the_cap():
+    assert evenly_spaced(5, 10) == slice(None)
+    pick = evenly_spaced(1000, 7)
+    assert len(pick) == 7 and pick[0] == 0 and pick[-1] == 999 and np.all(np.diff(pick) > 0)
 
 
 def test_pose_change_ignores_turns_about_a_symmetry_axis():
