@@ -10,7 +10,7 @@ import pytest
 from benchmarks.depth_refine import offset, random_pose
 from hrpose_ros.data import make_data as make_data_module
 from hrpose_ros.data.scenes import DEFAULT_CAMERA
-from hrpose_ros.depth_refine import pose_change
+from hrpose_ros.depth_refine import RefineConfig, pose_change
 from training import evaluate_depth
 from training.evaluate import CM_DEG, InstanceResult
 
@@ -40,14 +40,33 @@ def test_evaluation_runs_on_rendered_bin_frames_with_noisy_depth(tmp_path):
     split = make_data_module.make_data(tmp_path / "test", ["bin"], n=2, seed=11, progress=False).split_dir
     out = tmp_path / "eval"
     arguments = ["--split", str(split / "000000"), "--backend", "torch", "--out", str(out),
-                 "--hypotheses", "1"]
+                 "--hypotheses", "1", "--compare", "association=nearest,iterations=2"]
     assert evaluate_depth.main(arguments) == 0
     numbers = json.loads((out / "metrics.json").read_text())
     assert numbers["hypotheses"] == 1
+    # the other setting refined the same RGB poses: same instances, same RGB recall
+    other = numbers["compared"]["association=nearest,iterations=2"]
+    assert other["mean"]["add_rgb"] == numbers["mean"]["add_rgb"]
+    assert other["timing"]["frames"] == 2 and other["timing"]["frame_wall_ms_median"] > 0
     instances = sum(v["instances"] for v in numbers["objects"].values())
     assert instances > 0 and numbers["timing"]["frames"] == 2
     assert all(0 <= v[k] <= 100 for v in numbers["objects"].values() for k in ("add_rgb", "add_rgbd"))
-    assert "ADD(-S) RGB-D" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "ADD(-S) RGB-D" in report and "| association=nearest,iterations=2 |" in report
+
+
+def test_compared_settings_are_parsed_into_the_refine_config():
+    base = RefineConfig()
+    text = "association=nearest, iterations=6,stages=0.02:0.005,model_pixels=false"
+    config = evaluate_depth.parse_overrides(text, base)
+    assert (config.association, config.iterations, config.stages, config.model_pixels) == (
+        "nearest", 6, (0.02, 0.005), False)
+    assert config.max_translation == base.max_translation
+    for text, message in (("iterations", "expected key=value"), ("colour=red", "key one of"),
+                          ("iterations=many", "expects a int"), ("model_pixels=maybe", "expects a bool"),
+                          ("association=telepathy", "association: expected one of"), ("", "no key=value")):
+        with pytest.raises(ValueError, match=message):
+            evaluate_depth.parse_overrides(text, base)
 
 
 def test_benchmark_offsets_are_exactly_1cm_and_5deg():
