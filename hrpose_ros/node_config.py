@@ -114,7 +114,7 @@ class PoseNodeConfig:
         0, "Disturbed copies of each pose also refined against depth (multi-start ICP); the refined pose "
            "the depth agrees with most is kept. They run once every instance is refined, while "
            "depth_frame_budget lasts (the best-scored instance always gets them); 10 copies take about "
-           "90-120 ms per instance on 2 cores, 3 copies about 40", 0, 100)
+           "33 ms per instance on 2 cores, 3 copies about 12", 0, 100)
     depth_model_pixels: bool = _param(
         True, "ICP takes the depth at the pixels the object's model covers at each step's pose; false: all "
               "of the pose's projected box (better for an object alone that the RGB pose misses by "
