@@ -261,9 +261,15 @@ def visible_surface(surface: SurfaceModel, R, t, camera: CameraModel,
     a few millimetres of the nearest in their cell (the rest is hidden behind the object itself).
     """
     K = camera.K
-    return _visible(surface.points, surface.normals, np.asarray(R, dtype=np.float64),
-                    np.asarray(t, dtype=np.float64), float(K[0, 0]), float(K[1, 1]), float(K[0, 2]),
-                    float(K[1, 2]), int(camera.width), int(camera.height), int(cell))
+    return _visible(_array(surface.points), _array(surface.normals), _array(R), _array(t), float(K[0, 0]),
+                    float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), int(camera.width), int(camera.height),
+                    int(cell))
+
+
+def _array(values) -> np.ndarray:
+    """``values`` as a C-ordered float64 array: the compiled steps are compiled (and cached) for that
+    layout; a strided view, say a rotation cut from a 4x4 matrix, would compile another version."""
+    return np.ascontiguousarray(values, dtype=np.float64)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -357,28 +363,30 @@ def fit_residual(scene: np.ndarray, model_points: np.ndarray, model_normals: np.
     ``truncation``): lower is a better fit, comparable between poses for the same scene points."""
     if len(model_points) == 0 or len(scene) == 0:
         return float(truncation)
-    return float(_fit_residual(np.asarray(scene, dtype=np.float64),
-                               np.asarray(model_points, dtype=np.float64),
-                               np.asarray(model_normals, dtype=np.float64), float(truncation)))
+    return float(_fit_residual(_array(scene), _array(model_points), _array(model_normals), float(truncation)))
 
 
 @numba.njit(cache=True, nogil=True)
 def _fit_residual(scene, model_points, model_normals, truncation):
-    """:func:`fit_residual` by a grid of ``truncation``-sized cells over the model points: only the 27
-    cells around a scene point can hold a model point nearer than the truncation. Built per pose in a
-    few microseconds, where a k-d tree (build and query) took about 0.5 ms and its numpy around it
-    as much again."""
+    """:func:`fit_residual` by a grid of cells at least ``truncation`` wide over the model points: only
+    the 27 cells around a scene point can hold a model point nearer than the truncation. Built per
+    pose in a few microseconds, where a k-d tree (build and query) took about 0.5 ms and its numpy
+    around it as much again."""
     count = model_points.shape[0]
     lo = np.empty(3)
-    shape = np.empty(3, dtype=np.int64)
+    extent = 0.0
     for a in range(3):
         lo[a] = model_points[:, a].min()
-        shape[a] = int((model_points[:, a].max() - lo[a]) / truncation) + 1
+        extent = max(extent, model_points[:, a].max() - lo[a])
+    width = max(truncation, extent / 64.0)  # at most 65^3 cells, whatever the truncation
+    shape = np.empty(3, dtype=np.int64)
+    for a in range(3):
+        shape[a] = int((model_points[:, a].max() - lo[a]) / width) + 1
     cells = np.empty(count, dtype=np.int64)
     for i in range(count):
-        c0 = min(int((model_points[i, 0] - lo[0]) / truncation), shape[0] - 1)
-        c1 = min(int((model_points[i, 1] - lo[1]) / truncation), shape[1] - 1)
-        c2 = min(int((model_points[i, 2] - lo[2]) / truncation), shape[2] - 1)
+        c0 = min(int((model_points[i, 0] - lo[0]) / width), shape[0] - 1)
+        c1 = min(int((model_points[i, 1] - lo[1]) / width), shape[1] - 1)
+        c2 = min(int((model_points[i, 2] - lo[2]) / width), shape[2] - 1)
         cells[i] = (c0 * shape[1] + c1) * shape[2] + c2
     order = np.argsort(cells, kind="mergesort")
     start = np.zeros(shape[0] * shape[1] * shape[2] + 1, dtype=np.int64)
@@ -390,9 +398,10 @@ def _fit_residual(scene, model_points, model_normals, truncation):
     limit = truncation * truncation
     for j in range(scene.shape[0]):
         s0, s1, s2 = scene[j, 0], scene[j, 1], scene[j, 2]
-        g0 = int(np.floor((s0 - lo[0]) / truncation))
-        g1 = int(np.floor((s1 - lo[1]) / truncation))
-        g2 = int(np.floor((s2 - lo[2]) / truncation))
+        # clamped: a point far outside the grid has no cell within reach (the ranges below come out empty)
+        g0 = int(min(max(np.floor((s0 - lo[0]) / width), -2.0), shape[0] + 1.0))
+        g1 = int(min(max(np.floor((s1 - lo[1]) / width), -2.0), shape[1] + 1.0))
+        g2 = int(min(max(np.floor((s2 - lo[2]) / width), -2.0), shape[2] + 1.0))
         best, nearest = limit, -1
         for a in range(max(g0 - 1, 0), min(g0 + 2, shape[0])):
             for b in range(max(g1 - 1, 0), min(g1 + 2, shape[1])):
@@ -577,10 +586,10 @@ def projective_icp(points: np.ndarray, normals: np.ndarray, R, t, depth: np.ndar
     point-to-plane error about the pairs' weighted centre (no early stop: at 4 iterations a
     convergence test never fired); ``pairs`` is the count the last step used.
     """
-    R0, t0 = np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64)
+    R0, t0 = _array(R), _array(t)
     # model-frame copies, (3, V): the pose moves them; the visible set stays the stage start's
-    local = np.ascontiguousarray(R0.T @ (np.asarray(points, dtype=np.float64) - t0).T)
-    local_n = np.ascontiguousarray(R0.T @ np.asarray(normals, dtype=np.float64).T)
+    local = _array(R0.T @ (np.asarray(points, dtype=np.float64) - t0).T)
+    local_n = _array(R0.T @ np.asarray(normals, dtype=np.float64).T)
     K = camera.K
     return _projective_steps(local, local_n, R0, t0, np.ascontiguousarray(depth, dtype=np.float32),
                              float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), float(distance),

@@ -213,6 +213,8 @@ def test_fit_residual_pairs_each_scene_point_with_its_nearest_model_point():
         expected[near] = np.minimum(np.abs(np.einsum("ij,ij->i", offsets, normals[index[near]])), truncation)
         assert 0 < near.sum() < len(scene)
         assert fit_residual(scene, model, normals, truncation) == pytest.approx(expected.mean(), abs=1e-12)
+    # a truncation far below the cloud's spacing: the grid stays bounded, the points unmatched
+    assert fit_residual(scene, model, normals, 1e-7) == pytest.approx(1e-7)
 
 
 def test_visible_surface_keeps_front_faces_in_view_and_nearest_in_depth():
@@ -233,6 +235,10 @@ def test_visible_surface_keeps_front_faces_in_view_and_nearest_in_depth():
     np.testing.assert_allclose(seen[:, 2], 0.5)
     np.testing.assert_allclose(seen_normals, np.tile([0.0, 0.0, -1.0], (len(near), 1)))
     np.testing.assert_allclose(uv, seen[:, :2] / 0.5 * CAMERA.K[[0, 1], [0, 1]] + CAMERA.K[:2, 2])
+    # a rotation cut from a 4x4 matrix (a strided view) gives the same
+    T = np.eye(4)
+    again, _, _ = visible_surface(surface, T[:3, :3], T[:3, 3] + [0.0, 0.0, 0.5], CAMERA)
+    np.testing.assert_array_equal(again, seen)
     # moved so that the plates' left half leaves the image: those points are dropped
     t = np.array([-319.5 / 572.4 * 0.5, 0.0, 0.5])
     seen, _, uv = visible_surface(surface, np.eye(3), t, CAMERA)
