@@ -228,10 +228,14 @@ class PoseNode(Node):
                                f"precision={self.config.precision}): {exc}") from exc
         self.refiner = None
         if self.config.use_depth:
+            started = time.perf_counter()
             try:
                 self.refiner = load_depth_refiner(self.config, self.objects)
             except (ValueError, OSError) as exc:
                 raise StartupError(f"cannot set up depth refinement: {exc}") from exc
+            if time.perf_counter() - started > 5.0:  # numba compiled the steps: only the first start
+                self.get_logger().info(f"depth refinement compiled in {time.perf_counter() - started:.0f} s "
+                                       "(cached for later starts)")
         if self.config.marker_mesh and not any(o.mesh_path for o in self.objects.values()):
             self.get_logger().warning("marker_mesh is set but objects_dir names no meshes: no mesh markers")
 
