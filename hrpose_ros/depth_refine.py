@@ -273,6 +273,13 @@ def _array(values) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
+def _rotate(R, x0, x1, x2):
+    """R @ (x0, x1, x2) as three scalars: a small array per point would be a heap allocation each."""
+    return (R[0, 0] * x0 + R[0, 1] * x1 + R[0, 2] * x2, R[1, 0] * x0 + R[1, 1] * x1 + R[1, 2] * x2,
+            R[2, 0] * x0 + R[2, 1] * x1 + R[2, 2] * x2)
+
+
+@numba.njit(cache=True, nogil=True)
 def _visible(model_points, model_normals, R, t, fx, fy, cx, cy, width, height, cell):
     """:func:`visible_surface` compiled: in numpy its dozen passes over the sample cost 0.5 ms a pose,
     and the refinement culls four times or more per instance."""
@@ -285,14 +292,9 @@ def _visible(model_points, model_normals, R, t, fx, fy, cx, cy, width, height, c
     nearest = np.full((height // cell + 1) * columns, np.inf)
     n = 0
     for i in range(count):
-        x0, x1, x2 = model_points[i, 0], model_points[i, 1], model_points[i, 2]
-        p0 = R[0, 0] * x0 + R[0, 1] * x1 + R[0, 2] * x2 + t[0]
-        p1 = R[1, 0] * x0 + R[1, 1] * x1 + R[1, 2] * x2 + t[1]
-        p2 = R[2, 0] * x0 + R[2, 1] * x1 + R[2, 2] * x2 + t[2]
-        y0, y1, y2 = model_normals[i, 0], model_normals[i, 1], model_normals[i, 2]
-        q0 = R[0, 0] * y0 + R[0, 1] * y1 + R[0, 2] * y2
-        q1 = R[1, 0] * y0 + R[1, 1] * y1 + R[1, 2] * y2
-        q2 = R[2, 0] * y0 + R[2, 1] * y1 + R[2, 2] * y2
+        p0, p1, p2 = _rotate(R, model_points[i, 0], model_points[i, 1], model_points[i, 2])
+        p0, p1, p2 = p0 + t[0], p1 + t[1], p2 + t[2]
+        q0, q1, q2 = _rotate(R, model_normals[i, 0], model_normals[i, 1], model_normals[i, 2])
         if not (p0 * q0 + p1 * q1 + p2 * q2 < 0 and p2 > 1e-3):  # front faces in front of the camera
             continue
         u, v = p0 / p2 * fx + cx, p1 / p2 * fy + cy
@@ -374,15 +376,15 @@ def _fit_residual(scene, model_points, model_normals, truncation):
     its numpy around it as much again."""
     count = model_points.shape[0]
     lo = np.empty(3)
-    extent = 0.0
+    size = np.empty(3)
     for a in range(3):
         lo[a] = model_points[:, a].min()
-        extent = max(extent, model_points[:, a].max() - lo[a])
-    width = max(truncation / 2, extent / 64.0)  # at most 65^3 cells, whatever the truncation
+        size[a] = model_points[:, a].max() - lo[a]
+    width = max(truncation / 2, size.max() / 64.0)  # at most 65^3 cells, whatever the truncation
     reach = int(np.ceil(truncation / width))  # rings that can hold a point within the truncation
     shape = np.empty(3, dtype=np.int64)
     for a in range(3):
-        shape[a] = int((model_points[:, a].max() - lo[a]) / width) + 1
+        shape[a] = int(size[a] / width) + 1
     cells = np.empty(count, dtype=np.int64)
     for i in range(count):
         c0 = min(int((model_points[i, 0] - lo[0]) / width), shape[0] - 1)
@@ -514,11 +516,8 @@ def _projective_steps(local, local_n, R, t, depth, fx, fy, cx, cy, distance, ite
     for _ in range(iterations):
         n = 0
         for i in range(count):
-            # scalar arithmetic: a small array per point would be a heap allocation each
-            x0, x1, x2 = local[0, i], local[1, i], local[2, i]
-            p0 = R1[0, 0] * x0 + R1[0, 1] * x1 + R1[0, 2] * x2 + t1[0]
-            p1 = R1[1, 0] * x0 + R1[1, 1] * x1 + R1[1, 2] * x2 + t1[1]
-            p2 = R1[2, 0] * x0 + R1[2, 1] * x1 + R1[2, 2] * x2 + t1[2]
+            p0, p1, p2 = _rotate(R1, local[0, i], local[1, i], local[2, i])
+            p0, p1, p2 = p0 + t1[0], p1 + t1[1], p2 + t1[2]
             z = max(p2, 1e-3)
             u = int(np.rint(p0 / z * fx + cx))
             v = int(np.rint(p1 / z * fy + cy))
@@ -530,10 +529,7 @@ def _projective_steps(local, local_n, R, t, depth, fx, fy, cx, cy, distance, ite
             d0, d1, d2 = p0 - (u - cx) / fx * m, p1 - (v - cy) / fy * m, p2 - m  # model - measured
             if d0 * d0 + d1 * d1 + d2 * d2 >= distance * distance:
                 continue
-            y0, y1, y2 = local_n[0, i], local_n[1, i], local_n[2, i]
-            q0 = R1[0, 0] * y0 + R1[0, 1] * y1 + R1[0, 2] * y2
-            q1 = R1[1, 0] * y0 + R1[1, 1] * y1 + R1[1, 2] * y2
-            q2 = R1[2, 0] * y0 + R1[2, 1] * y1 + R1[2, 2] * y2
+            q0, q1, q2 = _rotate(R1, local_n[0, i], local_n[1, i], local_n[2, i])
             P[n, 0], P[n, 1], P[n, 2] = p0, p1, p2
             N[n, 0], N[n, 1], N[n, 2] = q0, q1, q2
             r[n] = d0 * q0 + d1 * q1 + d2 * q2
